@@ -1,0 +1,145 @@
+"""Reading and writing radiograph files: PNG (8/16 bit), JPEG, DICOM, RGB images of grey content.
+
+:func:`read_image` always returns a 2-D ``uint8`` array (grey, 0 = black); every failure raises
+:class:`~cxr_keras.io.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..io import DataError, atomic_path
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def read_image(path) -> np.ndarray:
+    """Decode ``path`` to a grey ``uint8`` array (H, W).
+
+    PNG/JPEG of 8 or 16 bits (16-bit scaled by 1/257), RGB or RGBA of grey content (converted
+    with the usual luma weights), and DICOM (see :func:`read_dicom`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing image file: {path}")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise DataError(f"cannot decode image file (corrupt, truncated or not an image): {path}")
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+        elif img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        else:
+            img = img[..., 0]
+    if img.dtype == np.uint16:
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise DataError(f"unsupported pixel type {img.dtype} in {path}")
+    return np.ascontiguousarray(img)
+
+
+def read_dicom(path) -> np.ndarray:
+    """Decode a DICOM file to grey ``uint8``.
+
+    Applies Rescale Slope/Intercept, then the file's first Window Center/Width if present (else
+    the full min-max range), and inverts MONOCHROME1 so that air is dark as in MONOCHROME2.
+    """
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = ds.pixel_array.astype(np.float64)
+    except Exception as e:  # pydicom raises a variety of errors for broken files
+        raise DataError(f"cannot read DICOM file {path}: {e}") from e
+    if arr.ndim == 3:  # multi-frame or colour: take the first frame / the grey of RGB
+        arr = arr[0] if arr.shape[-1] not in (3, 4) else arr[..., :3].mean(axis=-1)
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    arr = arr * slope + intercept
+    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+    if center is not None and width is not None and width > 1:
+        lo, hi = center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    scaled = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
+    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        scaled = 255.0 - scaled
+    return np.round(scaled).astype(np.uint8)
+
+
+def _first(value):
+    if value is None:
+        return None
+    try:
+        return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def write_image(path, img: np.ndarray, *, rgb: bool = False, bits: int = 8, quality: int = 95) -> Path:
+    """Write a grey ``uint8`` image atomically as PNG or JPEG (chosen by the suffix).
+
+    ``rgb=True`` stores three identical channels (datasets that ship RGB files of grey content);
+    ``bits=16`` stores a 16-bit PNG (values times 257).
+    """
+    path = Path(path)
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise ValueError(f"write_image expects a 2-D uint8 array, got {img.dtype} {img.shape}")
+    out = img
+    if bits == 16:
+        out = img.astype(np.uint16) * 257
+    if rgb:
+        out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(path.suffix.lower() if path.suffix else ".png", out, params)
+    if not ok:
+        raise DataError(f"cannot encode image for {path}")
+    with atomic_path(path) as tmp:
+        buf.tofile(tmp)
+    return path
+
+
+def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id: str = "",
+                sop_uid: str | None = None, bits: int = 12) -> Path:
+    """Write a grey ``uint8`` image as a minimal valid DICOM (CR, explicit VR little endian).
+
+    Pixel values are stored on ``bits`` bits with a rescale slope/intercept of 1/0 and a window
+    covering the range; ``monochrome1=True`` stores inverted pixels tagged MONOCHROME1 (as some
+    PediCXR files are), so a correct reader recovers the same picture.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    maxval = (1 << bits) - 1
+    pix = np.round(img.astype(np.float64) / 255.0 * maxval).astype(np.uint16)
+    if monochrome1:
+        pix = (maxval - pix).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
+    meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = patient_id
+    ds.Rows, ds.Columns = int(img.shape[0]), int(img.shape[1])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.WindowCenter, ds.WindowWidth = (maxval + 1) / 2.0, float(maxval + 1)
+    ds.PixelData = pix.tobytes()
+    with atomic_path(path) as tmp:
+        pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
+    return Path(path)

@@ -1,0 +1,139 @@
+"""Helpers shared by the dataset readers: checked CSV reading, split assignment, table finishing.
+
+Every reader returns a :class:`pandas.DataFrame` with the columns
+
+- ``path``: absolute path of the image file;
+- ``split``: ``"train"``, ``"val"`` or ``"test"``;
+- ``patient_id`` where the dataset has one;
+- the label columns, named as in the dataset's own files and listed in ``df.attrs["labels"]``
+  (multi-label: float 1.0 / 0.0 / NaN = ignore), or an integer ``label`` column with the class
+  names in ``df.attrs["classes"]`` (multi-class);
+- optionally mask columns (paths, OR-ed into one mask) listed in ``df.attrs["mask_columns"]`` and
+  a ``boxes`` column (list of ``[x, y, w, h, class_index]`` in original pixels) with the box class
+  names in ``df.attrs["box_classes"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def require_file(path, what: str = "file") -> Path:
+    """Return ``path`` as a Path, or raise DataError naming it if it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"missing {what}: {path}")
+    return path
+
+
+def read_csv_checked(path, required_columns=(), **kwargs) -> pd.DataFrame:
+    """Read a CSV and check that ``required_columns`` are present; errors name the file."""
+    path = require_file(path, "CSV file")
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except Exception as e:  # pandas raises many types; the user needs the file name
+        raise DataError(f"{path}: cannot parse CSV: {e}") from e
+    missing = [c for c in required_columns if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing}; found columns {list(df.columns)}")
+    return df
+
+
+def read_list(path) -> list[str]:
+    """Read a one-name-per-line list; tolerates a missing trailing newline and blank lines."""
+    path = require_file(path, "split list")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def split_off_validation(df: pd.DataFrame, fraction: float, seed: int, by: str = "image",
+                         pool: str = "train") -> pd.DataFrame:
+    """Move a seeded ``fraction`` of the ``pool`` rows to ``val``, by image or by patient.
+
+    ``by="image"`` draws rows at random (what fzlpr did; a patient can then sit on both sides);
+    ``by="patient"`` draws whole patients so that no patient leaks into validation.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {fraction}")
+    if by not in ("image", "patient"):
+        raise DataError(f"val_by must be 'image' or 'patient', got {by!r}")
+    df = df.copy()
+    idx = np.flatnonzero((df["split"] == pool).to_numpy())
+    if fraction == 0.0 or len(idx) == 0:
+        return df
+    rng = np.random.default_rng(seed)
+    if by == "image":
+        n_val = int(round(fraction * len(idx)))
+        chosen = rng.permutation(idx)[:n_val]
+    else:
+        if "patient_id" not in df.columns:
+            raise DataError("val_by='patient' needs a patient_id column, which this dataset lacks")
+        patients = np.array(sorted(df["patient_id"].iloc[idx].unique()))
+        n_val = int(round(fraction * len(patients)))
+        val_patients = set(rng.permutation(patients)[:n_val].tolist())
+        chosen = idx[df["patient_id"].iloc[idx].isin(val_patients).to_numpy()]
+    df.iloc[chosen, df.columns.get_loc("split")] = "val"
+    return df
+
+
+def split_by_fractions(df: pd.DataFrame, fractions=(0.7, 0.1, 0.2), seed: int = 0,
+                       by: str = "patient") -> pd.DataFrame:
+    """Assign train/val/test at random with the given fractions, grouping by patient if asked."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or len(fractions) != 3:
+        raise DataError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    df = df.copy()
+    rng = np.random.default_rng(seed)
+    keys = df["patient_id"].to_numpy() if by == "patient" else np.arange(len(df))
+    uniq = np.array(sorted(pd.unique(keys)))
+    order = rng.permutation(uniq)
+    cut1 = int(round(fractions[0] * len(order)))
+    cut2 = int(round((fractions[0] + fractions[1]) * len(order)))
+    where = {k: SPLITS[0] for k in order[:cut1]}
+    where.update({k: SPLITS[1] for k in order[cut1:cut2]})
+    where.update({k: SPLITS[2] for k in order[cut2:]})
+    df["split"] = [where[k] for k in keys]
+    return df
+
+
+def finish_table(df: pd.DataFrame, *, dataset: str, root, labels=None, classes=None,
+                 mask_columns=None, box_classes=None) -> pd.DataFrame:
+    """Check the common columns, order them, and set ``df.attrs``. Returns a fresh index."""
+    for col in ("path", "split"):
+        if col not in df.columns:
+            raise DataError(f"{dataset}: reader produced no {col!r} column")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise DataError(f"{dataset}: unknown split value(s) {bad}")
+    front = ["path", "split"] + (["patient_id"] if "patient_id" in df.columns else [])
+    df = df[front + [c for c in df.columns if c not in front]].reset_index(drop=True)
+    df.attrs = {"dataset": dataset, "root": str(Path(root).resolve())}
+    if labels is not None:
+        df.attrs["labels"] = list(labels)
+        for c in labels:
+            df[c] = df[c].astype("float32")
+    if classes is not None:
+        df.attrs["classes"] = list(classes)
+        df["label"] = df["label"].astype("int64")
+    if mask_columns:
+        df.attrs["mask_columns"] = list(mask_columns)
+    if box_classes is not None:
+        df.attrs["box_classes"] = list(box_classes)
+    return df
+
+
+def sample_multilabel(rng: np.random.Generator, prevalence: dict, max_labels: int = 4) -> list:
+    """Draw a co-occurring label set with independent Bernoulli draws, capped at ``max_labels``.
+
+    Used by the phantom writers. An empty list means "No Finding".
+    """
+    chosen = [name for name, p in prevalence.items() if rng.random() < p]
+    if len(chosen) > max_labels:
+        chosen = list(rng.choice(chosen, size=max_labels, replace=False))
+    return sorted(chosen, key=list(prevalence).index)

@@ -1,0 +1,73 @@
+"""Atomic file writing and the package's error type for bad input.
+
+Nothing the package writes is ever left half written: every writer goes through
+:func:`atomic_path`, which hands out a temporary name in the destination folder and
+renames it over the destination only when the block finished without an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, row, column or argument at fault."""
+
+
+@contextlib.contextmanager
+def atomic_path(dest, suffix=None):
+    """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
+
+    ``suffix`` defaults to the destination's own suffix so that libraries that pick a
+    format from the file name (OpenCV, NumPy, matplotlib) still see the right one.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{dest.name}.", suffix=suffix if suffix is not None else dest.suffix,
+        dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(dest, text: str) -> Path:
+    """Write ``text`` to ``dest`` atomically (UTF-8, no newline translation)."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    return Path(dest)
+
+
+def write_json(dest, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``dest`` atomically."""
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_bytes(dest, data: bytes) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return Path(dest)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
