@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -27,7 +28,21 @@ def read_image(path) -> np.ndarray:
         raise DataError(f"missing image file: {path}")
     if path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path)
-    data = np.fromfile(path, dtype=np.uint8)
+    return decode_bytes(np.fromfile(path, dtype=np.uint8), path)
+
+
+def decode_bytes(data, path) -> np.ndarray:
+    """Decode the bytes of an image file, as :func:`read_image` does with the file itself.
+
+    ``data`` is ``bytes`` or a 1-D ``uint8`` array (not copied); ``path`` picks the format
+    (DICOM by its suffix, anything else by content) and names the file in errors. Lets a caller
+    that also needs the file's bytes (checksums) read them only once.
+    """
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return _decode_dicom(BytesIO(bytes(data)), path)
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise DataError(f"cannot decode image file (corrupt, truncated or not an image): {path}")
@@ -51,11 +66,15 @@ def read_dicom(path) -> np.ndarray:
     Applies Rescale Slope/Intercept, then the file's first Window Center/Width if present (else
     the full min-max range), and inverts MONOCHROME1 so that air is dark as in MONOCHROME2.
     """
+    path = Path(path)
+    return _decode_dicom(str(path), path)
+
+
+def _decode_dicom(source, path) -> np.ndarray:
     import pydicom
 
-    path = Path(path)
     try:
-        ds = pydicom.dcmread(str(path))
+        ds = pydicom.dcmread(source)
         arr = ds.pixel_array.astype(np.float64)
     except Exception as e:  # pydicom raises a variety of errors for broken files
         raise DataError(f"cannot read DICOM file {path}: {e}") from e

@@ -137,3 +137,51 @@ def sample_multilabel(rng: np.random.Generator, prevalence: dict, max_labels: in
     if len(chosen) > max_labels:
         chosen = list(rng.choice(chosen, size=max_labels, replace=False))
     return sorted(chosen, key=list(prevalence).index)
+
+
+# ----------------------------------------------------------------------------- dataset folders
+# (added with the montgomery / lungmasks / mura / tbx11k readers)
+
+def find_dataset_dir(root, folder: str, marker: str | None = None) -> Path:
+    """Return the dataset folder ``folder`` given ``root``, which may be the folder above it (the
+    official layout: ``root/folder/...``) or the folder itself. ``marker`` (a path relative to
+    the dataset folder) identifies the folder itself when ``root`` is not named ``folder``.
+    Raises DataError naming both places looked at when neither holds the dataset."""
+    root = Path(root)
+    if (root / folder).is_dir():
+        return root / folder
+    if root.name == folder or (marker is not None and (root / marker).exists()):
+        return root
+    raise DataError(f"no {folder!r} folder under {root} (and {root} is not that folder itself)")
+
+
+# ----------------------------------------------------------------------------- strict label values
+# (added with the chexpert / pedicxr readers)
+
+def parse_label_columns(df: pd.DataFrame, columns, path, allowed=(1.0, 0.0),
+                        blank_ok: bool = False, first_line: int = 2) -> np.ndarray:
+    """Parse label columns of a CSV read as text into a float32 matrix (rows x ``columns``).
+
+    ``df`` must have been read with ``dtype=str, keep_default_na=False`` so that blanks stay
+    ``""``. Numbers equal to one of ``allowed`` are kept (``"1"``, ``"1.0"`` and ``" 1.0 "`` all
+    read as 1.0); a blank becomes NaN when ``blank_ok`` and is an error otherwise; anything else
+    raises :class:`DataError` naming the file, the 1-based line number (``first_line`` is the line
+    of the first data row: 2 below a one-line header; blank lines, which pandas skips, are not
+    counted) and the column.
+    """
+    allowed = np.asarray(allowed, np.float64)
+    out = np.empty((len(df), len(columns)), np.float32)
+    for j, col in enumerate(columns):
+        text = df[col].astype(str).str.strip()
+        values = pd.to_numeric(text, errors="coerce").to_numpy(np.float64, copy=True)
+        blank = (text == "").to_numpy()
+        ok = np.isin(values, allowed) | (blank & blank_ok)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            want = ", ".join(f"{a:g}" for a in allowed) + (" or blank" if blank_ok else "")
+            raise DataError(f"{path}: line {i + first_line}, column {col!r}: unknown label value "
+                            f"{df[col].iloc[i]!r} ({int((~ok).sum())} bad value(s) in this "
+                            f"column); expected {want}")
+        values[blank] = np.nan
+        out[:, j] = values
+    return out

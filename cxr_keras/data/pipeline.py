@@ -1,0 +1,165 @@
+"""tf.data input pipelines over an image cache (TF-specific module).
+
+``make_dataset(cache, "train", preset="fzlpr", training=True, batch_size=64)`` gives a
+``tf.data.Dataset`` of ``(images, targets)`` batches usable as ``model.fit`` input on the
+TensorFlow and JAX backends and under ``tf.distribute.MirroredStrategy`` (the batch size is the
+global one). The order of each epoch is a seeded permutation of the split, a function of
+(seed, epoch) only, and augmentation is stateless per element: the same seed gives the same
+batches. The epoch number is kept in ``dataset.epoch_state``; :class:`EpochCallback` sets it at
+the start of every epoch so that a resumed run (``BackupAndRestore``) sees the same data order as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import augment
+from .cache import Cache
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MTPRET_MEAN, MTPRET_STD = 122.786, 18.390  # on the 0-255 scale (mtpret's Z-score)
+NORMALIZATIONS = ("imagenet", "unit", "mtpret", "none")
+
+
+def normalize(image, normalization: str):
+    """Map an image on 0-255 to the model's input scale."""
+    if normalization == "imagenet":
+        channels = image.shape[-1]
+        mean = tf.constant(IMAGENET_MEAN[:channels] if channels == 3 else [np.mean(IMAGENET_MEAN)])
+        std = tf.constant(IMAGENET_STD[:channels] if channels == 3 else [np.mean(IMAGENET_STD)])
+        return (image / 255.0 - mean) / std
+    if normalization == "unit":
+        return image / 255.0
+    if normalization == "mtpret":
+        return (image - MTPRET_MEAN) / MTPRET_STD
+    if normalization == "none":
+        return image
+    raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+
+
+class EpochCallback(keras.callbacks.Callback):
+    """Tell a pipeline which epoch is starting (needed for exact resumption)."""
+
+    def __init__(self, *datasets):
+        super().__init__()
+        self.states = [d.epoch_state for d in datasets if hasattr(d, "epoch_state")]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for s in self.states:
+            s["epoch"] = int(epoch)
+
+
+def make_dataset(cache, split, *, preset="none", training: bool = False, batch_size: int = 32,
+                 seed: int = 0, normalization: str = "imagenet", channels: int = 3,
+                 target: str = "labels", labels=None, one_hot: bool = False,
+                 output_size=None, max_boxes: int = 16, shuffle=None, repeat: bool = False,
+                 drop_remainder: bool = False, prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+    """A batched dataset over the rows of ``split`` (``"train"``, ``"val"``, ``"test"`` or None = all).
+
+    target: ``"labels"`` (multi-hot float32 with NaN = ignore, or integer class, ``one_hot`` for a
+    one-hot float vector), ``"mask"`` (float32 (H, W, 1)), ``"boxes"`` ((max_boxes, 5) rows
+    [x, y, w, h, class] in output pixels, padding class -1), or ``"none"`` (images only).
+    ``labels`` selects a subset of the label columns. ``output_size`` (h, w) resizes the augmented
+    image last. ``shuffle`` defaults to ``training``.
+    """
+    cache = cache if isinstance(cache, Cache) else Cache(cache)
+    preset = augment.get_preset(preset)
+    shuffle = training if shuffle is None else shuffle
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+    rows = cache.rows(split)
+    if len(rows) == 0:
+        raise ValueError(f"split {split!r} of the cache {cache.path} has no rows")
+    n = len(rows)
+    if target == "mask" and not cache.meta.get("has_masks"):
+        raise ValueError(f"target='mask' but the cache {cache.path} has no masks")
+    with_mask = target == "mask"
+    y = _targets(cache, rows, target, labels, one_hot, max_boxes)
+    shards, offsets = rows["shard"].to_numpy(), rows["offset"].to_numpy()
+    state = {"epoch": 0}
+
+    def gen():
+        # Images are read from the memory-mapped shards, so a split larger than memory works.
+        epoch = state["epoch"]
+        state["epoch"] += 1  # the next pass reshuffles unless EpochCallback says otherwise
+        idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        for k, i in enumerate(idx):
+            image = cache.images(shards[i])[offsets[i]]
+            if with_mask:
+                yield np.int64(epoch * n + k), np.int64(i), image, cache.masks(shards[i])[offsets[i]]
+            else:
+                yield np.int64(epoch * n + k), np.int64(i), image
+
+    size = cache.size
+    sig = [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
+           tf.TensorSpec([size, size], tf.uint8)]
+    if with_mask:
+        sig.append(tf.TensorSpec([size, size], tf.uint8))
+    ds = tf.data.Dataset.from_generator(gen, output_signature=tuple(sig))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n))  # lets fit know the epoch length
+    y_t = tf.constant(y) if y is not None else None
+    randaug = (keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
+                                        factor=preset.randaugment / 10.0, seed=seed)
+               if training and preset.randaugment else None)
+
+    def element(k, i, image, mask=None):
+        elem_seed = tf.stack([tf.constant(seed, tf.int64), k])
+        image = tf.cast(image, tf.float32)[..., None]
+        mask = tf.cast(mask, tf.float32)[..., None] if mask is not None else None
+        boxes = tf.gather(y_t, i) if target == "boxes" else None
+        image, mask, boxes = augment.apply(preset, image, elem_seed, mask=mask, boxes=boxes,
+                                           training=training)
+        if output_size is not None:
+            image, mask, boxes = augment._resize(image, mask, boxes, tf.constant(output_size))
+        if channels == 3:
+            image = tf.tile(image, [1, 1, 3])
+        if randaug is not None:
+            image = tf.cast(randaug(image), tf.float32)
+        image = normalize(image, normalization)
+        if target == "none":
+            return image
+        if target == "mask":
+            return image, mask
+        if target == "boxes":
+            return image, boxes
+        return image, tf.gather(y_t, i)
+
+    ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if prefetch:
+        ds = ds.prefetch(prefetch)
+    ds.epoch_state = state
+    ds.num_rows = n
+    return ds
+
+
+def _targets(cache, rows, target, labels, one_hot, max_boxes):
+    if target in ("none", "mask"):
+        return None
+    if target == "boxes":
+        out = np.full((len(rows), max_boxes, 5), [0, 0, 0, 0, -1], np.float32)
+        for r, (boxes, oh, ow) in enumerate(zip(rows["boxes"], rows["orig_h"], rows["orig_w"])):
+            for b, box in enumerate(list(boxes)[:max_boxes]):
+                x, y, w, h, c = box
+                sx, sy = cache.size / float(ow), cache.size / float(oh)
+                out[r, b] = [x * sx, y * sy, w * sx, h * sy, c]
+        return out
+    if target != "labels":
+        raise ValueError(f"target must be 'labels', 'mask', 'boxes' or 'none', got {target!r}")
+    y = cache.targets(rows)
+    if labels is not None:
+        if cache.labels is None:
+            raise ValueError("labels= selects label columns, but this cache is multi-class")
+        unknown = [c for c in labels if c not in cache.labels]
+        if unknown:
+            raise ValueError(f"unknown label column(s) {unknown}; cache has {cache.labels}")
+        y = y[:, [cache.labels.index(c) for c in labels]]
+    if one_hot and cache.classes is not None:
+        y = np.eye(len(cache.classes), dtype=np.float32)[y]
+    return y

@@ -1,0 +1,97 @@
+"""Figures of the ``fzlpr`` paper: per-class ROC curves (Fig. 5), AUC differences against tau = 1
+(Fig. 6) and training curves. Matplotlib with the Agg backend; files are written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from cxr_keras.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_roc_curves(y_true, y_score, labels, path, title="ROC curves"):
+    """One ROC curve per class with its AUC in the legend (paper Fig. 5). NaN targets skipped."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    cmap = plt.get_cmap("tab20")
+    for j, label in enumerate(labels):
+        keep = ~np.isnan(y_true[:, j])
+        t = y_true[keep, j] >= 0.5
+        if t.all() or not t.any():
+            continue
+        fpr, tpr, _ = roc_curve(t, y_score[keep, j])
+        auc = roc_auc_score(t, y_score[keep, j])
+        ax.plot(fpr, tpr, lw=1.2, color=cmap(j % 20), label=f"{label} (AUC = {auc:.4f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="sensitivity (true positive rate)", title=title)
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
+                         title="AUC difference against tau = 1"):
+    """Grouped bars of AUC(tau) - AUC(reference_tau) per label (paper Fig. 6).
+
+    ``per_label_auc_by_tau`` maps tau -> {label: auc}; the reference tau is not drawn.
+    """
+    if reference_tau not in per_label_auc_by_tau:
+        raise ValueError(f"reference tau {reference_tau} not among {list(per_label_auc_by_tau)}")
+    ref = per_label_auc_by_tau[reference_tau]
+    labels = list(ref)
+    taus = [t for t in per_label_auc_by_tau if t != reference_tau]
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(taus), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(labels)), 4.5))
+    for k, tau in enumerate(taus):
+        aucs = per_label_auc_by_tau[tau]
+        diff = [aucs.get(lab, np.nan) - ref[lab] for lab in labels]
+        ax.bar(x + (k - (len(taus) - 1) / 2) * width, diff, width, label=f"tau = {tau:g}")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=45, ha="right")
+    ax.set(ylabel=f"AUC - AUC(tau = {reference_tau:g})", title=title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_training_curves(history, path, title="Training curves"):
+    """Plot every metric of a Keras history (dict of lists or a CSVLogger CSV path) by epoch.
+
+    ``x`` and ``val_x`` share one panel; columns named ``epoch`` are the x axis when present.
+    """
+    if isinstance(history, (str, Path)):
+        import pandas as pd
+
+        history = pd.read_csv(history).to_dict(orient="list")
+    history = {k: list(v) for k, v in dict(history).items()}
+    epochs = history.pop("epoch", None)
+    bases = [k for k in history if not k.startswith("val_")]
+    bases += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
+    if not bases:
+        raise ValueError("plot_training_curves: empty history")
+    fig, axes = plt.subplots(1, len(bases), figsize=(4 * len(bases), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], bases):
+        for k, style in ((key, "-"), ("val_" + key, "--")):
+            if k in history:
+                ys = history[k]
+                xs = epochs if epochs is not None else range(1, len(ys) + 1)
+                ax.plot(list(xs), ys, style, label=k)
+        ax.set(xlabel="epoch", title=key)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

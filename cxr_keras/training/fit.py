@@ -1,0 +1,144 @@
+"""Staged, resumable fitting shared by every paper.
+
+:func:`fit_stage` trains one stage (e.g. fzlpr's frozen-base stage, then the full network) with:
+
+- best checkpoint by a monitored metric, kept across stages and across restarts
+  (``checkpoints/best.keras`` + ``best.json``);
+- ``keras.callbacks.BackupAndRestore`` per stage, so a killed run resumes from its last epoch;
+  dropout seeds and the data order are functions of the epoch (:class:`EpochReseed`,
+  :class:`~cxr_keras.data.pipeline.EpochCallback`), so the resumed run ends with the same weights;
+- CSV logs (and TensorBoard logs when asked);
+- a clear stop when the loss becomes NaN (:class:`TrainingDiverged`), the best checkpoint intact;
+- a stage marker (``checkpoints/<stage>.weights.h5``): a finished stage is not trained again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..io import atomic_path, write_json
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.where = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.where = (self.epoch, batch, float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+
+class EpochReseed(keras.callbacks.Callback):
+    """Set every SeedGenerator (dropout, noise layers) to a function of (seed, epoch)."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for i, sg in enumerate(_seed_generators(self.model)):
+            sg.state.assign(np.array([self.seed + i, epoch], dtype=sg.state.dtype))
+
+
+def _seed_generators(model):
+    seen, out = set(), []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for sg in getattr(layer, "_seed_generators", []):
+            if id(sg) not in seen:
+                seen.add(id(sg))
+                out.append(sg)
+    return out
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the whole model (``.keras``) when ``monitor`` improves on the best seen in this run,
+    remembering the best in ``best.json`` so that later stages and restarts compare against it."""
+
+    def __init__(self, directory, monitor="val_auc", mode="max", stage=""):
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor, self.mode, self.stage = monitor, mode, stage
+        self.state_path = self.directory / "best.json"
+
+    def _best(self):
+        if self.state_path.exists():
+            return json.loads(self.state_path.read_text())
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise KeyError(f"monitored metric {self.monitor!r} not in logs {sorted(logs or {})}")
+        value = float(value)
+        best = self._best()
+        better = best is None or (value > best["value"] if self.mode == "max" else value < best["value"])
+        if better and math.isfinite(value):
+            with atomic_path(self.directory / "best.keras") as tmp:
+                self.model.save(tmp)
+            write_json(self.state_path, {"value": value, "monitor": self.monitor, "mode": self.mode,
+                                         "stage": self.stage, "epoch": int(epoch)})
+
+
+def read_history(path) -> dict:
+    """Read a CSVLogger file into {metric: [values]} (the last value wins for a repeated epoch)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    rows = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[int(row["epoch"])] = row
+    hist = {}
+    for epoch in sorted(rows):
+        for k, v in rows[epoch].items():
+            hist.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
+    return hist
+
+
+def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimizer, loss,
+              metrics=(), monitor="val_auc", mode="max", seed: int = 0, jit_compile=False,
+              steps_per_epoch=None, callbacks=(), tensorboard: bool = False, verbose="auto") -> dict:
+    """Compile and fit one stage; returns its history. Skips a stage already finished."""
+    from ..data.pipeline import EpochCallback
+
+    marker = run.checkpoints / f"{stage}.weights.h5"
+    if marker.exists():
+        model.load_weights(marker)
+        return read_history(run.file("logs", f"history_{stage}.csv"))
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)
+    nan_stop = StopOnNaN()
+    cbs = [EpochCallback(train_ds), EpochReseed(seed), nan_stop,
+           BestCheckpoint(run.checkpoints, monitor, mode, stage),
+           keras.callbacks.CSVLogger(str(run.file("logs", f"history_{stage}.csv")), append=True),
+           *callbacks,
+           # last: the backup is written only after everything above ran for the epoch
+           keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup" / stage))]
+    if tensorboard:
+        cbs.insert(0, keras.callbacks.TensorBoard(str(run.file("logs", "tensorboard", stage))))
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs,
+              steps_per_epoch=steps_per_epoch, verbose=verbose)
+    if nan_stop.where is not None:
+        epoch, batch, value = nan_stop.where
+        raise TrainingDiverged(
+            f"stage {stage!r}: the loss became {value} at epoch {epoch + 1}, batch {batch + 1}; "
+            f"training stopped. The best checkpoint so far is {run.checkpoints / 'best.keras'} "
+            "(if any). Lower the learning rate or check the inputs for NaN.")
+    with atomic_path(marker, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    return read_history(run.file("logs", f"history_{stage}.csv"))

@@ -1,0 +1,68 @@
+"""Runtime set-up for training: seeds, determinism, mixed precision, XLA, multi-GPU strategy.
+
+TF-specific parts (op determinism, ``tf.distribute.MirroredStrategy``) are imported only when the
+backend is TensorFlow. On the JAX backend multi-device training goes through
+``keras.distribution`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import keras
+
+
+@dataclass
+class Runtime:
+    backend: str
+    gpus: int
+    mixed_precision: bool
+    jit_compile: bool
+    deterministic: bool
+    strategy: object = None  # a tf.distribute.Strategy or None
+
+    def scope(self):
+        """Context in which to build and compile models (the strategy's scope, if any)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync if self.strategy is not None else 1
+
+
+def _gpu_count(backend: str) -> int:
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return sum(1 for d in jax.devices() if d.platform == "gpu")
+    return 0
+
+
+def configure(seed: int = 0, deterministic: bool = False, mixed_precision="auto", xla="auto",
+              multi_gpu: bool = True) -> Runtime:
+    """Seed every generator; switch mixed precision and XLA on by default on GPU only.
+
+    ``deterministic=True`` asks TensorFlow for deterministic kernels (slower on GPU).
+    ``multi_gpu``: on TensorFlow with several GPUs visible, build a MirroredStrategy.
+    """
+    backend = keras.backend.backend()
+    keras.utils.set_random_seed(seed)
+    gpus = _gpu_count(backend)
+    if deterministic and backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    mp = gpus > 0 if mixed_precision == "auto" else bool(mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
+    jit = gpus > 0 if xla == "auto" else bool(xla)
+    strategy = None
+    if multi_gpu and gpus > 1 and backend == "tensorflow":
+        from .distribute import mirrored_strategy
+
+        strategy = mirrored_strategy()
+    return Runtime(backend, gpus, mp, jit, deterministic, strategy)
