@@ -34,6 +34,10 @@ def atomic_path(dest, suffix=None):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.is_file():  # mkstemp creates 0600; give the file the usual umask-based mode
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -144,11 +144,14 @@ def _targets(cache, rows, target, labels, one_hot, max_boxes):
         return None
     if target == "boxes":
         out = np.full((len(rows), max_boxes, 5), [0, 0, 0, 0, -1], np.float32)
+        from .cache import resize_geometry
+
+        resize = cache.meta.get("resize", "squash")
         for r, (boxes, oh, ow) in enumerate(zip(rows["boxes"], rows["orig_h"], rows["orig_w"])):
+            sx, sy, ox, oy = resize_geometry(int(oh), int(ow), cache.size, resize)
             for b, box in enumerate(list(boxes)[:max_boxes]):
                 x, y, w, h, c = box
-                sx, sy = cache.size / float(ow), cache.size / float(oh)
-                out[r, b] = [x * sx, y * sy, w * sx, h * sy, c]
+                out[r, b] = [x * sx + ox, y * sy + oy, w * sx, h * sy, c]
         return out
     if target != "labels":
         raise ValueError(f"target must be 'labels', 'mask', 'boxes' or 'none', got {target!r}")
