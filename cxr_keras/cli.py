@@ -71,6 +71,10 @@ def cmd_prepare(args):
 
 
 def cmd_run(args, rest):
+    if args.paper is None:
+        print(f"usage: cxr-keras run PAPER [options]; PAPER is one of: {', '.join(PAPERS)}; "
+              "see cxr-keras run PAPER --help")
+        return 0 if rest in ([], ["-h"], ["--help"]) else 2
     if args.paper not in PAPERS:
         raise DataError(f"unknown paper {args.paper!r}; known: {', '.join(PAPERS)}")
     recipe = importlib.import_module(f"cxr_keras.recipes.{args.paper}")
@@ -129,7 +133,7 @@ def build_parser():
     pr.set_defaults(func=cmd_prepare)
 
     ru = sub.add_parser("run", help="run a paper's experiment", add_help=False)
-    ru.add_argument("paper")
+    ru.add_argument("paper", nargs="?", help=f"one of: {', '.join(PAPERS)}")
     ru.set_defaults(func=None)
 
     ex = sub.add_parser("export", help="export a run's best model as a SavedModel")

@@ -14,10 +14,7 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     args = fzlpr.build_parser().parse_args(
         ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0", "--workers", "1"])
-    cfg = fzlpr.config_from_args(args)
-    cfg.backbone_blocks = (1, 1, 1, 1)
-    cfg.phantom_n, cfg.phantom_size, cfg.cache_size, cfg.crop = 360, 192, 184, 160
-    cfg.stage1_epochs, cfg.stage2_epochs = 1, 4
+    cfg = fzlpr.config_from_args(args)  # exactly the --quick configuration (about 4-5 min)
     cfg.bootstrap, cfg.gradcam_images = 50, 3
     return fzlpr.run(cfg, args), args, cfg
 
@@ -36,7 +33,11 @@ def test_run_folder_has_every_artefact(finished_run):
 def test_mean_auc_beats_chance(finished_run):
     run, _, _ = finished_run
     m = json.loads(run.file("metrics.json").read_text())
-    assert m["test_mean_auc"] > 0.6, m["test_auc"]
+    # measured on this configuration: mean 0.636 (95% CI 0.574-0.693); Effusion 0.94,
+    # Emphysema 0.92, Cardiomegaly 0.85
+    assert m["test_mean_auc"] > 0.56, m["test_auc"]
+    easy = np.mean([m["test_auc"][k] for k in ("Effusion", "Emphysema", "Cardiomegaly")])
+    assert easy > 0.7, m["test_auc"]
     assert len(m["tta_auc"]) == 3
 
 

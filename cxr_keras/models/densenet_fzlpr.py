@@ -56,8 +56,10 @@ def densenet121_fzlpr(num_classes=14, weights="imagenet", input_shape=(224, 224,
     x = layers.Dense(64, name="top_dense1")(x)
     x = layers.BatchNormalization(name="top_bn3")(x)
     x = layers.Activation("relu", name="top_relu3")(x)
-    x = layers.Dense(num_classes, name="logits")(x)
-    x = layers.BatchNormalization(name="logits_bn")(x)
+    # float32 outputs under mixed precision (Keras' advice for output layers): AUCs and the
+    # exported SavedModel then see full-precision scores
+    x = layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    x = layers.BatchNormalization(name="logits_bn", dtype="float32")(x)
     return keras.Model(base.input, x, name=name)
 
 

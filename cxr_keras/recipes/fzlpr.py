@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..io import atomic_path
+from ..io import DataError, atomic_path
 from . import fzlpr_paper as paper
 from .common import add_standard_args, prepare_data, switch
 
@@ -28,7 +28,7 @@ LOSSES = ("bce", "focal", "zlpr", "fzlpr")
 class Config:
     """Every setting of a run; defaults are the paper's (Sec. 4.2) unless marked CHOICE."""
     loss: str = "fzlpr"
-    tau: float = 0.2
+    tau: float | None = 0.2
     dataset: str = "phantom"
     weights: str | None = "imagenet"   # "imagenet", None, or a local weights file (backbone)
     backbone_blocks: tuple = (6, 12, 24, 16)  # DenseNet121; --quick uses a reduced DenseNet
@@ -85,11 +85,13 @@ def config_from_args(args) -> Config:
     cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
     if args.weights is not None:
         cfg.weights = None if args.weights.lower() == "none" else args.weights
+        if args.quick and cfg.weights is not None:
+            raise DataError("--quick trains a reduced DenseNet from scratch: it takes no --weights")
     for name in ("batch_size", "stage1_epochs", "stage2_epochs", "val_by", "phantom_n"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if cfg.loss != "fzlpr":
-        cfg.tau = 1.0 if cfg.loss == "zlpr" else float("nan")
+        cfg.tau = 1.0 if cfg.loss == "zlpr" else None  # tau only applies to (F)ZLPR
     return cfg
 
 
@@ -127,13 +129,15 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
     """Train and evaluate one configuration; returns its run folder."""
     import keras
 
-    from ..data.pipeline import make_dataset
     from ..data.cache import Cache
+    from ..data.pipeline import make_dataset
     from ..losses import get_loss
     from ..models.densenet_fzlpr import set_backbone_trainable
     from ..training import RunFolder, configure, fit_stage
 
     tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
+    if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
+        cfg.extra = dict(cfg.extra, data_root=str(args.data_root), cache=str(args.cache))
     run_dir = RunFolder.for_config(args.out, tag, asdict(cfg), force=args.force)
     print(f"run folder: {run_dir.path}")
     rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
@@ -143,7 +147,10 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
                                              "seed": cfg.seed})
     cache = Cache(cache_path)
     labels = cache.labels
-    crop = cfg.crop / cfg.cache_size
+    if cache.size < cfg.crop:
+        raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
+                        f"{cfg.crop}px crop; prepare it with --size {cfg.cache_size}")
+    crop = cfg.crop / cache.size
     from ..data.augment import PRESETS
 
     preset = PRESETS["fzlpr"].__class__(**{**asdict(PRESETS["fzlpr"]), "crop": crop})
@@ -162,6 +169,7 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
                                      name="auc")
 
         t0 = time.perf_counter()
+        resumed = any(run_dir.checkpoints.iterdir())  # anything there: an earlier process trained
         set_backbone_trainable(model, False)
         fit_stage(model, train_ds, val_ds, run_dir, "stage1", epochs=cfg.stage1_epochs,
                   optimizer=keras.optimizers.AdamW(cfg.stage1_lr, weight_decay=cfg.weight_decay),
@@ -175,7 +183,8 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
                   optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
                   loss=loss, metrics=[auc()], monitor=cfg.monitor, seed=cfg.seed,
                   jit_compile=rt.jit_compile, verbose=args.verbose)
-        train_s = time.perf_counter() - t0
+        # a resumed run trained only part of the epochs here: report no misleading rate
+        train_s = None if resumed else time.perf_counter() - t0
 
     best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
     evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
@@ -247,9 +256,16 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD
     from ..explain.gradcam import grad_cam, overlay
 
-    # prefer images with findings, as the paper's figure does
+    # prefer images with findings, as the paper's figure does; keep only those rows in memory
     order = np.argsort(-np.nansum(test_y, axis=1), kind="stable")[:n]
-    xs = np.concatenate([np.asarray(x) for x, _ in test_ds])[order]
+    wanted, picked, start = set(order.tolist()), {}, 0
+    for x, _ in test_ds:
+        x = np.asarray(x)
+        for j in range(len(x)):
+            if start + j in wanted:
+                picked[start + j] = x[j]
+        start += len(x)
+    xs = np.stack([picked[i] for i in order])
     cls = np.argmax(test_prob[order], axis=1)
     cams = grad_cam(model, xs, cls, layer_name="relu")
     grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
@@ -330,7 +346,7 @@ def run_many(argv, variants):
         for k, v in overrides.items():
             setattr(cfg, k, v)
         if cfg.loss != "fzlpr":
-            cfg.tau = 1.0 if cfg.loss == "zlpr" else float("nan")
+            cfg.tau = 1.0 if cfg.loss == "zlpr" else None
         try:
             runs.append(run(cfg, args))
         except DataError as e:

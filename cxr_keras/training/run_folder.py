@@ -44,8 +44,13 @@ class RunFolder:
         if (path / "DONE").exists() and not force:
             raise DataError(f"{path} holds a finished run of this configuration; pass --force to "
                             "run it again or choose another --out")
-        if force and (path / "DONE").exists():
-            (path / "DONE").unlink()
+        if force and path.exists():  # start over: checkpoints, stage markers, logs, results
+            import shutil
+
+            for sub in ("checkpoints", "logs", "predictions", "plots"):
+                shutil.rmtree(path / sub, ignore_errors=True)
+            for name in ("DONE", "metrics.json", "report.md", "config.json"):
+                (path / name).unlink(missing_ok=True)
         run = cls(path)
         old = path / "config.json"
         if old.exists() and json.loads(old.read_text()) != json.loads(json.dumps(config, default=str)):
