@@ -25,6 +25,8 @@ def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
     p.add_argument("--workers", type=int, default=None, help="processes for data preparation")
     p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard logs (needs `pip install tensorboard`)")
     return p
 
 

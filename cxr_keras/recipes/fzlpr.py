@@ -174,7 +174,8 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
         fit_stage(model, train_ds, val_ds, run_dir, "stage1", epochs=cfg.stage1_epochs,
                   optimizer=keras.optimizers.AdamW(cfg.stage1_lr, weight_decay=cfg.weight_decay),
                   loss=loss, metrics=[auc()], monitor=cfg.monitor, seed=cfg.seed,
-                  jit_compile=rt.jit_compile, verbose=args.verbose)
+                  jit_compile=rt.jit_compile, verbose=args.verbose,
+                  tensorboard=args.tensorboard)
         set_backbone_trainable(model, True)
         schedule = keras.optimizers.schedules.CosineDecay(
             cfg.stage2_lr, decay_steps=max(1, steps * cfg.stage2_epochs),
@@ -182,7 +183,8 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
         fit_stage(model, train_ds, val_ds, run_dir, "stage2", epochs=cfg.stage2_epochs,
                   optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
                   loss=loss, metrics=[auc()], monitor=cfg.monitor, seed=cfg.seed,
-                  jit_compile=rt.jit_compile, verbose=args.verbose)
+                  jit_compile=rt.jit_compile, verbose=args.verbose,
+                  tensorboard=args.tensorboard)
         # a resumed run trained only part of the epochs here: report no misleading rate
         train_s = None if resumed else time.perf_counter() - t0
 
@@ -377,7 +379,36 @@ def losses_report(runs) -> str:
              "test mean AUC": paper.TABLE2_TEST_AUC[loss]["Average"]},
             title=f"{loss}"))
         lines.append("")
+    lines += delong_section(runs)
     return "\n".join(lines)
+
+
+def delong_section(runs) -> list:
+    """DeLong's paired test, per label, of FZLPR against every other loss on the same test set."""
+    from ..evaluation.delong import delong_test
+
+    preds = {r.metrics()["loss"]: r.load_predictions("test") for r in runs}
+    if "fzlpr" not in preds:
+        return []
+    ref = preds["fzlpr"]
+    labels = [str(x) for x in ref["labels"]]
+    lines = ["### DeLong's test, FZLPR against each loss (test set, p-values)", "",
+             "| label | " + " | ".join(k for k in preds if k != "fzlpr") + " |",
+             "|---|" + "---:|" * (len(preds) - 1)]
+    for j, label in enumerate(labels):
+        cells = []
+        for loss, p in preds.items():
+            if loss == "fzlpr":
+                continue
+            y = ref["y_true"][:, j]
+            keep = ~np.isnan(y)
+            if not np.array_equal(p["y_true"][:, j][keep], y[keep]) or len(set(y[keep])) < 2:
+                cells.append("-")
+                continue
+            *_, pval = delong_test(y[keep], ref["prob_original"][keep, j], p["prob_original"][keep, j])
+            cells.append(f"{pval:.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def tau_report(runs, plot_path) -> str:

@@ -130,6 +130,11 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
            # last: the backup is written only after everything above ran for the epoch
            keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup" / stage))]
     if tensorboard:
+        try:
+            import tensorboard as _tb  # noqa: F401  (tf.summary needs the package at run time)
+        except ImportError as e:
+            raise RuntimeError("TensorBoard logs were asked for but the tensorboard package is "
+                               "not installed: pip install tensorboard") from e
         cbs.insert(0, keras.callbacks.TensorBoard(str(run.file("logs", "tensorboard", stage))))
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs,
               steps_per_epoch=steps_per_epoch, verbose=verbose)
