@@ -20,7 +20,7 @@ Presets (training; evaluation applies only the deterministic part, e.g. the cent
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import tensorflow as tf
 

@@ -185,3 +185,19 @@ def parse_label_columns(df: pd.DataFrame, columns, path, allowed=(1.0, 0.0),
         values[blank] = np.nan
         out[:, j] = values
     return out
+
+
+# ----------------------------------------------------------------------------- missing files
+
+def check_files_exist(df: pd.DataFrame, missing: str, where, what: str = "image(s)") -> pd.DataFrame:
+    """Raise a DataError naming the first missing ``path`` files (``missing="error"``) or drop
+    those rows (``missing="drop"``)."""
+    if missing not in ("error", "drop"):
+        raise DataError(f"missing must be 'error' or 'drop', got {missing!r}")
+    exists = np.array([Path(p).is_file() for p in df["path"]], bool)
+    if exists.all():
+        return df
+    if missing == "error":
+        names = df.loc[~exists, "path"].head(5).tolist()
+        raise DataError(f"{where}: {int((~exists).sum())} {what} are missing, e.g. {names}")
+    return df.loc[exists].reset_index(drop=True)

@@ -52,7 +52,8 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import (finish_table, find_dataset_dir, parse_label_columns, read_csv_checked,
+from ..tables import (check_files_exist, finish_table, find_dataset_dir, parse_label_columns,
+                      read_csv_checked,
                       split_off_validation)
 
 NAME = "chexpert"
@@ -298,13 +299,7 @@ def load_table(root, uncertain="ones", blank: str = "zeros", frontal_only: bool 
     df = pd.concat(parts, ignore_index=True)
     if frontal_only:
         df = df.loc[df["view"] == "Frontal"].reset_index(drop=True)
-    exists = np.array([Path(p).is_file() for p in df["path"]], bool)
-    if not exists.all():
-        if missing == "error":
-            names = df.loc[~exists, "path"].head(5).tolist()
-            raise DataError(f"{ds_dir}: {int((~exists).sum())} image(s) listed in the CSVs are missing, "
-                            f"e.g. {names}")
-        df = df.loc[exists]
+    df = check_files_exist(df, missing, ds_dir, "image(s) listed in the CSVs")
     df["path"] = [str(Path(p).resolve()) for p in df["path"]]
     df = split_off_validation(df, val_fraction, seed, by=val_by)
     df = finish_table(df, dataset=NAME, root=root, labels=labels)

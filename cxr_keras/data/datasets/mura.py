@@ -25,8 +25,8 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import (find_dataset_dir, finish_table, read_csv_checked, split_by_fractions,
-                      split_off_validation)
+from ..tables import (check_files_exist, find_dataset_dir, finish_table, read_csv_checked,
+                      split_by_fractions, split_off_validation)
 
 NAME = "mura"
 CLASSES = ("normal", "abnormal")
@@ -205,13 +205,7 @@ def load_table(root, split: str = "official", val_fraction: float = 0.1, val_by:
         raise DataError(f"mura: missing must be 'error' or 'drop', got {missing!r}")
     mura = find_dataset_dir(root, DIR, marker="train_image_paths.csv").resolve()
     df = pd.concat([read_split(mura, "train"), read_split(mura, "valid")], ignore_index=True)
-    exists = np.array([Path(p).exists() for p in df["path"]])
-    if not exists.all():
-        if missing == "error":
-            gone = df.loc[~exists, "path"].head(5).tolist()
-            raise DataError(f"{mura}: {int((~exists).sum())} image(s) listed in the *_image_paths.csv "
-                            f"files are missing, e.g. {gone}")
-        df = df.loc[exists].reset_index(drop=True)
+    df = check_files_exist(df, missing, mura, "image(s) listed in the *_image_paths.csv files")
     if level == "study":
         df = (df.groupby("study", sort=False)
                 .agg(path=("path", "first"), paths=("path", list), n_images=("path", "size"),

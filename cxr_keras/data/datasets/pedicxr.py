@@ -61,7 +61,8 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_dicom
-from ..tables import finish_table, parse_label_columns, read_csv_checked, split_off_validation
+from ..tables import (check_files_exist, finish_table, parse_label_columns, read_csv_checked,
+                      split_off_validation)
 
 NAME = "pedicxr"
 ID_COLUMNS = ("image_id", "rad_ID")
@@ -231,13 +232,7 @@ def load_table(root, aggregate: str | None = "six", min_test_positives: int = 5,
         t.insert(0, "path", [str((root / split / f"{i}.dicom").resolve()) for i in t["image_id"]])
         parts.append(t)
     df = pd.concat(parts, ignore_index=True)
-    exists = np.array([Path(p).is_file() for p in df["path"]], bool)
-    if not exists.all():
-        if missing == "error":
-            names = df.loc[~exists, "path"].head(5).tolist()
-            raise DataError(f"{root}: {int((~exists).sum())} DICOM(s) listed in the label files are "
-                            f"missing, e.g. {names}")
-        df = df.loc[exists].reset_index(drop=True)
+    df = check_files_exist(df, missing, root, "DICOM(s) listed in the label files")
     test_positives = {c: int((df.loc[df["split"] == "test", c] == 1).sum()) for c in COLUMNS}
     folded = []
     if aggregate == "six":
