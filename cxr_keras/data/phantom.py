@@ -733,13 +733,12 @@ def _ov_effusion(sc, rng, state):
         L = g.lungs[side]
         level = rng.uniform(L.dome - 0.11, L.dome + 0.005)
         rise = rng.uniform(0.04, 0.08)
-        win = (slice(None), slice(None))
         dd = _F32(side) * (U - _F32(g.cx))
         lf = np.clip((dd - _F32(L.m)) * _F32(1 / (L.W - L.m)), 0, 1)
-        men = _F32(level) - _F32(rise) * lf * lf
+        men = _F32(level) - _F32(rise) * lf * lf          # meniscus: fluid climbs the lateral wall
         f = np.clip((V - men) * _F32(1 / 0.012), 0, 1) * sc.mask[side]
-        sc.fill[win] += f
-        sc.dens[win] += f * _F32(0.08)
+        sc.fill += f
+        sc.dens += f * _F32(0.08)
         sc.add_box("Effusion", f > 0.5)
 
 
@@ -842,10 +841,13 @@ def _lobe(sc, rng, side, whole=True):
 
 def _ov_lobar(name, whole, amp):
     def overlay(sc, rng, state):
-        side = RIGHT if rng.random() < 0.5 else LEFT
-        r = _lobe(sc, rng, side, whole)
-        r *= _F32(rng.uniform(*amp)) * ((0.85 + 0.15 * _lowfreq(rng, r.shape, 5)))
-        bb = _box(name, r > 0.3)
+        for _ in range(8):     # retry if the drawn lobe/segment is hidden (e.g. behind a big heart)
+            side = RIGHT if rng.random() < 0.5 else LEFT
+            r = _lobe(sc, rng, side, whole)
+            r *= _F32(rng.uniform(*amp)) * ((0.85 + 0.15 * _lowfreq(rng, r.shape, 5)))
+            bb = _box(name, r > 0.3)
+            if bb is not None and bb[3] * bb[4] > (0.04 * sc.s) ** 2:
+                break
         if bb is None:
             return
         _, x, y, w, h = bb
@@ -1073,7 +1075,7 @@ def _ov_tb_active(sc, rng, state):
 
 
 def _ov_tb_latent(sc, rng, state):
-    g, cv = sc.g, sc.cv
+    cv = sc.cv
     for _ in range(1 + (rng.random() < 0.4)):
         _, u, v = sc.sample_point(rng, 0.03, zone=(0.05, 0.4))
         lay = np.zeros((sc.s, sc.s), np.uint8)
