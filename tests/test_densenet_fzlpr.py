@@ -16,6 +16,8 @@ from cxr_keras.models import (
     TOP_LAYER_NAMES, densenet121_fzlpr, set_backbone_trainable, top_layers,
 )
 
+import _models  # noqa: E402  (tests/ is on sys.path under pytest)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -24,13 +26,7 @@ def _n_params(layers):
 
 
 def tiny_backbone(size=28, channels=16):
-    """A small stand-in for DenseNet121: 7x7 feature map from layer "relu", like the real one."""
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", name="stem_conv")(inp)
-    x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Activation("relu", name="relu")(x)
-    return keras.Model(inp, x, name="tiny_backbone")
+    return _models.tiny_backbone(size, channels)
 
 
 @pytest.fixture(scope="module")

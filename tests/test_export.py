@@ -21,6 +21,8 @@ from cxr_keras.io import DataError
 from cxr_keras.models import densenet121_fzlpr
 from cxr_keras.training import RunFolder
 
+import _models  # noqa: E402  (tests/ is on sys.path under pytest)
+
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["Atelectasis", "Effusion", "Nodule"]
 SIZE, CACHE = 28, 32
@@ -28,12 +30,7 @@ ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def tiny_backbone(size=SIZE, channels=8):
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", name="stem_conv")(inp)
-    x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Activation("relu", name="relu")(x)
-    return keras.Model(inp, x, name="tiny_backbone")
+    return _models.tiny_backbone(size, channels)
 
 
 def tiny_model():
