@@ -4,6 +4,11 @@ from cxr_keras.models.densenet_fzlpr import (
     FEATURE_LAYER, TOP_LAYER_NAMES, backbone_layers, densenet121_fzlpr, set_backbone_trainable,
     top_layers,
 )
+from cxr_keras.models.efficientnet_unet import (
+    DEEPEST_CONV, ENSEMBLE_CONV, efficientnet_classifier, efficientnet_encoder, efficientnet_unet,
+    model_level_ensemble,
+)
 
 __all__ = ["densenet121_fzlpr", "set_backbone_trainable", "top_layers", "backbone_layers",
-           "TOP_LAYER_NAMES", "FEATURE_LAYER"]
+           "TOP_LAYER_NAMES", "FEATURE_LAYER", "efficientnet_unet", "efficientnet_classifier",
+           "efficientnet_encoder", "model_level_ensemble", "DEEPEST_CONV", "ENSEMBLE_CONV"]
