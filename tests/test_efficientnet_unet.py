@@ -149,3 +149,19 @@ def test_model_level_ensemble_saves_and_reloads(tmp_path):
     """)
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_shallow_quick_encoder_keeps_the_skips_and_truncates_at_block5b():
+    """depth_coefficient 0.5 (quick runs): 10 blocks, the U-Net's skips remain, and the
+    classifier is cut at block5b_add because block5c_add no longer exists."""
+    from cxr_keras.models import efficientnet_classifier, efficientnet_unet
+
+    unet = efficientnet_unet((64, 64, 3), weights=None, width_coefficient=0.25,
+                             depth_coefficient=0.5, decoder_filters=(16, 8, 8, 8, 8))
+    names = {layer.name for layer in unet.layers}
+    assert "block5b_add" in names and "block5c_add" not in names
+    assert unet.output.shape == (None, 64, 64, 1)
+    clf = efficientnet_classifier(unet, 3, truncate_at="block5b_add")
+    assert clf.get_layer("deepest_conv").output.shape[1:3] == (4, 4)
+    with pytest.raises(ValueError):
+        efficientnet_classifier(unet, 3)  # block5c_add is missing

@@ -46,11 +46,15 @@ def encoder_layer_names():
     return SKIP_LAYERS, ENCODER_OUTPUT
 
 
-def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_coefficient=1.0):
-    """EfficientNet-B0 without top (``width_coefficient=1``) or a narrower variant for quick runs.
+def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_coefficient=1.0,
+                         depth_coefficient=1.0):
+    """EfficientNet-B0 without top (both coefficients 1) or a reduced variant for quick runs.
 
-    ``width_coefficient < 1`` scales every channel count (Keras' ``round_filters``) at B0 depth,
-    keeping all layer names (``block5c_add`` ...).
+    ``width_coefficient < 1`` scales every channel count (Keras' ``round_filters``), keeping all
+    layer names (``block5c_add`` ...). ``depth_coefficient < 1`` repeats each stage's block
+    fewer times (Keras' ``round_repeats``: at 0.5, 10 blocks instead of 16, so ``block5c_add``
+    no longer exists: truncate the classifier at ``block5b_add``); the skip layers of the U-Net
+    (``block{2,3,4,6}a_expand_activation``) remain.
 
     ``weights``: ``"imagenet"`` (B0 only; Keras downloads ``efficientnetb0_notop.h5``, or finds it
     in ``~/.keras/models/`` offline), ``None``, or a path to an encoder weights file (e.g. a
@@ -64,19 +68,21 @@ def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_co
     if not (weights is None or weights == "imagenet" or (is_path and os.path.exists(weights))):
         raise ValueError("`weights` must be 'imagenet', None or the path to an existing encoder "
                          f"weights file (e.g. '*.weights.h5'); got weights={weights!r}")
-    if weights == "imagenet" and width_coefficient != 1.0:
-        raise ValueError("`weights='imagenet'` exists only for width_coefficient=1.0 "
-                         f"(EfficientNet-B0); got width_coefficient={width_coefficient}")
+    if weights == "imagenet" and (width_coefficient, depth_coefficient) != (1.0, 1.0):
+        raise ValueError("`weights='imagenet'` exists only for EfficientNet-B0 (both coefficients "
+                         f"1.0); got width_coefficient={width_coefficient}, "
+                         f"depth_coefficient={depth_coefficient}")
     keras_weights = "imagenet" if weights == "imagenet" else None
-    if width_coefficient == 1.0:
+    if (width_coefficient, depth_coefficient) == (1.0, 1.0):
         encoder = keras.applications.EfficientNetB0(
             include_top=False, weights=keras_weights, input_shape=tuple(input_shape))
     else:
         from keras.src.applications.efficientnet import EfficientNet
 
         encoder = EfficientNet(
-            width_coefficient, 1.0, 224, include_top=False, weights=None,
-            input_shape=tuple(input_shape), name=f"efficientnet_w{width_coefficient:g}")
+            width_coefficient, depth_coefficient, 224, include_top=False, weights=None,
+            input_shape=tuple(input_shape),
+            name=f"efficientnet_w{width_coefficient:g}_d{depth_coefficient:g}")
     if is_path:
         encoder.load_weights(os.fspath(weights))
     return encoder
@@ -92,7 +98,8 @@ def _conv_bn_relu(x, filters, name):
 
 def efficientnet_unet(input_shape=(256, 256, 3), weights="imagenet", classes=1,
                       activation="sigmoid", encoder=None, width_coefficient=1.0,
-                      decoder_filters=DECODER_FILTERS, name="efficientnetb0_unet"):
+                      decoder_filters=DECODER_FILTERS, name="efficientnetb0_unet",
+                      depth_coefficient=1.0):
     """U-Net with an EfficientNet-B0 encoder (paper Sec. 2.2, Fig. 1; SPEC section 2).
 
     Mirrors segmentation_models ``Unet('efficientnetb0')``: decoder stage ``i`` =
@@ -111,12 +118,13 @@ def efficientnet_unet(input_shape=(256, 256, 3), weights="imagenet", classes=1,
         encoder: optional prebuilt EfficientNet-style model with the B0 layer names; its layers
             become part of the U-Net (shared); ``input_shape`` and ``width_coefficient`` are
             then ignored.
-        width_coefficient: < 1 builds a narrower encoder (quick CPU runs; no ImageNet weights).
+        width_coefficient, depth_coefficient: < 1 build a narrower / shallower encoder (quick
+            CPU runs; no ImageNet weights); see :func:`efficientnet_encoder`.
         decoder_filters: per-stage filters; default (256, 128, 64, 32, 16) as in the paper's
             library. Not scaled with ``width_coefficient``; pass smaller ones for speed.
     """
     if encoder is None:
-        encoder = efficientnet_encoder(input_shape, weights, width_coefficient)
+        encoder = efficientnet_encoder(input_shape, weights, width_coefficient, depth_coefficient)
     if len(decoder_filters) != 5:
         raise ValueError(f"`decoder_filters` needs 5 entries; got {decoder_filters!r}")
     skips = [encoder.get_layer(n).output for n in SKIP_LAYERS]
