@@ -31,14 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+import _timing  # noqa: E402
 
 
 def _ensure_cache(out: Path, n: int, size: int, cache_size: int, workers) -> Path:
@@ -114,7 +110,7 @@ def main(argv=None) -> dict:
     cache = Cache(_ensure_cache(out, args.n, args.size, args.cache_size, args.workers))
     split = None if args.split == "all" else args.split
     rows = len(cache.rows(split))
-    cores = _cores()
+    cores = _timing.cores()
 
     datasets = {mode: make_dataset(cache, split, preset="fzlpr", training=(mode == "train"),
                                    batch_size=args.batch, seed=0, normalization="imagenet",

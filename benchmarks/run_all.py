@@ -2,13 +2,14 @@
 
     python benchmarks/run_all.py --out /tmp/cxr-bench
 
-Runs ``bench_cache.py``, ``bench_pipeline.py`` and ``bench_fzlpr_train.py`` one after the other,
-each in its own Python process (this interpreter) with its default arguments and ``--out OUT``,
-so that one benchmark's threads, memory and TensorFlow state do not disturb the next. Each one's
-output is echoed and kept in ``OUT/<name>.log``; its JSON lands in ``OUT/<name>.json``. Extra
-arguments for one benchmark go through ``--cache-args``, ``--pipeline-args`` and ``--train-args``
-(one quoted string each, e.g. ``--train-args "--steps 5"``). Writes ``OUT/run_all.json`` (the
-three results, commands, exit codes, durations) atomically. Nothing is written outside ``OUT``.
+Runs ``bench_cache.py``, ``bench_pipeline.py``, ``bench_fzlpr_train.py`` and
+``bench_multiloss_train.py`` one after the other, each in its own Python process (this
+interpreter) with its default arguments and ``--out OUT``, so that one benchmark's threads, memory
+and TensorFlow state do not disturb the next. Each one's output is echoed and kept in
+``OUT/<name>.log``; its JSON lands in ``OUT/<name>.json``. Extra arguments for one benchmark go
+through ``--cache-args``, ``--pipeline-args``, ``--train-args`` and ``--multiloss-args`` (one
+quoted string each, e.g. ``--train-args "--steps 5"``). Writes ``OUT/run_all.json`` (the results,
+commands, exit codes, durations) atomically. Nothing is written outside ``OUT``.
 Exits non-zero when a benchmark failed (the others still run).
 """
 
@@ -28,7 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-BENCHES = (("bench_cache", "cache"), ("bench_pipeline", "pipeline"), ("bench_fzlpr_train", "train"))
+BENCHES = (("bench_cache", "cache"), ("bench_pipeline", "pipeline"), ("bench_fzlpr_train", "train"),
+           ("bench_multiloss_train", "multiloss"))
 
 
 def _run(name: str, extra: list, out: Path) -> dict:
@@ -76,6 +78,15 @@ def _rows(runs: dict) -> list:
                          m["train_images_per_s"], m["train_images_per_s_core"]))
             rows.append(("train", f"{label} predict", setting,
                          m["predict_images_per_s"], m["predict_images_per_s_core"]))
+    ml = runs.get("bench_multiloss_train", {}).get("result")
+    if ml:
+        for m in ml["models"]:
+            setting = (f"batch {ml['batch']}, {ml['size']}px, width {ml['width_coefficient']:g}, "
+                       f"{ml['cores']} cores")
+            rows.append(("multiloss", f"{m['model']} train ({m['loss']})", setting,
+                         m["train_images_per_s"], m["train_images_per_s_core"]))
+            rows.append(("multiloss", f"{m['model']} predict", setting,
+                         m["predict_images_per_s"], m["predict_images_per_s_core"]))
     return rows
 
 
@@ -86,18 +97,21 @@ def _fmt(x: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/cxr-bench", help="output folder (default /tmp/cxr-bench)")
-    ap.add_argument("--only", default="cache,pipeline,train",
-                    help="comma-separated subset of cache, pipeline, train (default all)")
+    ap.add_argument("--only", default="cache,pipeline,train,multiloss",
+                    help="comma-separated subset of cache, pipeline, train, multiloss (default all)")
     ap.add_argument("--cache-args", default="", help="extra arguments for bench_cache.py")
     ap.add_argument("--pipeline-args", default="", help="extra arguments for bench_pipeline.py")
     ap.add_argument("--train-args", default="", help="extra arguments for bench_fzlpr_train.py")
+    ap.add_argument("--multiloss-args", default="",
+                    help="extra arguments for bench_multiloss_train.py")
     args = ap.parse_args(argv)
 
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = wanted - {short for _, short in BENCHES}
     if unknown:
-        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train")
-    extra = {"cache": args.cache_args, "pipeline": args.pipeline_args, "train": args.train_args}
+        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train, multiloss")
+    extra = {"cache": args.cache_args, "pipeline": args.pipeline_args, "train": args.train_args,
+             "multiloss": args.multiloss_args}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

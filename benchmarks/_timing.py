@@ -1,0 +1,139 @@
+"""Shared parts of the benchmarks: cores, rates, the alternating train/predict timing loop and the
+common fields of the results JSON.
+
+Imported as a plain ``import _timing`` by the scripts in this folder (a script's own folder is first
+on ``sys.path`` when it runs as ``python benchmarks/<name>.py``; the scripts also insert it).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+
+JIT = {"auto": "auto", "true": True, "false": False}  # --jit choice -> model.compile(jit_compile=)
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def rate(times, batch: int) -> float:
+    """Images per second over steps of ``batch`` images that took ``times`` seconds."""
+    return batch * len(times) / sum(times)
+
+
+def add_loop_args(ap, steps: int, warmup: int) -> None:
+    """``--steps``, ``--warmup``, ``--pool`` and ``--seed`` of the train benchmarks."""
+    ap.add_argument("--steps", type=int, default=steps,
+                    help=f"timed steps per model and mode (default {steps})")
+    ap.add_argument("--warmup", type=int, default=warmup, help=f"untimed steps first (default {warmup})")
+    ap.add_argument("--pool", type=int, default=4, help="distinct synthetic batches (default 4)")
+    ap.add_argument("--seed", type=int, default=0, help="numpy seed of the batches (default 0)")
+
+
+def add_jit_out_args(ap) -> None:
+    """``--jit`` and ``--out`` of the train benchmarks."""
+    ap.add_argument("--jit", choices=tuple(JIT), default="auto",
+                    help="jit_compile of model.compile (default auto: Keras' choice)")
+    ap.add_argument("--out", default="/tmp/cxr-bench", help="output folder (default /tmp/cxr-bench)")
+
+
+def check_loop_args(ap, args) -> None:
+    """Exit through ``ap.error`` unless ``--steps`` and ``--warmup`` are at least 1."""
+    if args.steps < 1 or args.warmup < 1:
+        ap.error("--steps and --warmup must be at least 1 (the first step traces the graph)")
+
+
+def time_models(models: dict, xs: list, steps: int, warmup: int) -> tuple:
+    """Time ``train_on_batch`` then ``predict_on_batch`` of every model, alternating step by step.
+
+    ``models`` maps names to dicts with ``model`` and ``targets`` (one per batch of ``xs``, used in
+    turn). Each of ``warmup`` untimed and ``steps`` timed steps ends when its result is in host
+    memory. Adds to each dict ``train`` and ``predict`` (``warmup_s``, ``times``: wall seconds;
+    ``cpu_s``: process CPU seconds of the timed steps) and ``losses``. Returns the 1-min load
+    average before and after.
+    """
+    import numpy as np
+
+    pool = len(xs)
+    load_before = os.getloadavg()[0]
+    for phase in ("train", "predict"):
+        for m in models.values():
+            m[phase] = {"warmup_s": [], "times": [], "cpu_s": 0.0}
+        for i in range(warmup + steps):
+            for m in models.values():
+                c0 = time.process_time()
+                t = time.perf_counter()
+                if phase == "train":
+                    out = m["model"].train_on_batch(xs[i % pool], m["targets"][i % pool])
+                    loss = float(np.asarray(out).ravel()[0])  # the loss is on the host: step done
+                    dt = time.perf_counter() - t
+                    m.setdefault("losses", []).append(loss)
+                else:
+                    np.asarray(m["model"].predict_on_batch(xs[i % pool]))
+                    dt = time.perf_counter() - t
+                if i < warmup:
+                    m[phase]["warmup_s"].append(dt)
+                else:
+                    m[phase]["times"].append(dt)
+                    m[phase]["cpu_s"] += time.process_time() - c0
+    return load_before, os.getloadavg()[0]
+
+
+def environment(n_cores: int, load: tuple) -> dict:
+    """Common fields of the results JSON: cores, versions, threads, load average, peak RSS."""
+    import keras
+    import tensorflow as tf
+
+    return {"cores": n_cores, "cpu_count": os.cpu_count(),
+            "tf_version": tf.__version__, "keras_version": keras.__version__,
+            "backend": keras.backend.backend(),
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "loadavg_1min_before_after": [round(load[0], 2), round(load[1], 2)],
+            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def model_row(m: dict, batch: int, n_cores: int) -> dict:
+    """Result fields of one model timed by :func:`time_models`: parameters, first-step times,
+    median step times, images/s (per core, per CPU-second) and first/last loss."""
+    import numpy as np
+
+    model = m["model"]
+    row = {"params": int(model.count_params()),
+           "trainable_params": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+           "jit_compile": bool(model.jit_compile), "build_compile_s": round(m["build_s"], 3)}
+    for phase in ("train", "predict"):
+        p = m[phase]
+        r = rate(p["times"], batch)
+        row.update({
+            f"{phase}_first_step_s": round(p["warmup_s"][0], 3),
+            f"{phase}_step_s_median": round(statistics.median(p["times"]), 4),
+            f"{phase}_images_per_s": round(r, 2),
+            f"{phase}_images_per_s_core": round(r / n_cores, 2),
+            f"{phase}_images_per_cpu_s": round(batch * len(p["times"]) / max(p["cpu_s"], 1e-9), 2),
+        })
+    row["loss_first_last"] = [round(m["losses"][0], 4), round(m["losses"][-1], 4)]
+    return row
+
+
+def conditions(results: dict) -> str:
+    """``"<backend> backend, <n> cores, 1-min load average <a> before / <b> after"``."""
+    before, after = results["loadavg_1min_before_after"]
+    return (f"{results['backend']} backend, {results['cores']} cores, 1-min load average "
+            f"{before:.2f} before / {after:.2f} after")
+
+
+def save(results: dict, out, name: str) -> dict:
+    """Write ``OUT/<name>.json`` atomically, say so, and return ``results``."""
+    from cxr_keras.io import write_json
+
+    write_json(out / f"{name}.json", results)
+    print(f"\nwrote {out / f'{name}.json'}")
+    return results
