@@ -18,7 +18,7 @@ import sys
 
 from .io import DataError
 
-PAPERS = ("fzlpr",)
+PAPERS = ("fzlpr", "multiloss")
 
 
 def _options(pairs):

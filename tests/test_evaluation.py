@@ -156,3 +156,15 @@ def test_plots_write_png_files(tmp_path):
         "curves.png", "curves_csv.png", "diff.png", "log.csv", "roc.png"]   # no temp files left
     with pytest.raises(ValueError):
         plot_auc_differences(aucs, tmp_path / "bad.png", reference_tau=0.1)
+
+
+def test_metrics_table_puts_paper_values_in_parentheses():
+    from cxr_keras.evaluation.report import metrics_table
+
+    text = metrics_table({"cce": {"MCC": 0.5, "CI": "(0.1, 0.9)"}},
+                         {"cce": {"MCC": 0.8996}, "prior": {"MCC": (0.87, 0.01)}},
+                         ("MCC", "CI"), title="Table 2", names={"cce": "CCE"})
+    lines = text.splitlines()
+    assert lines[0] == "### Table 2"
+    assert "| CCE | 0.5000 (0.8996) | (0.1, 0.9) |" in lines
+    assert "| prior | - (0.8700 ± 0.0100) | - |" in lines

@@ -46,6 +46,9 @@ PRESETS = {
                       saturation=(0.9, 1.1), hue=0.1),
     "dual_mae_pretrain": Preset(flip=True, resized_crop=(0.5, 1.0)),
     "dual_mae_finetune": Preset(flip=True, resized_crop=(0.08, 1.0), randaugment=6.0, crop=224 / 256),
+    # multiloss U-Net (Sec. 2.2.1): shifts of +-2 pixels (of a 256 side; the recipe rescales
+    # to its input size), horizontal flip, rotations of +-5 degrees
+    "multiloss": Preset(flip=True, rotation=math.radians(5), translate=2 / 256),
     "mtpret": Preset(flip=True, rotation=math.radians(10), translate=0.05, scale=(0.9, 1.1)),
 }
 

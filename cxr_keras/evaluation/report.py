@@ -31,3 +31,32 @@ def comparison_table(ours: dict, paper: dict, title: str = "") -> str:
         diff = "-" if d is None else f"{d:+.4f}"
         lines.append(f"| {item} | {_fmt(p)} | {_fmt(o)} | {diff} |")
     return "\n".join(lines) + "\n"
+
+
+def metrics_table(ours: dict, paper: dict, metrics, title: str = "", names: dict | None = None) -> str:
+    """Markdown table with one row per model: ``ours (paper)`` in every metric column.
+
+    ``ours`` and ``paper`` map a row key to ``{metric: value}``; a paper value may be a
+    ``(mean, std)`` pair (printed ``mean ± std``) and a string is printed as it is. Rows follow
+    ``ours``, then paper-only rows; ``names`` gives display names for the keys.
+    """
+    def cell(v):
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (tuple, list)) and len(v) == 2:
+            return f"{_fmt(v[0])} ± {_fmt(v[1])}"
+        return _fmt(v)
+
+    names = names or {}
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| model | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for key in list(ours) + [k for k in paper if k not in ours]:
+        o, p = ours.get(key, {}), paper.get(key, {})
+        cells = []
+        for m in metrics:
+            text = cell(o.get(m)) if m in o else "-"
+            if m in p:
+                text += f" ({cell(p[m])})"
+            cells.append(text)
+        lines.append(f"| {names.get(key, key)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -34,6 +34,50 @@ def switch(value):
     return {"auto": "auto", "on": True, "off": False}[value]
 
 
+def dataset_root(dataset: str, args, *, phantom_n: int, phantom_size: int, data_root=None,
+                 progress: bool = True) -> Path:
+    """The folder holding ``dataset``: a phantom copy written (once) under ``--out/_data`` when
+    ``--dataset phantom``, else ``data_root`` (default ``--data-root``)."""
+    from ..data import write_phantom
+
+    if args.dataset == "phantom":
+        root = Path(args.out) / "_data" / f"phantom-{dataset}-n{phantom_n}-s{phantom_size}-seed{args.seed}"
+        if not (root / ".complete").exists():
+            write_phantom(dataset, root, n=phantom_n, size=phantom_size, seed=args.seed,
+                          workers=args.workers, progress=progress)
+            write_text(root / ".complete", "phantom written\n")
+        return root
+    data_root = data_root if data_root is not None else args.data_root
+    if not data_root:
+        raise DataError(f"--dataset {args.dataset} needs the {dataset} folder (--data-root or the "
+                        "recipe's own --*-root option)")
+    return Path(data_root)
+
+
+def cached(dataset: str, root, args, *, cache_size: int, table_options: dict | None = None,
+           table_fn=None, tag: str = "", progress: bool = True) -> Path:
+    """A complete cache of ``dataset`` under ``root`` at ``cache_size`` (built once, resumable).
+
+    ``table_fn(table) -> table`` may filter or re-split the reader's table first; ``tag`` names
+    that change so that different tables never share a cache.
+    """
+    from ..data import load_table
+    from ..data.cache import Cache, build_cache
+
+    table_options = table_options or {}
+    key = config_hash({"root": str(Path(root).resolve()), "options": table_options, "tag": tag})
+    cache = (Path(args.cache) if getattr(args, "cache", None) and table_fn is None
+             else Path(args.out) / "_data" / f"cache-{Path(root).name}-{cache_size}-{key}")
+    try:
+        Cache(cache)
+    except DataError:
+        table = load_table(dataset, root, **table_options)
+        if table_fn is not None:
+            table = table_fn(table)
+        build_cache(table, cache, size=cache_size, workers=args.workers, progress=progress)
+    return cache
+
+
 def prepare_data(dataset: str, args, *, phantom_n: int, phantom_size: int, cache_size: int,
                  table_options: dict | None = None, progress: bool = True) -> Path:
     """Return a complete cache for ``dataset`` (a phantom copy is written first if asked).
@@ -41,28 +85,9 @@ def prepare_data(dataset: str, args, *, phantom_n: int, phantom_size: int, cache
     Phantom data and caches live under ``--out/_data`` and are reused by later runs with the
     same parameters; an interrupted preparation resumes.
     """
-    from ..data import write_phantom
-    from ..data.cache import Cache, prepare
-
-    out = Path(args.out) / "_data"
-    table_options = table_options or {}
-    if args.dataset == "phantom":
-        root = out / f"phantom-{dataset}-n{phantom_n}-s{phantom_size}-seed{args.seed}"
-        if not (root / ".complete").exists():
-            write_phantom(dataset, root, n=phantom_n, size=phantom_size, seed=args.seed,
-                          workers=args.workers, progress=progress)
-            write_text(root / ".complete", "phantom written\n")
-    elif args.dataset == dataset:
-        if not args.data_root:
-            raise DataError(f"--dataset {dataset} needs --data-root pointing at your copy")
-        root = Path(args.data_root)
-    else:
+    if args.dataset not in ("phantom", dataset):
         raise DataError(f"--dataset must be 'phantom' or '{dataset}', got {args.dataset!r}")
-    tag = config_hash({"root": str(root.resolve()), "options": table_options})
-    cache = Path(args.cache) if args.cache else out / f"cache-{root.name}-{cache_size}-{tag}"
-    try:
-        Cache(cache)
-    except DataError:
-        prepare(dataset, root, cache, size=cache_size, table_options=table_options,
-                workers=args.workers, progress=progress)
-    return cache
+    root = dataset_root(dataset, args, phantom_n=phantom_n, phantom_size=phantom_size,
+                        progress=progress)
+    return cached(dataset, root, args, cache_size=cache_size, table_options=table_options,
+                  progress=progress)

@@ -1,0 +1,866 @@
+"""multiloss (Rajaraman, Zamzmi & Antani): EfficientNet-B0 U-Net lung segmentation, lung-cropped
+pediatric CXRs, 12 classifiers trained with different losses, and their ensembles.
+
+``cxr-keras run multiloss [--stage segment|classify|ensemble|all] [--quick] [--dataset phantom|real]``
+
+Stages (one run folder; each stage reads what the previous one wrote, and finished models are
+kept, so a stage can be rerun or resumed):
+
+- ``segment``: a U-Net per segmentation loss (5) trained on a lung-mask set, evaluated on
+  Montgomery (Table 1, Fig. 3); the top-3 masks are AND-ed; every Kermany image is lung-cropped
+  (bounding box, 512x512, 1%/99% contrast stretch).
+- ``classify``: the best U-Net's encoder truncated at block5c_add + classification top, trained
+  once per classification loss (12) on the crops (Table 2, Figs. 4-5).
+- ``ensemble``: top-K (K = 3, 5) by MCC: majority vote, average, SLSQP-weighted average and
+  stacking (Table 3, Figs. 6-7); model-level ensembles and their SLSQP-weighted average (Tables
+  4-5, Fig. 8); McNemar / DeLong tests; Grad-CAM (Fig. 9); ``report.md`` beside the paper.
+
+Data: ``--dataset phantom`` (default) writes synthetic copies of the three datasets;
+``--dataset real`` reads ``--data-root`` (Kermany ``chest_xray``), ``--lungmask-root`` (Kaggle
+"Chest X-ray Masks and Labels") and ``--montgomery-root`` (MontgomerySet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..io import DataError
+from . import multiloss_paper as paper
+from .common import add_standard_args, cached, dataset_root, switch
+
+SEGMENTATION_LOSSES = ("bce", "bce_dice", "focal", "tversky", "focal_tversky")
+CLASSIFICATION_LOSSES = ("cce", "focal", "kld", "hinge", "ls_cce", "ls_focal", "cal_cce",
+                         "cce_entropy", "cal_neg_entropy", "cal_kld", "cal_focal", "cal_hinge")
+STAGES = ("segment", "classify", "ensemble")
+CLASSES = paper.CLASSES
+
+
+@dataclass
+class Config:
+    """Every setting of a run; defaults are the paper's (Secs. 2.2-2.3) unless marked CHOICE."""
+    dataset: str = "phantom"
+    weights: str | None = "imagenet"        # encoder of the U-Nets: "imagenet", None or a file
+    width_coefficient: float = 1.0          # EfficientNet-B0; --quick uses a narrower one
+    depth_coefficient: float = 1.0          # B0 depth; --quick uses 10 blocks instead of 16
+    decoder_filters: tuple = (256, 128, 64, 32, 16)  # segmentation_models' U-Net decoder
+    truncate_at: str = "block5c_add"        # classifier's cut (Sec. 2.3); block5b_add at depth 0.5
+    bn_momentum: float | None = None        # None: Keras' 0.99; quick runs 0.9 (a few dozen
+                                            # steps would leave the moving statistics unsettled)
+    seg_losses: tuple = SEGMENTATION_LOSSES
+    seg_size: int = 512                     # masks predicted at 512x512 (Sec. 2.2.1)
+    seg_batch: int = 8                      # CHOICE (paper silent)
+    seg_epochs: int = 40                    # CHOICE (paper silent), best by validation loss
+    seg_lr: float = 1e-3                    # Adam 1e-3, reduced when validation loss plateaus
+    seg_plateau: tuple = (0.5, 3)           # CHOICE: factor, patience (epochs)
+    seg_val_fraction: float = 0.1           # 10% of the training masks, fixed seed
+    seg_train_sources: tuple = ("shenzhen",)  # CHOICE: Montgomery is the test set, so its
+                                              # images are kept out of the lung-mask training set
+    seg_top: int = 3                        # AND of the top-3 masks
+    seg_rank_by: str = "IoU"                # top-3 by IoU ...
+    seg_select_on: str = "val"              # ... on validation (CHOICE; paper: on Montgomery)
+    crop_size: int = 512                    # lung crops resized to 512x512 (Sec. 2.2.3)
+    crop_margin: float = 0.0                # original code: 0.05 per side
+    stretch: tuple = (1.0, 99.0)            # saturate the darkest / brightest 1%
+    cls_size: int = 256                     # classifier input (block5c_add = 16x16; CHOICE)
+    cls_losses: tuple = CLASSIFICATION_LOSSES
+    cls_batch: int = 16                     # original code's batch (paper silent)
+    cls_epochs: int = 30                    # CHOICE (paper silent), best by validation loss
+    cls_lr: float = 1e-3                    # SGD 1e-3, momentum 0.9 (original code: 1e-4, Nesterov)
+    cls_momentum: float = 0.9
+    cls_nesterov: bool = False
+    cls_augment: str = "multiloss"          # CHOICE: the segmentation augmentation (paper silent)
+    val_fraction: float = 0.1               # 10% of Kermany train, fixed seed
+    encoder_from: str = "best"              # U-Net whose encoder starts the classifiers: the
+                                            # best by the ranking above, or a loss name
+    top_k: tuple = (3, 5)
+    select_on: str = "val"                  # top-K by MCC on validation (CHOICE; paper: test)
+    slsqp_starts: int = 10                  # random starts (+ uniform); original code: 50
+    stacking_epochs: int = 300
+    ensemble_epochs: int = 10               # model-level ensembles: CHOICE (paper silent)
+    gradcam_images: int = 4
+    phantom_lungmasks: int = 800            # phantom set sizes (real: 800, 138, 5856)
+    phantom_montgomery: int = 138
+    phantom_kermany: int = 1200
+    phantom_size: int = 512
+    seed: int = 0
+    deterministic: bool = False
+    mixed_precision: object = "auto"
+    xla: object = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
+             truncate_at="block5b_add", decoder_filters=(64, 32, 16, 16, 8), bn_momentum=0.9,
+             seg_size=64, seg_batch=16, seg_epochs=5, seg_lr=2e-3, crop_size=128, cls_size=128,
+             cls_batch=16, cls_epochs=5, cls_lr=1e-2, stacking_epochs=150, ensemble_epochs=2,
+             gradcam_images=3, phantom_lungmasks=160, phantom_montgomery=32,
+             phantom_kermany=360, phantom_size=256)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="cxr-keras run multiloss", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_standard_args(p, "kermany")
+    p.add_argument("--stage", choices=STAGES + ("all",), default="all")
+    p.add_argument("--lungmask-root", default=None, help="Kaggle 'Chest X-ray Masks and Labels'")
+    p.add_argument("--montgomery-root", default=None, help="the folder holding MontgomerySet")
+    p.add_argument("--weights", default=None,
+                   help="U-Net encoder: 'imagenet' (default), 'none', or a local weights file")
+    p.add_argument("--seg-losses", default=None, help="comma-separated subset of: "
+                   + ", ".join(SEGMENTATION_LOSSES))
+    p.add_argument("--cls-losses", default=None, help="comma-separated subset of: "
+                   + ", ".join(CLASSIFICATION_LOSSES))
+    p.add_argument("--seg-epochs", type=int, default=None)
+    p.add_argument("--cls-epochs", type=int, default=None)
+    p.add_argument("--select-on", choices=["val", "test"], default=None,
+                   help="pick the top-K (and the AND-ed masks) on validation (default) or on "
+                        "test as the paper did")
+    p.add_argument("--crop-margin", type=float, default=None,
+                   help="widen the lung box by this fraction per side (original code: 0.05)")
+    p.add_argument("--original-optimizer", action="store_true",
+                   help="the original code's SGD: lr 1e-4, Nesterov momentum 0.9")
+    return p
+
+
+def _names(text, known, what):
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise DataError(f"--{what}: unknown name(s) {bad}; known: {', '.join(known)}")
+    return names
+
+
+def config_from_args(args) -> Config:
+    cfg = Config(**(QUICK if args.quick else {}))
+    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
+    cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
+    if args.weights is not None:
+        cfg.weights = None if args.weights.lower() == "none" else args.weights
+    if args.seg_losses:
+        cfg.seg_losses = _names(args.seg_losses, SEGMENTATION_LOSSES, "seg-losses")
+    if args.cls_losses:
+        cfg.cls_losses = _names(args.cls_losses, CLASSIFICATION_LOSSES, "cls-losses")
+    for name in ("seg_epochs", "cls_epochs", "crop_margin"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    if args.select_on:
+        cfg.select_on = cfg.seg_select_on = args.select_on
+    if args.original_optimizer:
+        cfg.cls_lr, cfg.cls_nesterov = 1e-4, True
+    if cfg.seg_top > len(cfg.seg_losses):
+        cfg.seg_top = len(cfg.seg_losses)
+    cfg.top_k = tuple(k for k in cfg.top_k if k <= len(cfg.cls_losses))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def _preset(size: int, name: str = "multiloss"):
+    """The augmentation preset with the +-2 pixel shift expressed for ``size``."""
+    from ..data.augment import get_preset
+
+    base = get_preset(name)
+    return replace(base, translate=2.0 / size) if base.translate else base
+
+
+class Data:
+    """The three datasets of the paper as caches (built once under ``--out/_data``)."""
+
+    def __init__(self, cfg: Config, args):
+        phantom = args.dataset == "phantom"
+        if not phantom and args.dataset not in ("real", "kermany"):
+            raise DataError(f"--dataset must be 'phantom' or 'real' (the three sets on disk), "
+                            f"got {args.dataset!r}")
+        size = cfg.phantom_size
+
+        def root(name, n, given):
+            return dataset_root(name, args, phantom_n=n, phantom_size=size, data_root=given)
+
+        self.lungmask_root = root("lungmasks", cfg.phantom_lungmasks, args.lungmask_root)
+        self.montgomery_root = root("montgomery", cfg.phantom_montgomery, args.montgomery_root)
+        self.kermany_root = root("kermany", cfg.phantom_kermany, args.data_root)
+        sources = tuple(cfg.seg_train_sources)
+
+        def seg_table(table):
+            from ..data.tables import split_off_validation
+
+            keep = table["source"].isin(sources).to_numpy()
+            if not keep.any():
+                raise DataError(f"{self.lungmask_root}: no lung-mask image from {sources}")
+            table = table[keep].copy()
+            table["split"] = "train"
+            attrs = dict(table.attrs)
+            table = split_off_validation(table, cfg.seg_val_fraction, cfg.seed, by="patient")
+            table.attrs = attrs
+            return table.reset_index(drop=True)
+
+        self.seg = cached("lungmasks", self.lungmask_root, args, cache_size=cfg.seg_size,
+                          table_fn=seg_table,
+                          tag=f"multiloss-seg {sources} {cfg.seg_val_fraction} {cfg.seed}")
+        self.montgomery = cached("montgomery", self.montgomery_root, args,
+                                 cache_size=cfg.seg_size, table_options={"split": "test"})
+        self.kermany = cached("kermany", self.kermany_root, args, cache_size=cfg.seg_size,
+                              table_options={"classes": "three", "val_fraction": cfg.val_fraction,
+                                             "seed": cfg.seed})
+
+
+# ------------------------------------------------------------------------------------ segment
+
+def _sub(run, *parts):
+    from ..training import RunFolder
+
+    return RunFolder(run.path.joinpath(*parts))
+
+
+def _predict(model, ds):
+    """Model outputs and targets (if any) of a whole unshuffled dataset. A short last batch is
+    padded to the batch size, so that it does not trace the predict function again."""
+    outs, ys, size = [], [], None
+    for batch in ds:
+        x, y = batch if isinstance(batch, tuple) else (batch, None)
+        x = np.asarray(x)
+        n = len(x)
+        size = size or n
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
+        outs.append(np.asarray(model.predict_on_batch(x), np.float32)[:n])
+        if y is not None:
+            ys.append(np.asarray(y))
+    return np.concatenate(outs), (np.concatenate(ys) if ys else None)
+
+
+def train_segmenter(cfg, run, data, loss_name, rt, args):
+    """One U-Net trained with ``loss_name``; returns its sub-run folder (best.keras inside)."""
+    import keras
+
+    from ..losses.segmentation import SEGMENTATION_LOSSES as SEG
+    from ..models import efficientnet_unet
+    from ..data.pipeline import make_dataset
+    from ..training import fit_stage
+
+    sub = _sub(run, "segment", loss_name)
+    if (sub.checkpoints / "train.weights.h5").exists():
+        return sub
+    kw = dict(batch_size=cfg.seg_batch, seed=cfg.seed, normalization="none", target="mask")
+    # full batches only: a last short batch would trace the train step a second time (seconds
+    # per model on a CPU); the order changes every epoch, so every image is still seen
+    train = make_dataset(data.seg, "train", preset=_preset(cfg.seg_size), training=True,
+                         drop_remainder=True, **kw)
+    val = make_dataset(data.seg, "val", **kw)
+    with rt.scope():
+        model = efficientnet_unet((cfg.seg_size, cfg.seg_size, 3), weights=cfg.weights,
+                                  width_coefficient=cfg.width_coefficient,
+                                  decoder_filters=tuple(cfg.decoder_filters),
+                                  depth_coefficient=cfg.depth_coefficient)
+        if cfg.bn_momentum is not None:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = cfg.bn_momentum
+        factor, patience = cfg.seg_plateau
+        fit_stage(model, train, val, sub, "train", epochs=cfg.seg_epochs,
+                  optimizer=keras.optimizers.Adam(cfg.seg_lr), loss=SEG[loss_name](),
+                  metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")],
+                  monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
+                  verbose=args.verbose, tensorboard=args.tensorboard,
+                  callbacks=[keras.callbacks.ReduceLROnPlateau(factor=factor, patience=patience,
+                                                               min_lr=1e-6)])
+    return sub
+
+
+def _load(path):
+    import keras
+
+    from .. import losses, models  # noqa: F401  (registers the serialisable objects)
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def predict_masks(sub, cache, split, cfg, name, model=None):
+    """Mask probabilities (uint8, p * 255) of a U-Net on a cache split, stored once."""
+    from ..data.pipeline import make_dataset
+
+    f = sub.file("predictions", f"{name}.npz")
+    if f.exists():
+        return sub.load_predictions(name)["proba"]
+    ds = make_dataset(cache, split, batch_size=cfg.seg_batch, normalization="none",
+                      target="none")
+    model = model or _load(sub.checkpoints / "best.keras")
+    proba, _ = _predict(model, ds)
+    proba = np.round(proba[..., 0] * 255).astype(np.uint8)
+    sub.save_predictions(name, proba=proba)
+    return proba
+
+
+def _true_masks(cache, split):
+    from ..data.cache import Cache
+
+    c = Cache(cache)
+    return c.load(c.rows(split))[1]
+
+
+def segment(cfg, run, data, rt, args) -> dict:
+    """Stage 1: Table 1, Fig. 3, the AND ensemble and the lung crops."""
+    from ..data.lung_crop import and_ensemble
+    from ..evaluation.segmentation import segmentation_metrics
+
+    val_true, test_true = _true_masks(data.seg, "val"), _true_masks(data.montgomery, None)
+    per_loss, t0 = {}, time.perf_counter()
+    for name in cfg.seg_losses:
+        print(f"[segment] U-Net with the {name} loss")
+        sub = train_segmenter(cfg, run, data, name, rt, args)
+        best = _load(sub.checkpoints / "best.keras")
+        val_p = predict_masks(sub, data.seg, "val", cfg, "val", best)
+        test_p = predict_masks(sub, data.montgomery, None, cfg, "montgomery", best)
+        per_loss[name] = {"val": segmentation_metrics(val_true, val_p / 255.0),
+                          "test": segmentation_metrics(test_true, test_p / 255.0)}
+    ranked = _rank_segmenters(per_loss, cfg)
+    top = ranked[:cfg.seg_top]
+    masks = [predict_masks(_sub(run, "segment", n), data.montgomery, None, cfg, "montgomery")
+             for n in top]
+    ensemble_mask = and_ensemble([m / 255.0 for m in masks])
+    per_loss["ensemble"] = {"test": segmentation_metrics(test_true, ensemble_mask)}
+    table1 = {k: _seg_summary(v["test"]) for k, v in per_loss.items()}
+    wilcoxon = _seg_tests(per_loss, top)
+    seg = {"table1": table1, "ranking": ranked, "top": top, "ranked_on": cfg.seg_select_on,
+           "val": {k: _seg_summary(v["val"]) for k, v in per_loss.items() if "val" in v},
+           "wilcoxon_iou_vs_ensemble": wilcoxon,
+           "seconds": time.perf_counter() - t0}
+    run.update_metrics(segmentation=seg)
+    _segment_figures(cfg, run, data, per_loss, test_true, masks, ensemble_mask)
+    encoder = ranked[0] if cfg.encoder_from == "best" else cfg.encoder_from
+    if encoder not in cfg.seg_losses:
+        raise DataError(f"encoder_from={cfg.encoder_from!r} is not one of the trained U-Nets "
+                        f"{cfg.seg_losses}")
+    run.update_metrics(encoder_from=encoder)
+    crop_kermany(cfg, run, data, top)
+    return seg
+
+
+SEG_COLUMNS = {"IoU": "iou", "Dice": "dice", "Accuracy": "accuracy", "mean IoU": "mean_iou"}
+
+
+def _seg_summary(m):
+    """Table 1 cells (mean, std) from a segmentation_metrics result."""
+    return {col: (m[key]["mean"], m[key]["std"]) for col, key in SEG_COLUMNS.items()}
+
+
+def _rank_segmenters(per_loss, cfg):
+    key = cfg.seg_rank_by
+    where = "val" if cfg.seg_select_on == "val" else "test"
+    score = {n: per_loss[n][where][SEG_COLUMNS[key]]["mean"] for n in cfg.seg_losses}
+    return sorted(cfg.seg_losses, key=lambda n: -score[n])
+
+
+def _seg_tests(per_loss, top):
+    from ..evaluation.segmentation import wilcoxon_paired
+
+    ens = per_loss["ensemble"]["test"]["per_image"]["iou"]
+    return {n: wilcoxon_paired(per_loss[n]["test"]["per_image"]["iou"], ens) for n in top}
+
+
+def _segment_figures(cfg, run, data, per_loss, test_true, masks, ensemble_mask):
+    from ..data.cache import Cache
+    from ..evaluation.multiclass_plots import plot_mask_overlay, plot_polar
+
+    values = {paper.SEGMENTATION_TITLES[k]: {"IoU": v["test"]["iou"]["mean"],
+                                            "Dice": v["test"]["dice"]["mean"]}
+              for k, v in per_loss.items()}
+    plot_polar(values, ("IoU", "Dice"), run.file("plots", "fig3_segmentation_polar.png"),
+               title="Fig. 3: IoU and Dice on Montgomery")
+    c = Cache(data.montgomery)
+    images = c.load(c.rows(None).iloc[:1])[0]
+    plot_mask_overlay(images[0], test_true[0], ensemble_mask[0],
+                      run.file("plots", "segmentation_example.png"))
+
+
+def crop_kermany(cfg, run, data, top) -> Path:
+    """Lung-crop every Kermany image with the AND of the top U-Nets' masks (Sec. 2.2.3)."""
+    import pandas as pd
+
+    from ..data.cache import Cache, build_cache
+    from ..data.images import read_image, write_image
+    from ..data.lung_crop import and_ensemble, lung_crop
+    from ..data.tables import finish_table
+    from ..progress import Progress
+
+    out = run.file("crops")
+    cache_dir = run.file(f"crops_cache_{cfg.cls_size}")
+    try:
+        Cache(cache_dir)
+        return cache_dir
+    except DataError:
+        pass
+    kc = Cache(data.kermany)
+    rows = kc.rows(None)
+    probs = [predict_masks(_sub(run, "segment", n), data.kermany, None, cfg, "kermany") for n in top]
+    masks = and_ensemble([p / 255.0 for p in probs])
+    out.mkdir(exist_ok=True)
+    records, empty = [], 0
+    bar = Progress(len(rows), "lung crops")
+    for j, (_, row) in enumerate(rows.iterrows()):
+        dest = out / f"{j:05d}_{Path(row['path']).stem}.png"
+        if not dest.exists():
+            image = read_image(row["path"])
+            if not masks[j].any():
+                empty += 1
+            crop = lung_crop(image, masks[j], size=cfg.crop_size, margin=cfg.crop_margin,
+                             low=cfg.stretch[0], high=cfg.stretch[1])
+            write_image(dest, np.round(crop * 255).astype(np.uint8))
+        records.append(dict(path=str(dest.resolve()), split=row["split"],
+                            patient_id=row.get("patient_id", ""), label=int(row["label"]),
+                            source=row["path"]))
+        bar.update(1)
+    table = finish_table(pd.DataFrame(records), dataset="kermany_lungcrop", root=out,
+                         classes=CLASSES)
+    build_cache(table, cache_dir, size=cfg.cls_size, workers=1, progress=False)
+    run.update_metrics(crops={"images": len(records), "empty_masks": empty})
+    _crop_figure(run, rows, masks, out)
+    return cache_dir
+
+
+def _crop_figure(run, rows, masks, out, n=4):
+    """Fig. 1: image, AND-ed mask, lung crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..data.images import read_image
+    from ..io import atomic_path
+
+    fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n))
+    for i, ax in enumerate(axes):
+        path = rows.iloc[i]["path"]
+        crop = sorted(out.glob(f"{i:05d}_*.png"))[0]
+        for a, img, title in zip(ax, (read_image(path), masks[i], read_image(crop)),
+                                 ("image", "AND-ed mask", "lung crop")):
+            a.imshow(img, cmap="gray")
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    fig.tight_layout()
+    with atomic_path(run.file("plots", "fig1_lung_crops.png")) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------- classify
+
+def _cls_datasets(cfg, crops):
+    from ..data.pipeline import make_dataset
+
+    kw = dict(batch_size=cfg.cls_batch, seed=cfg.seed, normalization="none", one_hot=True)
+    train = make_dataset(crops, "train", preset=_preset(cfg.cls_size, cfg.cls_augment),
+                         training=True, drop_remainder=True, **kw)
+    return train, make_dataset(crops, "val", **kw), make_dataset(crops, "test", **kw)
+
+
+def _sgd(cfg):
+    import keras
+
+    return keras.optimizers.SGD(cfg.cls_lr, momentum=cfg.cls_momentum, nesterov=cfg.cls_nesterov)
+
+
+def train_classifier(cfg, run, crops, loss_name, encoder, rt, args):
+    """One classifier (Sec. 2.3) trained with ``loss_name`` from the trained U-Net ``encoder``
+    (a model or a ``.keras`` path); returns its sub-run folder."""
+    from ..losses.calibrated import get_classification_loss
+    from ..models import efficientnet_classifier
+    from ..training import fit_stage
+
+    sub = _sub(run, "classify", loss_name)
+    if not (sub.checkpoints / "train.weights.h5").exists():
+        spec = get_classification_loss(loss_name)
+        train, val, _ = _cls_datasets(cfg, crops)
+        with rt.scope():
+            source = _load(encoder) if isinstance(encoder, (str, Path)) else encoder
+            model = efficientnet_classifier(source, num_classes=len(CLASSES),
+                                            truncate_at=cfg.truncate_at,
+                                            input_shape=(cfg.cls_size, cfg.cls_size, 3),
+                                            output_regularizer=spec.output_regularizer)
+            fit_stage(model, train, val, sub, "train", epochs=cfg.cls_epochs, optimizer=_sgd(cfg),
+                      loss=spec.make_loss(), metrics=["accuracy"], monitor="val_loss", mode="min",
+                      seed=cfg.seed, jit_compile=rt.jit_compile, verbose=args.verbose,
+                      tensorboard=args.tensorboard)
+    return sub
+
+
+def class_predictions(sub, crops, cfg):
+    """{split: (y_true, proba)} of a trained classifier on val and test, stored once."""
+    out = {}
+    _, val, test = _cls_datasets(cfg, crops)
+    model = None
+    for split, ds in (("val", val), ("test", test)):
+        if not sub.file("predictions", f"{split}.npz").exists():
+            model = model or _load(sub.checkpoints / "best.keras")
+            proba, y = _predict(model, ds)
+            sub.save_predictions(split, y_true=np.argmax(y, axis=1), proba=proba)
+        p = sub.load_predictions(split)
+        out[split] = (p["y_true"], p["proba"].astype(np.float64))
+    return out
+
+
+def classify(cfg, run, crops, rt, args) -> dict:
+    """Stage 2: Table 2, Figs. 4-5."""
+    from ..evaluation.multiclass import multiclass_metrics
+
+    encoder = run.metrics().get("encoder_from")
+    if encoder is None:
+        raise DataError(f"{run.path}: run the segment stage first (--stage segment)")
+    unet = _load(run.file("segment", encoder, "checkpoints", "best.keras"))
+    results, t0 = {}, time.perf_counter()
+    for name in cfg.cls_losses:
+        print(f"[classify] classifier with the {name} loss")
+        sub = train_classifier(cfg, run, crops, name, unet, rt, args)
+        preds = class_predictions(sub, crops, cfg)
+        results[name] = {split: multiclass_metrics(y, p, labels=CLASSES)
+                         for split, (y, p) in preds.items()}
+    run.update_metrics(classification=results, classify_seconds=time.perf_counter() - t0)
+    _classify_figures(cfg, run, results, crops)
+    return results
+
+
+def _row(m):
+    """The paper's seven metrics from a multiclass_metrics dict."""
+    return {"Accuracy": m["accuracy"], "AUROC": m["auroc"], "AUPRC": m["auprc"],
+            "Precision": m["precision"], "Recall": m["recall"], "F-score": m["f1"],
+            "MCC": m["mcc"]}
+
+
+def _classify_figures(cfg, run, results, crops):
+    from ..evaluation.multiclass_plots import plot_polar
+
+    titles = _loss_titles()
+    plot_polar({titles[k]: {"F-score": v["test"]["f1"], "MCC": v["test"]["mcc"]}
+                for k, v in results.items()}, ("F-score", "MCC"),
+               run.file("plots", "fig4_classifiers_polar.png"),
+               title="Fig. 4: F-score and MCC of the classifiers (test)")
+    best = max(results, key=lambda k: results[k][cfg.select_on]["mcc"])
+    y, p = class_predictions(_sub(run, "classify", best), crops, cfg)["test"]
+    _cm_roc_pr(run, y, p, "fig5_best_single", f"{titles[best]} (best single model)")
+
+
+def _cm_roc_pr(run, y, proba, stem, title):
+    from sklearn.metrics import confusion_matrix
+
+    from ..evaluation.multiclass_plots import plot_confusion_matrix, plot_roc_pr
+
+    cm = confusion_matrix(y, np.argmax(proba, axis=1), labels=range(len(CLASSES)))
+    plot_confusion_matrix(cm, CLASSES, run.file("plots", f"{stem}_confusion.png"), title=title)
+    plot_roc_pr(y, proba, CLASSES, run.file("plots", f"{stem}_roc_pr.png"), title=title)
+
+
+def _loss_titles():
+    from ..losses.calibrated import get_classification_loss
+
+    return {n: get_classification_loss(n).title for n in CLASSIFICATION_LOSSES}
+
+
+# ----------------------------------------------------------------------------------- ensemble
+
+def ensemble(cfg, run, crops, rt, args) -> dict:
+    """Stage 3: Tables 3-5, Figs. 6-9, significance tests."""
+    from .. import ensemble as E
+    from ..evaluation.multiclass import mcnemar_test, multiclass_metrics
+
+    results = run.metrics().get("classification")
+    if not results or any(n not in results for n in cfg.cls_losses):
+        raise DataError(f"{run.path}: run the classify stage first (--stage classify)")
+    preds = {n: class_predictions(_sub(run, "classify", n), crops, cfg) for n in cfg.cls_losses}
+    y_val, y_test = preds[cfg.cls_losses[0]]["val"][0], preds[cfg.cls_losses[0]]["test"][0]
+    ranking = E.top_k({n: results[n][cfg.select_on]["mcc"] for n in cfg.cls_losses},
+                      len(cfg.cls_losses))
+    table3, weights, model_level = {}, {}, {}
+    for k in cfg.top_k:
+        members = ranking[:k]
+        pv = np.stack([preds[n]["val"][1] for n in members])
+        pt = np.stack([preds[n]["test"][1] for n in members])
+        w, _ = E.slsqp_weights(pv, y_val, starts=cfg.slsqp_starts, seed=cfg.seed)
+        weights[f"top-{k}"] = dict(zip(members, map(float, w)))
+        stack = E.fit_stacking(pv, y_val, epochs=cfg.stacking_epochs, seed=cfg.seed)
+        outputs = {"majority voting": E.vote_proba(pt),
+                   "simple averaging": E.average(pt),
+                   "weighted averaging": E.weighted_average(pt, w),
+                   "stacking": E.stacking_predict(stack, pt)}
+        for method, proba in outputs.items():
+            m = multiclass_metrics(y_test, proba, labels=CLASSES)
+            if method == "majority voting":  # the votes' argmax with the tie rule
+                pred = E.majority_vote(pt)
+                m.update(_hard_metrics(y_test, pred))
+            table3[f"{method}, top-{k}"] = m
+        model_level[k] = _model_level(cfg, run, crops, members, rt, args)
+        if k == 5 or k == max(cfg.top_k):
+            _cm_roc_pr(run, y_test, outputs["weighted averaging"], f"fig7_weighted_top{k}",
+                       f"weighted averaging, top-{k}")
+    table4 = {f"model-level top-{k}": multiclass_metrics(y_test, v["test"], labels=CLASSES)
+              for k, v in model_level.items()}
+    ks = sorted(model_level)
+    pv = np.stack([model_level[k]["val"] for k in ks])
+    pt = np.stack([model_level[k]["test"] for k in ks])
+    w_final, _ = E.slsqp_weights(pv, y_val, starts=cfg.slsqp_starts, seed=cfg.seed)
+    final = E.weighted_average(pt, w_final)
+    final_m = multiclass_metrics(y_test, final, labels=CLASSES)
+    best = ranking[0]
+    best_p = preds[best]["test"][1]
+    tests = {"mcnemar_final_vs_best_single": mcnemar_test(y_test, np.argmax(final, 1),
+                                                          np.argmax(best_p, 1)),
+             "mcnemar_best_vs_members": {n: mcnemar_test(y_test, np.argmax(best_p, 1),
+                                                         np.argmax(preds[n]["test"][1], 1))
+                                         for n in ranking[1:]}}
+    try:
+        from ..evaluation.multiclass import delong_ovr
+
+        tests["delong_final_vs_best_single"] = delong_ovr(y_test, final, best_p)
+    except ImportError:
+        pass
+    out = {"ranking": ranking, "ranked_on": cfg.select_on, "table3": table3,
+           "slsqp_weights": weights, "table4": table4,
+           "final": {"weights": dict(zip([f"model-level top-{k}" for k in ks], map(float, w_final))),
+                     "metrics": final_m},
+           "tests": tests, "fitted_on": "validation predictions"}
+    run.update_metrics(ensembles=out)
+    _ensemble_figures(cfg, run, table3, y_test, final, crops, ranking, ks)
+    return out
+
+
+def _hard_metrics(y, pred):
+    from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_fscore_support
+
+    p, r, f, _ = precision_recall_fscore_support(y, pred, average="weighted", zero_division=0)
+    return {"accuracy": float(accuracy_score(y, pred)), "precision": float(p),
+            "recall": float(r), "f1": float(f), "mcc": float(matthews_corrcoef(y, pred))}
+
+
+def _model_level(cfg, run, crops, members, rt, args) -> dict:
+    """A model-level ensemble of ``members`` (frozen), trained on the train split."""
+    import keras
+
+    from ..models import model_level_ensemble
+    from ..training import fit_stage
+
+    sub = _sub(run, "ensemble", f"model_level_top{len(members)}")
+    train, val, test = _cls_datasets(cfg, crops)
+    if not (sub.checkpoints / "train.weights.h5").exists():
+        with rt.scope():
+            model = model_level_ensemble(
+                [_load(run.file("classify", n, "checkpoints", "best.keras")) for n in members],
+                num_classes=len(CLASSES))
+            fit_stage(model, train, val, sub, "train", epochs=cfg.ensemble_epochs,
+                      optimizer=_sgd(cfg), loss=keras.losses.CategoricalCrossentropy(),
+                      metrics=["accuracy"], monitor="val_loss", mode="min", seed=cfg.seed,
+                      jit_compile=rt.jit_compile, verbose=args.verbose)
+    return {split: p[1] for split, p in class_predictions(sub, crops, cfg).items()}
+
+
+def _ensemble_figures(cfg, run, table3, y_test, final, crops, ranking, ks):
+    from ..evaluation.multiclass_plots import plot_polar
+
+    plot_polar({k: {"F-score": v["f1"], "MCC": v["mcc"]} for k, v in table3.items()},
+               ("F-score", "MCC"), run.file("plots", "fig6_prediction_level_polar.png"),
+               title="Fig. 6: prediction-level ensembles (test)")
+    _cm_roc_pr(run, y_test, final, "fig8_final_ensemble",
+               "weighted average of the model-level ensembles")
+    gradcam_figure(cfg, run, crops, ranking[:min(3, len(ranking))], max(ks))
+
+
+def gradcam_figure(cfg, run, crops, members, k, n=None):
+    """Fig. 9: Grad-CAM of the top members (their deepest conv) and of the model-level
+    ensemble (its 1x1 conv) on test images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..explain.gradcam import grad_cam, overlay
+    from ..io import atomic_path
+    from ..models.efficientnet_unet import DEEPEST_CONV
+
+    n = n or cfg.gradcam_images
+    _, _, test = _cls_datasets(cfg, crops)
+    xs, ys = next(iter(test.unbatch().batch(n)))
+    xs, ys = np.asarray(xs), np.argmax(np.asarray(ys), axis=1)
+    models = [(m, _load(run.file("classify", m, "checkpoints", "best.keras")), DEEPEST_CONV)
+              for m in members]
+    models.append((f"model-level top-{k}",
+                   _load(run.file("ensemble", f"model_level_top{k}", "checkpoints", "best.keras")),
+                   "ensemble_conv"))
+    fig, axes = plt.subplots(n, len(models), figsize=(2.6 * len(models), 2.6 * n), squeeze=False)
+    grey = np.clip(xs[..., 0], 0, 255).astype(np.uint8)
+    for c, (name, model, layer) in enumerate(models):
+        cams = grad_cam(model, xs, ys, layer_name=layer)
+        for r in range(n):
+            ax = axes[r, c]
+            ax.imshow(overlay(grey[r], cams[r]))
+            ax.set_title(f"{name}\n{CLASSES[ys[r]]}", fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(run.file("plots", "fig9_gradcam.png")) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------- report
+
+def report(cfg: Config, m: dict) -> str:
+    from ..evaluation.report import metrics_table
+
+    lines = ["# multiloss run", ""]
+    if cfg.dataset == "phantom":
+        lines += ["Data: **phantom** lung-mask, Montgomery and Kermany sets (synthetic). Numbers "
+                  "are not comparable with the paper's; the tables show the pipeline end to end. "
+                  "Paper values are in parentheses; `-` where the paper's table did not survive "
+                  "in its text.", ""]
+    lines += [f"U-Net: EfficientNet-B0 (width x{cfg.width_coefficient:g}), weights {cfg.weights}, "
+              f"{cfg.seg_size}px, {cfg.seg_epochs} epochs; classifiers {cfg.cls_size}px, "
+              f"{cfg.cls_epochs} epochs, SGD lr {cfg.cls_lr:g}.", ""]
+    seg = m.get("segmentation")
+    if seg:
+        lines.append(metrics_table(seg["table1"], paper.TABLE1, ("IoU", "Dice", "Accuracy",
+                                                                "mean IoU"),
+                                   title="Table 1: segmentation on Montgomery (mean ± std)",
+                                   names=paper.SEGMENTATION_TITLES))
+        lines += [f"Top-{cfg.seg_top} by {cfg.seg_rank_by} on {seg['ranked_on']}: "
+                  f"{', '.join(seg['top'])} (paper: {', '.join(paper.TABLE1_TOP3)}). "
+                  "IoU is the lung class's; mean IoU averages lung and background (the "
+                  "paper's IoU column may be either). Wilcoxon signed-rank p-values, IoU of each "
+                  "top model vs the AND ensemble: " + ", ".join(
+                      f"{k} {v['pvalue']:.3g}" for k, v in seg["wilcoxon_iou_vs_ensemble"].items())
+                  + ".", ""]
+        if "crops" in m:
+            lines += [f"Lung crops: {m['crops']['images']} Kermany images "
+                      f"({m['crops']['empty_masks']} with an empty mask, kept whole).", ""]
+    cls = m.get("classification")
+    titles = _loss_titles()
+    metrics = paper.METRICS
+    if cls:
+        ours = {titles[k]: _row(v["test"]) for k, v in cls.items()}
+        ref = {titles[k]: v for k, v in paper.TABLE2.items()}
+        lines.append(metrics_table(ours, ref, metrics, title="Table 2: classifiers (test)"))
+        lines += [_mcc_intervals({titles[k]: v["test"] for k, v in cls.items()}), ""]
+    ens = m.get("ensembles")
+    if ens:
+        lines += [f"Members ranked by MCC on **{ens['ranked_on']}**: " + ", ".join(ens["ranking"])
+                  + f" (paper, on test: {', '.join(paper.TOP5)}). Ensemble weights and the "
+                  "stacking meta-learner were fitted on **validation** predictions (the original "
+                  "code fitted its weights on the test predictions).", ""]
+        lines.append(metrics_table({k: _row(v) for k, v in ens["table3"].items()}, paper.TABLE3,
+                                   metrics, title="Table 3: prediction-level ensembles (test)"))
+        for k, w in ens["slsqp_weights"].items():
+            lines.append(f"SLSQP weights, {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in w.items()))
+        lines += [f"(paper, top-5: {list(paper.TABLE3_TOP5_WEIGHTS)})", ""]
+        lines.append(metrics_table({k: _row(v) for k, v in ens["table4"].items()}, paper.TABLE4,
+                                   metrics, title="Table 4: model-level ensembles (test)"))
+        fw = ens["final"]["weights"]
+        lines += ["Weights of the final average: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                              fw.items())
+                  + f" (paper: {list(paper.TABLE4_WEIGHTS)})", ""]
+        final = ens["final"]["metrics"]
+        ours5 = {"This run (weighted model-level ensembles)": dict(
+            _row(final), **{"MCC 95% CI": _interval(final["mcc_interval"]["wald"])})}
+        ref5 = {k: dict(v, **{"MCC 95% CI": _interval(v["MCC 95% CI"])})
+                for k, v in paper.TABLE5.items()}
+        lines.append(metrics_table(ours5, ref5, metrics + ("MCC 95% CI",),
+                                   title="Table 5: final ensemble and the literature (MCC "
+                                         "interval: normal approximation, as the paper's)"))
+        lines += [_mcc_intervals({"final ensemble": final}), ""]
+        t = ens["tests"]
+        mc = t["mcnemar_final_vs_best_single"]
+        lines += [f"McNemar, final ensemble vs best single model: p = {mc['p_value']:.3g} "
+                  f"({mc['method']}, b = {mc['b']}, c = {mc['c']})."]
+        lines += ["McNemar, best single model vs each other member: " + ", ".join(
+            f"{n} p = {v['p_value']:.3g}" for n, v in t["mcnemar_best_vs_members"].items()), ""]
+    lines += ["Plots: `plots/fig1_lung_crops.png`, `fig3_segmentation_polar.png`, "
+              "`fig4_classifiers_polar.png`, `fig5_best_single_*`, "
+              "`fig6_prediction_level_polar.png`, `fig7_weighted_top*`, `fig8_final_ensemble_*`, "
+              "`fig9_gradcam.png`.", ""]
+    return "\n".join(lines)
+
+
+def _interval(pair) -> str:
+    lo, hi = pair
+    return f"({lo:.4f}, {hi:.4f})"
+
+
+def _mcc_intervals(rows: dict) -> str:
+    parts = []
+    for name, m in rows.items():
+        cp, wald = m["mcc_interval"]["clopper-pearson"], m["mcc_interval"]["wald"]
+        parts.append(f"{name}: Clopper-Pearson ({cp[0]:.4f}, {cp[1]:.4f}), "
+                     f"normal approximation ({wald[0]:.4f}, {wald[1]:.4f})")
+    return ("MCC 95% intervals (the paper calls its intervals exact Clopper-Pearson; its numbers "
+            "are the normal approximation): " + "; ".join(parts) + ".")
+
+
+# ---------------------------------------------------------------------------------------- run
+
+def run(cfg: Config, args, stage: str = "all"):
+    """Run ``stage`` (or all three) of one configuration; returns the run folder."""
+    from ..training import RunFolder, configure
+    from ..training.run_folder import config_hash
+
+    if cfg.dataset != "phantom":
+        cfg.extra = dict(cfg.extra, data_root=str(args.data_root),
+                         lungmask_root=str(args.lungmask_root),
+                         montgomery_root=str(args.montgomery_root))
+    stages = STAGES if stage == "all" else (stage,)
+    path = Path(args.out) / f"multiloss-{config_hash(asdict(cfg))}"
+    if args.force:  # redo the named stage and everything after it
+        for s in STAGES[STAGES.index(stages[0]):]:
+            for folder in _stage_folders(path, s):
+                shutil.rmtree(folder, ignore_errors=True)
+    if args.force or stage != "all":  # a single stage may be rerun on a finished run
+        (path / "DONE").unlink(missing_ok=True)
+    run_dir = RunFolder.for_config(args.out, "multiloss", asdict(cfg))
+    print(f"run folder: {run_dir.path}")
+    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    t0 = time.perf_counter()
+    crops = None if "segment" in stages else _crops_cache(cfg, run_dir)
+    for s in stages:
+        if s == "segment":
+            segment(cfg, run_dir, Data(cfg, args), rt, args)
+        crops = crops or _crops_cache(cfg, run_dir)
+        if s == "classify":
+            classify(cfg, run_dir, crops, rt, args)
+        elif s == "ensemble":
+            ensemble(cfg, run_dir, crops, rt, args)
+    m = run_dir.update_metrics(**{f"seconds_{'_'.join(stages)}": time.perf_counter() - t0})
+    run_dir.write_text("report.md", report(cfg, m))
+    if "ensemble" in stages:
+        run_dir.mark_done()
+    print(f"report: {run_dir.file('report.md')}")
+    return run_dir
+
+
+def _stage_folders(path: Path, stage: str):
+    """What a stage writes under the run folder (removed by --force)."""
+    if stage == "segment":
+        return [path / "segment", path / "crops", *path.glob("crops_cache_*")]
+    return [path / stage]
+
+
+def _crops_cache(cfg, run) -> Path:
+    from ..data.cache import Cache
+
+    path = run.file(f"crops_cache_{cfg.cls_size}")
+    try:
+        Cache(path)
+    except DataError:
+        raise DataError(f"{run.path}: no lung crops yet; run the segment stage first "
+                        "(--stage segment)") from None
+    return path
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    run(cfg, args, args.stage)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
