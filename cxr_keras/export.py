@@ -80,8 +80,10 @@ def export_savedmodel(model, out_dir, check_inputs=None, *, labels=None, normali
             "input_dtype": "float32",
             "output_names": output_names,
             "num_outputs": num_outputs,
-            "outputs": "logits",
-            "activation": "sigmoid",
+            "outputs": "probabilities" if output_activation(model) else "logits",
+            # what turns the outputs into probabilities (None: the model applies it already)
+            "activation": None if output_activation(model) else "sigmoid",
+            "output_activation": output_activation(model),
             "labels": None,
             "normalization": normalization,
             "preprocessing": preprocessing,
@@ -166,6 +168,14 @@ def run_labels(run_dir):
             if isinstance(per_class, dict) and per_class:
                 return [str(k) for k in per_class]
     return None
+
+
+def output_activation(model):
+    """``"softmax"`` or ``"sigmoid"`` when the model's last layer applies it (multiloss
+    classifiers, U-Nets), None when the model outputs logits (fzlpr)."""
+    act = getattr(model.layers[-1], "activation", None) if getattr(model, "layers", None) else None
+    name = getattr(act, "__name__", None)
+    return name if name in ("softmax", "sigmoid") else None
 
 
 def run_preprocessing(config: dict):

@@ -90,3 +90,16 @@ def test_bad_loss_name_is_named():
     with pytest.raises(DataError, match="nope"):
         multiloss.config_from_args(multiloss.build_parser().parse_args(
             ["--cls-losses", "cce,nope"]))
+
+
+def test_a_classifier_exports_with_its_preprocessing(run, tmp_path):
+    import json as _json
+
+    from cxr_keras.export import export_run
+
+    folder, _ = run
+    out = export_run(folder / "classify" / "kld", tmp_path / "sm")
+    meta = _json.loads((out / "export.json").read_text())
+    assert meta["normalization"] == "none"  # EfficientNet rescales 0-255 inputs itself
+    assert meta["outputs"] == "probabilities" and meta["output_activation"] == "softmax"
+    assert meta["labels"] == ["normal", "bacterial", "viral"]

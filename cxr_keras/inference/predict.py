@@ -105,11 +105,13 @@ def load_predictor(model_path):
     ``model`` has ``predict_on_batch``; ``metadata`` holds what is known of ``input_shape``,
     ``labels``, ``normalization`` and ``preprocessing``.
     """
-    from ..export import EXPORT_JSON, load_keras_model, run_labels, run_preprocessing
+    from ..export import (
+        EXPORT_JSON, load_keras_model, output_activation, run_labels, run_preprocessing,
+    )
 
     model_path = Path(model_path)
     meta = {"input_shape": None, "labels": None, "normalization": "imagenet",
-            "preprocessing": None}
+            "preprocessing": None, "activation": "sigmoid"}
     if model_path.is_dir():
         if not (model_path / "saved_model.pb").exists():
             raise DataError(f"{model_path} is a folder but not a SavedModel (no saved_model.pb)")
@@ -120,11 +122,15 @@ def load_predictor(model_path):
             for key in ("labels", "normalization", "preprocessing"):
                 if exp.get(key) is not None:
                     meta[key] = exp[key]
+            if exp.get("outputs") == "probabilities":
+                meta["activation"] = None
             if exp.get("input_shape"):
                 meta["input_shape"] = exp["input_shape"]
     elif model_path.suffix == ".keras":
         model = load_keras_model(model_path)
         meta["input_shape"] = [None if d is None else int(d) for d in model.inputs[0].shape]
+        if output_activation(model):
+            meta["activation"] = None
         run_dir = model_path.parent.parent if model_path.parent.name == "checkpoints" else None
         if run_dir is not None and (run_dir / "config.json").exists():
             config = _read_json(run_dir / "config.json")
@@ -210,7 +216,8 @@ def _batches(files, batch_size, hw, channels, preprocessing, normalization):
 
 def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_size: int = 16,
                    size=None, labels=None, zoom: float = 0.1) -> Path:
-    """Write sigmoid probabilities of every image under ``images_dir`` to ``out_csv``.
+    """Write the probabilities of every image under ``images_dir`` to ``out_csv`` (sigmoid of
+    the logits, or the model's own softmax / sigmoid output).
 
     ``tta=True`` averages the probabilities over the test-time views of
     :class:`~cxr_keras.inference.tta.TTAPredictor` (original, hflip, zoom in/out by ``zoom``).
@@ -225,10 +232,11 @@ def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_siz
     h, w, c = _target_hw(meta["input_shape"], size, model_path)
     batches = _batches(files, int(batch_size), (h, w), c, meta["preprocessing"],
                        meta["normalization"])
+    activate = special.expit if meta["activation"] == "sigmoid" else (lambda v: v)
     if tta:
-        probs = TTAPredictor(model, zoom=zoom).predict(batches)
+        probs = TTAPredictor(model, zoom=zoom, activation=meta["activation"]).predict(batches)
     else:
-        probs = np.concatenate([special.expit(np.asarray(model.predict_on_batch(x), np.float64))
+        probs = np.concatenate([activate(np.asarray(model.predict_on_batch(x), np.float64))
                                 for x in batches])
     probs = np.asarray(probs, np.float64).reshape(len(files), -1)
     names = labels if labels is not None else meta["labels"]

@@ -55,8 +55,9 @@ def dataset_root(dataset: str, args, *, phantom_n: int, phantom_size: int, data_
 
 
 def cached(dataset: str, root, args, *, cache_size: int, table_options: dict | None = None,
-           table_fn=None, tag: str = "", progress: bool = True) -> Path:
-    """A complete cache of ``dataset`` under ``root`` at ``cache_size`` (built once, resumable).
+           table_fn=None, tag: str = "", cache=None, progress: bool = True) -> Path:
+    """A complete cache of ``dataset`` under ``root`` at ``cache_size`` (built once, resumable),
+    at ``cache`` or under ``--out/_data``.
 
     ``table_fn(table) -> table`` may filter or re-split the reader's table first; ``tag`` names
     that change so that different tables never share a cache.
@@ -66,7 +67,7 @@ def cached(dataset: str, root, args, *, cache_size: int, table_options: dict | N
 
     table_options = table_options or {}
     key = config_hash({"root": str(Path(root).resolve()), "options": table_options, "tag": tag})
-    cache = (Path(args.cache) if getattr(args, "cache", None) and table_fn is None
+    cache = (Path(cache) if cache is not None
              else Path(args.out) / "_data" / f"cache-{Path(root).name}-{cache_size}-{key}")
     try:
         Cache(cache)
@@ -90,4 +91,4 @@ def prepare_data(dataset: str, args, *, phantom_n: int, phantom_size: int, cache
     root = dataset_root(dataset, args, phantom_n=phantom_n, phantom_size=phantom_size,
                         progress=progress)
     return cached(dataset, root, args, cache_size=cache_size, table_options=table_options,
-                  progress=progress)
+                  cache=args.cache, progress=progress)

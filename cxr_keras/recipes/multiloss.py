@@ -97,10 +97,10 @@ class Config:
 
 QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
              truncate_at="block5b_add", decoder_filters=(64, 32, 16, 16, 8), bn_momentum=0.9,
-             seg_size=64, seg_batch=16, seg_epochs=5, seg_lr=2e-3, crop_size=128, cls_size=128,
+             seg_size=64, seg_batch=16, seg_epochs=5, seg_lr=2e-3, crop_size=128, cls_size=112,
              cls_batch=16, cls_epochs=5, cls_lr=1e-2, stacking_epochs=150, ensemble_epochs=2,
              gradcam_images=3, phantom_lungmasks=160, phantom_montgomery=32,
-             phantom_kermany=360, phantom_size=256)
+             phantom_kermany=300, phantom_size=256)
 
 
 def build_parser():
@@ -137,6 +137,8 @@ def _names(text, known, what):
 
 
 def config_from_args(args) -> Config:
+    if args.cache:
+        raise DataError("--cache: multiloss builds its three caches under --out/_data")
     cfg = Config(**(QUICK if args.quick else {}))
     cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
     cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
@@ -212,10 +214,21 @@ class Data:
 
 # ------------------------------------------------------------------------------------ segment
 
-def _sub(run, *parts):
+def _sub(run, *parts, **describe):
+    """A sub-model's folder; ``describe`` goes to its ``config.json`` (what ``cxr-keras export``
+    records as the model's preprocessing)."""
     from ..training import RunFolder
 
-    return RunFolder(run.path.joinpath(*parts))
+    sub = RunFolder(run.path.joinpath(*parts))
+    if describe and not sub.file("config.json").exists():
+        sub.write_json("config.json", dict(describe, paper="multiloss", normalization="none"))
+    return sub
+
+
+def _cls_describe(cfg, what):
+    return dict(model=what, crop=cfg.cls_size, cache_size=cfg.cls_size,
+                input="lung crop (box of the AND-ed U-Net masks, contrast-stretched 1%/99%), "
+                      "RGB on 0-255")
 
 
 def _predict(model, ds):
@@ -244,7 +257,8 @@ def train_segmenter(cfg, run, data, loss_name, rt, args):
     from ..data.pipeline import make_dataset
     from ..training import fit_stage
 
-    sub = _sub(run, "segment", loss_name)
+    sub = _sub(run, "segment", loss_name, model=f"U-Net ({loss_name} loss)", crop=cfg.seg_size,
+               cache_size=cfg.seg_size, input="whole CXR, RGB on 0-255")
     if (sub.checkpoints / "train.weights.h5").exists():
         return sub
     kw = dict(batch_size=cfg.seg_batch, seed=cfg.seed, normalization="none", target="mask")
@@ -473,7 +487,7 @@ def train_classifier(cfg, run, crops, loss_name, encoder, rt, args):
     from ..models import efficientnet_classifier
     from ..training import fit_stage
 
-    sub = _sub(run, "classify", loss_name)
+    sub = _sub(run, "classify", loss_name, **_cls_describe(cfg, f"classifier ({loss_name} loss)"))
     if not (sub.checkpoints / "train.weights.h5").exists():
         spec = get_classification_loss(loss_name)
         train, val, _ = _cls_datasets(cfg, crops)
@@ -499,7 +513,8 @@ def class_predictions(sub, crops, cfg):
         if not sub.file("predictions", f"{split}.npz").exists():
             model = model or _load(sub.checkpoints / "best.keras")
             proba, y = _predict(model, ds)
-            sub.save_predictions(split, y_true=np.argmax(y, axis=1), proba=proba)
+            sub.save_predictions(split, y_true=np.argmax(y, axis=1), proba=proba,
+                                 labels=np.array(CLASSES))
         p = sub.load_predictions(split)
         out[split] = (p["y_true"], p["proba"].astype(np.float64))
     return out
@@ -643,7 +658,8 @@ def _model_level(cfg, run, crops, members, rt, args) -> dict:
     from ..models import model_level_ensemble
     from ..training import fit_stage
 
-    sub = _sub(run, "ensemble", f"model_level_top{len(members)}")
+    sub = _sub(run, "ensemble", f"model_level_top{len(members)}",
+               **_cls_describe(cfg, f"model-level ensemble of {', '.join(members)}"))
     train, val, test = _cls_datasets(cfg, crops)
     if not (sub.checkpoints / "train.weights.h5").exists():
         with rt.scope():
@@ -783,7 +799,7 @@ def report(cfg: Config, m: dict) -> str:
 
 def _interval(pair) -> str:
     lo, hi = pair
-    return f"({lo:.4f}, {hi:.4f})"
+    return f"[{lo:.4f}, {hi:.4f}]"
 
 
 def _mcc_intervals(rows: dict) -> str:
