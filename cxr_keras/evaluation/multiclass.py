@@ -24,7 +24,7 @@ from sklearn.metrics import (
 )
 
 from cxr_keras.evaluation.delong import delong_test
-from cxr_keras.evaluation.metrics import bootstrap_ci
+from cxr_keras.evaluation.metrics import _labels, bootstrap_ci
 
 INTERVAL_METHODS = ("clopper-pearson", "wald")
 
@@ -52,15 +52,6 @@ def _check(y_true, proba):
         raise ValueError(f"class indices must lie in [0, {k - 1}], got "
                          f"[{y_true.min()}, {y_true.max()}]")
     return y_true, proba
-
-
-def _labels(labels, k):
-    if labels is None:
-        return list(range(k))
-    labels = list(labels)
-    if len(labels) != k:
-        raise ValueError(f"{len(labels)} labels given for {k} classes")
-    return labels
 
 
 def _predictions(pred):

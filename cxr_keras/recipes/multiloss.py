@@ -288,11 +288,11 @@ def train_segmenter(cfg, run, data, loss_name, rt, args):
 
 
 def _load(path):
-    import keras
+    """A stored sub-model (safe_mode, not compiled: the recipe only predicts with it or copies
+    its weights)."""
+    from ..export import load_keras_model
 
-    from .. import losses, models  # noqa: F401  (registers the serialisable objects)
-
-    return keras.saving.load_model(path, safe_mode=True)
+    return load_keras_model(path)
 
 
 def predict_masks(sub, cache, split, cfg, name, model=None):
@@ -581,7 +581,7 @@ def _loss_titles():
 def ensemble(cfg, run, crops, rt, args) -> dict:
     """Stage 3: Tables 3-5, Figs. 6-9, significance tests."""
     from .. import ensemble as E
-    from ..evaluation.multiclass import mcnemar_test, multiclass_metrics
+    from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
 
     results = run.metrics().get("classification")
     if not results or any(n not in results for n in cfg.cls_losses):
@@ -609,7 +609,7 @@ def ensemble(cfg, run, crops, rt, args) -> dict:
                 m.update(_hard_metrics(y_test, pred))
             table3[f"{method}, top-{k}"] = m
         model_level[k] = _model_level(cfg, run, crops, members, rt, args)
-        if k == 5 or k == max(cfg.top_k):
+        if k == max(cfg.top_k):
             _cm_roc_pr(run, y_test, outputs["weighted averaging"], f"fig7_weighted_top{k}",
                        f"weighted averaging, top-{k}")
     table4 = {f"model-level top-{k}": multiclass_metrics(y_test, v["test"], labels=CLASSES)
@@ -627,12 +627,7 @@ def ensemble(cfg, run, crops, rt, args) -> dict:
              "mcnemar_best_vs_members": {n: mcnemar_test(y_test, np.argmax(best_p, 1),
                                                          np.argmax(preds[n]["test"][1], 1))
                                          for n in ranking[1:]}}
-    try:
-        from ..evaluation.multiclass import delong_ovr
-
-        tests["delong_final_vs_best_single"] = delong_ovr(y_test, final, best_p)
-    except ImportError:
-        pass
+    tests["delong_final_vs_best_single"] = delong_ovr(y_test, final, best_p)
     out = {"ranking": ranking, "ranked_on": cfg.select_on, "table3": table3,
            "slsqp_weights": weights, "table4": table4,
            "final": {"weights": dict(zip([f"model-level top-{k}" for k in ks], map(float, w_final))),
