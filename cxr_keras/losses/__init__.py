@@ -1,5 +1,6 @@
 """Losses (keras.ops only, registered serializable under package "cxr_keras")."""
 
+from cxr_keras.losses.biased_focal import BiasedFocalLoss, biased_focal_loss
 from cxr_keras.losses.calibrated import (
     CLASSIFICATION_LOSSES, CalibratedLoss, EntropyRegularizer, LabelSmoothedLoss,
     NegativeEntropyCrossentropy, calibration_difference, get_classification_loss,
@@ -16,4 +17,5 @@ __all__ = ["FZLPR", "ZLPR", "MaskedBinaryLoss", "fzlpr", "get_loss", "LOSS_NAMES
            "SEGMENTATION_LOSSES", "DiceLoss", "BCEDiceLoss", "TverskyLoss", "FocalTverskyLoss",
            "get_segmentation_loss", "CLASSIFICATION_LOSSES", "CalibratedLoss",
            "EntropyRegularizer", "LabelSmoothedLoss", "NegativeEntropyCrossentropy",
-           "calibration_difference", "get_classification_loss"]
+           "calibration_difference", "get_classification_loss",
+           "BiasedFocalLoss", "biased_focal_loss"]

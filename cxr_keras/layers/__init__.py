@@ -1,0 +1,6 @@
+"""Custom layers (keras.ops only, registered serializable under package "cxr_keras")."""
+
+from cxr_keras.layers.csra import CSRA
+from cxr_keras.layers.eca import ECA
+
+__all__ = ["CSRA", "ECA"]
