@@ -7,6 +7,7 @@
     cxr-keras run PAPER [paper options]          (cxr-keras run fzlpr --help)
     cxr-keras export RUN_DIR [--out DIR]
     cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta]
+    cxr-keras convert res2net50 CHECKPOINT --out FILE.weights.h5 [--include-top]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 from .io import DataError
 
-PAPERS = ("fzlpr", "multiloss")
+PAPERS = ("fzlpr", "multiloss", "mlrfnet")
 
 
 def _options(pairs):
@@ -98,6 +99,14 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_convert(args):
+    from .convert import convert_checkpoint
+
+    out = convert_checkpoint(args.arch, args.checkpoint, args.out, include_top=args.include_top)
+    print(f"wrote Keras weights of {args.arch} to {out}")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -149,6 +158,13 @@ def build_parser():
     pd_.add_argument("--batch-size", type=int, default=16)
     pd_.add_argument("--size", type=int, default=None, help="input side (default: the model's)")
     pd_.set_defaults(func=cmd_predict)
+
+    co = sub.add_parser("convert", help="convert a PyTorch checkpoint to Keras .weights.h5")
+    co.add_argument("arch", choices=["res2net50", "resnet50"])
+    co.add_argument("checkpoint", help=".safetensors, .npz or (with torch) .pth/.pt/.bin")
+    co.add_argument("--out", required=True, help="the Keras weights file (name.weights.h5)")
+    co.add_argument("--include-top", action="store_true", help="keep the fc classifier")
+    co.set_defaults(func=cmd_convert)
     return p
 
 

@@ -57,14 +57,17 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
                  seed: int = 0, normalization: str = "imagenet", channels: int = 3,
                  target: str = "labels", labels=None, one_hot: bool = False,
                  output_size=None, max_boxes: int = 16, shuffle=None, repeat: bool = False,
-                 drop_remainder: bool = False, prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+                 drop_remainder: bool = False, prefetch: int = tf.data.AUTOTUNE,
+                 targets=None) -> tf.data.Dataset:
     """A batched dataset over the rows of ``split`` (``"train"``, ``"val"``, ``"test"`` or None = all).
 
     target: ``"labels"`` (multi-hot float32 with NaN = ignore, or integer class, ``one_hot`` for a
     one-hot float vector), ``"mask"`` (float32 (H, W, 1)), ``"boxes"`` ((max_boxes, 5) rows
     [x, y, w, h, class] in output pixels, padding class -1), or ``"none"`` (images only).
     ``labels`` selects a subset of the label columns. ``output_size`` (h, w) resizes the augmented
-    image last. ``shuffle`` defaults to ``training``.
+    image last. ``shuffle`` defaults to ``training``. ``targets``: an explicit float array, one
+    row per row of ``split`` in cache order, used instead of the cache's labels (e.g. CheXpert's
+    uncertainty policies applied to one cache built with ``uncertain="ignore"``).
     """
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     preset = augment.get_preset(preset)
@@ -78,7 +81,13 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
     if target == "mask" and not cache.meta.get("has_masks"):
         raise ValueError(f"target='mask' but the cache {cache.path} has no masks")
     with_mask = target == "mask"
-    y = _targets(cache, rows, target, labels, one_hot, max_boxes)
+    if targets is None:
+        y = _targets(cache, rows, target, labels, one_hot, max_boxes)
+    elif target != "labels" or len(targets) != n:
+        raise ValueError(f"targets= needs target='labels' and one row per row of split {split!r} "
+                         f"({n}), got {len(targets)} rows and target={target!r}")
+    else:
+        y = np.asarray(targets, np.float32)
     shards, offsets = rows["shard"].to_numpy(), rows["offset"].to_numpy()
     state = {"epoch": 0}
 

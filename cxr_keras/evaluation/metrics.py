@@ -59,6 +59,12 @@ def mean_auc(y_true, y_score) -> float:
     return float(np.nanmean(vals))
 
 
+def mean_of(per_class: dict) -> float:
+    """Mean of a ``{label: value}`` dict ignoring NaN (NaN when every value is NaN)."""
+    vals = np.array(list(per_class.values()), np.float64)
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+
 def _ratio(num, den):
     return float(num / den) if den > 0 else float("nan")
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from .ranking import rows_for_valid_mean
+
 
 def _safe_pow(base, exponent):
     """``base ** exponent`` for ``base >= 0`` with a zero value and gradient where ``base == 0``.
@@ -90,11 +92,7 @@ class BiasedFocalLoss(keras.losses.Loss):
         valid = ops.logical_not(ops.isnan(y_true))
         elem = biased_focal_loss(y_true, y_pred, alpha=self.alpha, beta=self.beta,
                                  shift=self.shift, from_logits=self.from_logits)
-        row_sum = ops.sum(elem, axis=-1)
-        n_valid = ops.sum(ops.cast(valid, y_pred.dtype))
-        n_rows = ops.cast(ops.size(row_sum), y_pred.dtype)
-        # Mean over valid entries once the reduction averages the rows.
-        return row_sum * n_rows / ops.maximum(n_valid, 1.0)
+        return rows_for_valid_mean(elem, valid)
 
     def get_config(self):
         config = super().get_config()

@@ -93,6 +93,15 @@ class ZLPR(FZLPR):
         return config
 
 
+def rows_for_valid_mean(elem, valid):
+    """Per-row values whose batch mean (Keras' default reduction) is the mean of ``elem`` over
+    the ``valid`` entries of the batch: each row's sum divided by (valid entries / rows)."""
+    row_sum = ops.sum(elem, axis=-1)
+    n_valid = ops.sum(ops.cast(valid, elem.dtype))
+    n_rows = ops.cast(ops.size(row_sum), elem.dtype)
+    return row_sum * n_rows / ops.maximum(n_valid, 1.0)
+
+
 _BINARY_KINDS = ("bce", "focal")
 
 
@@ -140,11 +149,7 @@ class MaskedBinaryLoss(keras.losses.Loss):
         valid = ops.logical_not(ops.isnan(y_true))
         y_clean = ops.where(valid, y_true, ops.zeros_like(y_true))
         elem = ops.where(valid, self._elementwise(y_clean, y_pred), ops.zeros_like(y_pred))
-        row_sum = ops.sum(elem, axis=-1)
-        n_valid = ops.sum(ops.cast(valid, y_pred.dtype))
-        n_rows = ops.cast(ops.size(row_sum), y_pred.dtype)
-        # Mean over valid entries once the reduction averages the rows.
-        return row_sum * n_rows / ops.maximum(n_valid, 1.0)
+        return rows_for_valid_mean(elem, valid)
 
     def get_config(self):
         config = super().get_config()

@@ -118,11 +118,9 @@ def build_model(cfg: Config, num_classes: int):
 
 def _predict(model, ds):
     """Logits and targets of a whole (unshuffled) dataset."""
-    xs, ys = [], []
-    for x, y in ds:
-        xs.append(np.asarray(model.predict_on_batch(x), np.float64))
-        ys.append(np.asarray(y))
-    return np.concatenate(xs), np.concatenate(ys)
+    from ..inference.batches import predict_dataset
+
+    return predict_dataset(model, ds, np.float64)
 
 
 def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
@@ -244,8 +242,9 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
 
 
 def _mean(per_class: dict) -> float:
-    vals = np.array([v for v in per_class.values()], np.float64)
-    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    from ..evaluation.metrics import mean_of
+
+    return mean_of(per_class)
 
 
 def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
@@ -257,16 +256,11 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
 
     from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD
     from ..explain.gradcam import grad_cam, overlay
+    from ..inference.batches import gather_rows
 
     # prefer images with findings, as the paper's figure does; keep only those rows in memory
     order = np.argsort(-np.nansum(test_y, axis=1), kind="stable")[:n]
-    wanted, picked, start = set(order.tolist()), {}, 0
-    for x, _ in test_ds:
-        x = np.asarray(x)
-        for j in range(len(x)):
-            if start + j in wanted:
-                picked[start + j] = x[j]
-        start += len(x)
+    picked = gather_rows(test_ds, order)
     xs = np.stack([picked[i] for i in order])
     cls = np.argmax(test_prob[order], axis=1)
     cams = grad_cam(model, xs, cls, layer_name="relu")

@@ -232,20 +232,9 @@ def _cls_describe(cfg, what):
 
 
 def _predict(model, ds):
-    """Model outputs and targets (if any) of a whole unshuffled dataset. A short last batch is
-    padded to the batch size, so that it does not trace the predict function again."""
-    outs, ys, size = [], [], None
-    for batch in ds:
-        x, y = batch if isinstance(batch, tuple) else (batch, None)
-        x = np.asarray(x)
-        n = len(x)
-        size = size or n
-        if n < size:
-            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], x.dtype)])
-        outs.append(np.asarray(model.predict_on_batch(x), np.float32)[:n])
-        if y is not None:
-            ys.append(np.asarray(y))
-    return np.concatenate(outs), (np.concatenate(ys) if ys else None)
+    from ..inference.batches import predict_dataset
+
+    return predict_dataset(model, ds)
 
 
 def train_segmenter(cfg, run, data, loss_name, rt, args):

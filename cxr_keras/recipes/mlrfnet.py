@@ -1,0 +1,613 @@
+"""mlrfnet (Li et al. 2023): Res2Net50 + ECA + multi-level CSRA classifier + biased focal loss,
+on NIH ChestX-ray14 and CheXpert.
+
+``cxr-keras run mlrfnet [--dataset phantom|nih|chexpert|phantom-chexpert] [--ablation A]
+[--uncertain mixed|ones|zeros] [--split official|random] [--quick]``
+
+One run = one configuration: training (Adam 1e-4, batch 32, 20 epochs, lr x 0.9 every 2 epochs,
+early stop on validation loss; Sec. IV-C), then on the test set (NIH) or valid.csv (CheXpert):
+per-class AUC with a bootstrap interval, mean accuracy / sensitivity / specificity / F1 (Table 7),
+FLOPs counted from the model's layers and measured seconds per image (Table 8), Grad-CAM against
+the NIH BBox_List_2017 boxes (pointing game and IoU, Fig. 11), ROC curves (Fig. 10), training
+curves (Figs. 8-9) and a report beside the paper's tables. ``experiments/mlrfnet/`` runs the
+whole grid of Tables 5-11 through :func:`run_many` and :func:`grid_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..io import DataError
+from . import mlrfnet_paper as paper
+from .common import add_standard_args, cached, dataset_root, switch
+
+DATASETS = ("phantom", "phantom-nih", "phantom-chexpert", "nih", "chexpert")
+# ablation -> Config overrides (Tables 9-11); "full" is the paper's model
+ABLATIONS = {
+    "full": {},
+    "no_eca": {"use_eca": False},
+    "no_mrfc": {"use_mrfc": False},
+    "resnet50": {"backbone": "resnet50"},
+    "densenet121": {"backbone": "densenet121"},
+    "bce": {"loss": "bce"},
+    "focal": {"loss": "focal"},
+}
+POLICIES = ("mixed", "ones", "zeros")
+
+
+@dataclass
+class Config:
+    """Every setting of a run; defaults are the paper's (Sec. III-IV) unless marked CHOICE."""
+    dataset: str = "phantom"
+    ablation: str = "full"
+    backbone: str = "res2net50"
+    use_eca: bool = True
+    use_mrfc: bool = True
+    loss: str = "bfl"                  # "bfl" (eq. 3), "bce" or "focal" (Table 11)
+    lambdas: tuple = (0.5, 0.3, 0.1)   # CSRA lambda for U2, U3, U4
+    temperature: object = 99           # CSRA T; "max" = CSRA code's max pooling
+    csra_normalize: bool = False       # CSRA code divides scores by the weight norm
+    eca_kernel: int = 3
+    bfl_alpha: float = 0.4
+    bfl_beta: float = 2.0              # CHOICE: the paper gives no value (focal default)
+    bfl_shift: float = 0.2
+    weights: str | None = "imagenet"
+    backbone_options: dict = field(default_factory=dict)  # reduced backbones (--quick)
+    cache_size: int = 256              # resize to 256 ...
+    crop: int = 224                    # ... random crop 224 (train), centre crop (eval; CHOICE)
+    batch_size: int = 32
+    epochs: int = 20
+    lr: float = 1e-4
+    lr_decay: float = 0.9              # x 0.9 ...
+    lr_decay_epochs: int = 2           # ... every 2 epochs
+    patience: int = 3                  # CHOICE: "stopped when the val loss no longer decreases"
+    split: str = "official"            # NIH: official lists, or "random" 70/10/20 (Table 2)
+    val_fraction: float = 0.1          # NIH official / CheXpert: validation carved out of train
+    val_by: str = "patient"            # CHOICE: no patient in two splits
+    uncertain: str = "mixed"           # CheXpert: mixed (U-O&U-Z), ones, zeros
+    train_labels: str = "all"          # CheXpert: train on all 14 observations (N = 14, eq. 3)
+    threshold: str = "youden"          # CHOICE for Table 7: per-class Youden threshold on val
+    bootstrap: int = 1000
+    gradcam_images: int = 6
+    max_boxes: int | None = None       # boxes scored in the pointing game (None = all)
+    pointing_tolerance: int = 0        # pixels of slack around a box (CHOICE: none)
+    latency_images: int = 20
+    phantom_n: int = 2000
+    phantom_size: int = 256
+    seed: int = 0
+    deterministic: bool = False
+    mixed_precision: object = "auto"
+    xla: object = "auto"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return "chexpert" if self.dataset.endswith("chexpert") else "nih"
+
+
+def quick_backbone_options(backbone: str) -> dict:
+    """A reduced backbone of the same design for CPU quick runs and tests."""
+    if backbone == "densenet121":
+        return {"blocks": (1, 2, 2, 1)}
+    return {"blocks": (1, 1, 1, 1), "planes": (16, 32, 64, 128), "stem_width": 16}
+
+
+QUICK = dict(weights=None, cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3,
+             bootstrap=200, gradcam_images=4, max_boxes=60, latency_images=10, phantom_n=600,
+             phantom_size=256)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="cxr-keras run mlrfnet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_standard_args(p, "nih")
+    for action in p._actions:
+        if action.dest == "dataset":
+            action.choices = DATASETS
+            action.help = ("'phantom' (= phantom-nih) or 'phantom-chexpert' (synthetic, official "
+                           "layout), or 'nih' / 'chexpert' (the real data under --data-root)")
+    p.add_argument("--ablation", choices=list(ABLATIONS), default="full",
+                   help="Tables 9-11: no_eca, no_mrfc, resnet50, densenet121, bce, focal")
+    p.add_argument("--uncertain", choices=POLICIES, default="mixed",
+                   help="CheXpert uncertainty policy (U-O&U-Z, U-Ones, U-Zeros)")
+    p.add_argument("--split", choices=["official", "random"], default=None,
+                   help="NIH: official lists (default) or a 70/10/20 patient split (Table 2)")
+    p.add_argument("--weights", default=None,
+                   help="'imagenet' (default), 'none', or a local backbone weights file")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--phantom-n", type=int, default=None)
+    return p
+
+
+def config_from_args(args, **overrides) -> Config:
+    cfg = Config(**(QUICK if args.quick else {}))
+    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
+    cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
+    cfg.uncertain = args.uncertain
+    if args.split is not None:
+        cfg.split = args.split
+    if args.weights is not None:
+        cfg.weights = None if args.weights.lower() == "none" else args.weights
+        if args.quick and cfg.weights is not None:
+            raise DataError("--quick trains a reduced backbone from scratch: it takes no --weights")
+    for name in ("batch_size", "epochs", "phantom_n"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    set_ablation(cfg, overrides.pop("ablation", args.ablation), quick=args.quick)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def set_ablation(cfg: Config, ablation: str, quick: bool = False) -> Config:
+    if ablation not in ABLATIONS:
+        raise DataError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
+    cfg.ablation = ablation
+    cfg.backbone, cfg.use_eca, cfg.use_mrfc, cfg.loss = "res2net50", True, True, "bfl"
+    for k, v in ABLATIONS[ablation].items():
+        setattr(cfg, k, v)
+    if quick:
+        cfg.backbone_options = quick_backbone_options(cfg.backbone)
+    return cfg
+
+
+def run_tag(cfg: Config) -> str:
+    tag = f"mlrfnet-{cfg.source}-{cfg.ablation}"
+    if cfg.source == "chexpert":
+        tag += f"-u{cfg.uncertain}"
+    elif cfg.split != "official":
+        tag += f"-{cfg.split}"
+    return tag
+
+
+def build_model(cfg: Config, num_classes: int, full_size: bool = False):
+    """The run's model; ``full_size`` builds the paper-size network at 224 (for its FLOPs)."""
+    from ..models.mlrfnet import mlrfnet
+
+    return mlrfnet(num_classes, backbone=cfg.backbone, use_eca=cfg.use_eca, use_mrfc=cfg.use_mrfc,
+                   lambdas=tuple(cfg.lambdas), temperature=cfg.temperature,
+                   eca_kernel=cfg.eca_kernel, csra_normalize=cfg.csra_normalize,
+                   weights=None if full_size else cfg.weights,
+                   input_shape=(224, 224, 3) if full_size else (cfg.crop, cfg.crop, 3),
+                   backbone_options=None if full_size else cfg.backbone_options)
+
+
+def build_loss(cfg: Config):
+    from ..losses import BiasedFocalLoss, get_loss
+
+    if cfg.loss == "bfl":
+        return BiasedFocalLoss(alpha=cfg.bfl_alpha, beta=cfg.bfl_beta, shift=cfg.bfl_shift)
+    if cfg.loss in ("bce", "focal"):
+        return get_loss(cfg.loss)
+    raise DataError(f"loss must be 'bfl', 'bce' or 'focal', got {cfg.loss!r}")
+
+
+# ---------------------------------------------------------------------------------------- data
+
+class Data:
+    """The run's cache, label columns and datasets."""
+
+    def __init__(self, cfg: Config, args):
+        from ..data.augment import PRESETS
+        from ..data.cache import Cache
+        from ..data.pipeline import make_dataset
+
+        self.root, cache_path = prepare_data(cfg, args)
+        self.cache = cache = Cache(cache_path)
+        if cache.size < cfg.crop:
+            raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
+                            f"{cfg.crop}px crop")
+        if cfg.source == "chexpert":
+            from ..data.datasets.chexpert import COMPETITION_LABELS
+
+            self.labels = (list(COMPETITION_LABELS) if cfg.train_labels == "competition"
+                           else list(cache.labels))
+            self.eval_labels = list(COMPETITION_LABELS)
+        else:
+            self.labels = self.eval_labels = list(cache.labels)
+        preset = PRESETS["mlrfnet"].__class__(**{**asdict(PRESETS["mlrfnet"]),
+                                                 "crop": cfg.crop / cache.size})
+        kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
+        self.train = make_dataset(cache, "train", training=True, drop_remainder=True,
+                                  targets=self.targets(cfg, "train"), **kw)
+        self.val = make_dataset(cache, "val", training=False, targets=self.targets(cfg, "val"), **kw)
+        self.test = make_dataset(cache, "test", training=False, targets=self.targets(cfg, "test"),
+                                 **kw)
+
+    def targets(self, cfg: Config, split: str) -> np.ndarray:
+        """Labels of ``split`` with the uncertainty policy applied (CheXpert's cache keeps
+        uncertain entries as NaN)."""
+        cache = self.cache
+        y = cache.targets(cache.rows(split))
+        if cfg.source == "chexpert":
+            y = apply_uncertainty(y, cache.labels, cfg.uncertain)
+        return y[:, [cache.labels.index(k) for k in self.labels]]
+
+
+def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
+    """Replace NaN (uncertain) by 1 (U-Ones), 0 (U-Zeros), or per observation (mixed: U-Ones for
+    Atelectasis and Edema, U-Zeros for the others)."""
+    from ..data.datasets.chexpert import MIXED_POLICY
+
+    if policy not in POLICIES:
+        raise DataError(f"uncertain must be one of {POLICIES}, got {policy!r}")
+    y = np.array(y, np.float32, copy=True)
+    for j, name in enumerate(labels):
+        rule = MIXED_POLICY.get(name, "zeros") if policy == "mixed" else policy
+        col = y[:, j]
+        col[np.isnan(col)] = 1.0 if rule == "ones" else 0.0
+    return y
+
+
+def prepare_data(cfg: Config, args):
+    """(dataset root, cache path). CheXpert is cached once with uncertain entries kept as NaN,
+    so the three policies share one cache."""
+    ns = copy.copy(args)
+    ns.dataset = "phantom" if cfg.dataset.startswith("phantom") else cfg.source
+    root = dataset_root(cfg.source, ns, phantom_n=cfg.phantom_n, phantom_size=cfg.phantom_size)
+    if cfg.source == "nih":
+        options = {"split": cfg.split, "val_fraction": cfg.val_fraction, "val_by": cfg.val_by,
+                   "seed": cfg.seed}
+    else:
+        options = {"uncertain": "ignore", "blank": "zeros", "val_fraction": cfg.val_fraction,
+                   "val_by": cfg.val_by, "seed": cfg.seed}
+    return root, cached(cfg.source, root, ns, cache_size=cfg.cache_size, table_options=options,
+                        cache=args.cache)
+
+
+# ------------------------------------------------------------------------------------- running
+
+def run(cfg: Config, args):
+    """Train and evaluate one configuration; returns its run folder."""
+    import keras
+
+    from ..training import RunFolder, configure, fit_stage
+
+    if cfg.dataset not in ("phantom", "phantom-nih", "phantom-chexpert"):
+        cfg.extra = dict(cfg.extra, data_root=str(args.data_root), cache=str(args.cache))
+    run_dir = RunFolder.for_config(args.out, run_tag(cfg), asdict(cfg), force=args.force)
+    print(f"run folder: {run_dir.path}")
+    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    data = Data(cfg, args)
+    steps = data.train.num_rows // cfg.batch_size
+    if steps == 0:
+        raise DataError(f"the training split has {data.train.num_rows} images, fewer than one "
+                        f"batch of {cfg.batch_size}")
+    with rt.scope():
+        model = build_model(cfg, len(data.labels))
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            cfg.lr, decay_steps=steps * cfg.lr_decay_epochs, decay_rate=cfg.lr_decay,
+            staircase=True)
+        auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
+                                name="auc")
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min",
+                                             patience=cfg.patience)
+        t0 = time.perf_counter()
+        resumed = any(run_dir.checkpoints.iterdir())
+        fit_stage(model, data.train, data.val, run_dir, "train", epochs=cfg.epochs,
+                  optimizer=keras.optimizers.Adam(schedule), loss=build_loss(cfg), metrics=[auc],
+                  monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
+                  callbacks=[stop], verbose=args.verbose, tensorboard=args.tensorboard)
+        train_s = None if resumed else time.perf_counter() - t0
+
+    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    evaluate(best, cfg, run_dir, data, train_seconds=train_s)
+    run_dir.mark_done()
+    print(f"report: {run_dir.file('report.md')}")
+    return run_dir
+
+
+def _predict(model, ds):
+    from ..inference.batches import predict_dataset
+
+    return predict_dataset(model, ds, np.float64)
+
+
+def youden_thresholds(y_true, prob) -> np.ndarray:
+    """Per-class probability threshold maximising Youden's J = sensitivity + specificity - 1
+    (0.5 where a class has a single value)."""
+    from sklearn.metrics import roc_curve
+
+    out = np.full(y_true.shape[1], 0.5)
+    for j in range(y_true.shape[1]):
+        keep = ~np.isnan(y_true[:, j])
+        t = y_true[keep, j]
+        if len(np.unique(t)) < 2:
+            continue
+        fpr, tpr, thr = roc_curve(t, prob[keep, j])
+        k = int(np.argmax(tpr - fpr))
+        out[j] = min(float(thr[k]), 1.0)
+    return out
+
+
+def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
+    """Every number, plot and table of one run."""
+    from scipy.special import expit
+
+    from ..evaluation import metrics as M
+    from ..evaluation.plots import plot_roc_curves, plot_training_curves
+    from ..training import read_history
+
+    cols = [data.labels.index(k) for k in data.eval_labels]
+    val_logits, val_y = _predict(model, data.val)
+    test_logits, test_y = _predict(model, data.test)
+    labels = np.array(data.labels)
+    run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=labels)
+    run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=labels)
+    val_prob, test_prob = expit(val_logits[:, cols]), expit(test_logits[:, cols])
+    val_y, test_y = val_y[:, cols], test_y[:, cols]
+    names = data.eval_labels
+
+    val_auc = M.per_class_auc(val_y, val_prob, names)
+    test_auc = M.per_class_auc(test_y, test_prob, names)
+    est, lo, hi = M.bootstrap_ci(lambda t, s: M.mean_auc(t, s), test_y, test_prob,
+                                 n_boot=cfg.bootstrap, seed=cfg.seed)
+    thr = youden_thresholds(val_y, val_prob)
+    # positive when prob >= threshold, as in roc_curve (threshold_metrics is strict)
+    at_youden = M.threshold_metrics(test_y, test_prob - np.nextafter(thr, -np.inf)[None, :], 0.0,
+                                    names)
+    at_half = M.threshold_metrics(test_y, test_prob, 0.5, names)
+    cost = cost_figures(model, cfg, data, len(data.labels))
+    localization = None
+    if cfg.source == "nih":
+        localization = pointing_game(model, cfg, run_dir, data, test_prob)
+
+    history = read_history(run_dir.file("logs", "history_train.csv"))
+    metrics = run_dir.update_metrics(
+        ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
+        "chexpert" else None,
+        val_auc=val_auc, val_mean_auc=_mean(val_auc),
+        test_auc=test_auc, test_mean_auc=_mean(test_auc), test_mean_auc_ci95=[lo, hi],
+        thresholds={k: float(t) for k, t in zip(names, thr)},
+        test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
+        cost=cost, localization=localization,
+        epochs_trained=len(history.get("loss", [])),
+        train_seconds=train_seconds, train_images=data.train.num_rows)
+    plot_roc_curves(test_y, test_prob, names, run_dir.file("plots", "roc_test.png"),
+                    title=f"ROC, {'test' if cfg.source == 'nih' else 'valid.csv'} (Fig. 10)")
+    plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
+                         title="Loss and AUC (Figs. 8-9)")
+    run_dir.write_text("report.md", report(cfg, metrics))
+    return metrics
+
+
+def _mean(per_class: dict) -> float:
+    from ..evaluation.metrics import mean_of
+
+    return mean_of(per_class)
+
+
+def cost_figures(model, cfg: Config, data: Data, num_classes: int) -> dict:
+    """Table 8: FLOPs (multiply-accumulates, counted from the layers) and measured seconds per
+    image at batch 1, for the trained model and (for a reduced model) the paper-size one."""
+    from ..evaluation.flops import count_flops
+
+    def latency(m, shape, n):
+        x = np.random.default_rng(0).normal(size=(1,) + tuple(shape)).astype(np.float32)
+        m.predict_on_batch(x)  # trace once
+        t0 = time.perf_counter()
+        for _ in range(n):
+            m.predict_on_batch(x)
+        return (time.perf_counter() - t0) / max(n, 1)
+
+    shape = (cfg.crop, cfg.crop, 3)
+    out = {"trained": {"input": list(shape), "gmacs": count_flops(model)["gflops"],
+                       "params": int(model.count_params()),
+                       "seconds_per_image": latency(model, shape, cfg.latency_images)}}
+    if cfg.backbone_options or cfg.crop != 224:
+        full = build_model(cfg, num_classes, full_size=True)
+        out["paper_size"] = {"input": [224, 224, 3], "gmacs": count_flops(full)["gflops"],
+                             "params": int(full.count_params()),
+                             "seconds_per_image": latency(full, (224, 224, 3),
+                                                          max(1, cfg.latency_images // 4))}
+    else:
+        out["paper_size"] = out["trained"]
+    return out
+
+
+def pointing_game(model, cfg: Config, run_dir, data: Data, test_prob) -> dict | None:
+    """Grad-CAM of each BBox_List_2017 box's finding on the test images that have boxes, scored
+    by the pointing game and the IoU of the thresholded map (Fig. 11), on each level's feature
+    map (U4, the usual Grad-CAM layer, and the finer U2 and U3 the classifier also reads); a
+    figure of a few boxes with the U4 map."""
+    from ..data.datasets.nih import load_boxes
+    from ..evaluation.localization import localization_scores, map_box
+    from ..explain.gradcam import grad_cam
+    from ..inference.batches import gather_rows
+    from ..models.mlrfnet import gradcam_layers
+
+    try:
+        boxes = load_boxes(data.root)
+    except DataError as e:
+        print(f"no Grad-CAM localisation: {e}")
+        return None
+    rows = data.cache.rows("test").reset_index(drop=True)
+    where = {name: i for i, name in enumerate(rows["image"])}
+    boxes = boxes.loc[boxes["image"].isin(where) & boxes["finding"].isin(data.labels)]
+    if cfg.max_boxes is not None:
+        boxes = boxes.head(cfg.max_boxes)
+    if boxes.empty:
+        return None
+    idx = np.array([where[n] for n in boxes["image"]])
+    images = gather_rows(data.test, idx)
+    cls = np.array([data.labels.index(f) for f in boxes["finding"]])
+    xs = np.stack([images[i] for i in idx])
+    mapped = [map_box((b.x, b.y, b.w, b.h), (int(rows.loc[i, "orig_h"]), int(rows.loc[i, "orig_w"])),
+                      data.cache.size, cfg.crop)
+              for b, i in zip(boxes.itertuples(), idx)]
+    findings = list(boxes["finding"])
+    out = {}
+    for level, layer in gradcam_layers(model).items():
+        heatmaps = np.concatenate([grad_cam(model, xs[s:s + 16], cls[s:s + 16], layer_name=layer)
+                                   for s in range(0, len(xs), 16)])
+        out[level] = dict(localization_scores(heatmaps, mapped, findings,
+                                              tolerance=cfg.pointing_tolerance), layer=layer)
+        if level == "u4":
+            gradcam_figure(xs[:cfg.gradcam_images], heatmaps, mapped, findings, test_prob[idx],
+                           data.eval_labels, run_dir.file("plots", "gradcam_boxes.png"))
+    return out
+
+
+def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+    from ..explain.gradcam import overlay
+    from ..io import atomic_path
+
+    n = len(xs)
+    if n == 0:
+        return
+    grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for k, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(overlay(grey[k], heatmaps[k]))
+        x, y, w, h = boxes[k]
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+        p = probs[k][labels.index(findings[k])] if findings[k] in labels else float("nan")
+        ax.set_title(f"box: {findings[k]}\nscore {p:.2f}", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------- report
+
+def report(cfg: Config, m: dict) -> str:
+    from ..evaluation.report import comparison_table, metrics_table
+
+    lines = [f"# mlrfnet run: {cfg.source}, ablation {cfg.ablation}" +
+             (f", uncertainty policy {cfg.uncertain}" if cfg.source == "chexpert" else ""), ""]
+    if cfg.dataset.startswith("phantom"):
+        lines += [f"Data: **phantom** {cfg.source} (synthetic). Numbers are not comparable with the "
+                  "paper's; the tables show the pipeline end to end.", ""]
+    lines += [f"Backbone {cfg.backbone}" + (f" (reduced: {cfg.backbone_options})"
+                                            if cfg.backbone_options else "") +
+              f", ECA {cfg.use_eca}, MRFC {cfg.use_mrfc}, loss {cfg.loss}, weights {cfg.weights}, "
+              f"input {cfg.crop} from a {cfg.cache_size} cache, batch {cfg.batch_size}, "
+              f"{m['epochs_trained']} of {cfg.epochs} epochs (early stop on validation loss).", ""]
+    ours = dict(m["test_auc"], Mean=m["test_mean_auc"])
+    if cfg.source == "nih":
+        ref = paper.TABLE5["MLRFNet"] if cfg.ablation == "full" else {}
+        lines.append(comparison_table(ours, ref, title="Table 5: test AUC per label (MLRFNet row)"))
+        lines += ["", metrics_table({"ours": ours}, {k: v for k, v in paper.TABLE5.items()},
+                                    ["Mean"], title="Table 5: mean AUC beside the SOTA rows"), ""]
+    else:
+        ref = paper.MLRFNET_CHEXPERT.get(cfg.uncertain, {}) if cfg.ablation == "full" else {}
+        lines.append(comparison_table(ours, ref, title="Table 6: valid.csv AUC per observation "
+                                                        "(MLRFNet row, same policy)"))
+        rows = {f"{name} ({pol})": {"Mean": r["Mean"]} for name, pol, r in paper.TABLE6}
+        lines += ["", metrics_table({"ours": {"Mean": m["test_mean_auc"]}}, rows, ["Mean"],
+                                    title="Table 6: mean AUC beside the SOTA rows"), ""]
+    lo, hi = m["test_mean_auc_ci95"]
+    lines += [f"Mean AUC 95% bootstrap interval ({cfg.bootstrap} resamples): [{lo:.4f}, {hi:.4f}]",
+              ""]
+    t7 = {k: 100 * v for k, v in m["test_threshold_metrics"]["youden_val"]["mean"].items()
+          if k in ("accuracy", "sensitivity", "specificity", "f1")}
+    t7_half = {k: 100 * v for k, v in m["test_threshold_metrics"]["p0.5"]["mean"].items()
+               if k in ("accuracy", "sensitivity", "specificity", "f1")}
+    lines += [metrics_table({"ours (Youden threshold from validation)": t7,
+                             "ours (probability 0.5)": t7_half},
+                            paper.TABLE7 if cfg.source == "nih" else {},
+                            ["accuracy", "sensitivity", "specificity", "f1"],
+                            title="Table 7: mean metrics in percent (the paper does not say how "
+                                  "it thresholds)"), ""]
+    c = m["cost"]
+    t8 = {"ours, paper size (224)": {"gflops": c["paper_size"]["gmacs"],
+                                     "seconds_per_image": c["paper_size"]["seconds_per_image"]},
+          "ours, as trained": {"gflops": c["trained"]["gmacs"],
+                               "seconds_per_image": c["trained"]["seconds_per_image"]}}
+    lines += [metrics_table(t8, {k: {kk: vv for kk, vv in v.items() if kk != "auc"}
+                                 for k, v in paper.TABLE8.items()},
+                            ["gflops", "seconds_per_image"],
+                            title="Table 8: cost of one image (GMACs counted from the layers; our "
+                                  "seconds are batch 1 on this machine's CPU, the paper's on its "
+                                  "GPU)"), ""]
+    loc = m.get("localization")
+    if loc:
+        lines += ["### Grad-CAM against BBox_List_2017 (Fig. 11): pointing game / mean IoU", "",
+                  "| finding | boxes | " + " | ".join(f"{lv} (`{v['layer']}`)" for lv, v in loc.items())
+                  + " |", "|---|---:|" + "---:|" * len(loc)]
+        first = next(iter(loc.values()))
+        for k in list(first["per_label"]) + ["all"]:
+            cells = []
+            for v in loc.values():
+                s = v["overall"] if k == "all" else v["per_label"][k]
+                cells.append(f"{s['pointing_accuracy']:.3f} / {s['mean_iou']:.3f}")
+            n = (first["overall"] if k == "all" else first["per_label"][k])["n"]
+            lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
+        lines += ["", "The paper shows heatmaps (Fig. 11) but reports no localisation score.", ""]
+    table, desc, ref = paper.ABLATIONS[cfg.ablation]
+    lines += [comparison_table({f"mean AUC ({cfg.source})": m["test_mean_auc"]},
+                               {f"mean AUC ({cfg.source})": ref[cfg.source]},
+                               title=f"Table {table}: {desc}"), ""]
+    if m.get("train_seconds"):
+        lines += [f"Training: {m['train_seconds'] / 60:.1f} min, about "
+                  f"{m['train_images'] * m['epochs_trained'] / m['train_seconds']:.1f} images/s.", ""]
+    lines += ["Plots: `plots/roc_test.png` (Fig. 10), `plots/training_curves.png` (Figs. 8-9)" +
+              (", `plots/gradcam_boxes.png` (Fig. 11)." if loc else "."), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    run(config_from_args(args), args)
+    return 0
+
+
+# ------------------------------------------------------------------------------ grid (Tables)
+
+def run_many(argv, variants):
+    """Run one configuration per ``variants`` entry (dict of Config overrides, ``ablation``
+    included); finished ones are reused, not rerun. Returns the run folders."""
+    from ..training import RunFolder, config_hash
+
+    args = build_parser().parse_args(argv)
+    runs = []
+    for overrides in variants:
+        cfg = config_from_args(args, **dict(overrides))
+        try:
+            runs.append(run(cfg, args))
+        except DataError as e:
+            if "finished run" not in str(e):
+                raise
+            runs.append(RunFolder(f"{args.out}/{run_tag(cfg)}-{config_hash(asdict(cfg))}"))
+    return runs, args
+
+
+def grid_report(runs) -> str:
+    """Tables 6 and 9-11 over finished runs (mean AUC, ours beside the paper's)."""
+    from ..evaluation.report import metrics_table
+
+    ours, ref, names = {}, {}, {}
+    for r in runs:
+        m = r.metrics()
+        src, abl = m["source"], m["ablation"]
+        key = f"{src}/{abl}" + (f"/{m['uncertain']}" if src == "chexpert" else "")
+        ours[key] = {"mean AUC": m["test_mean_auc"]}
+        table, desc, by_source = paper.ABLATIONS[abl]
+        value = by_source[src]
+        if src == "chexpert" and abl == "full":
+            value = paper.MLRFNET_CHEXPERT[m["uncertain"]]["Mean"]
+        elif src == "chexpert" and m["uncertain"] != "mixed":
+            value = None  # the paper's ablations use the mixed policy
+        ref[key] = {"mean AUC": value}
+        names[key] = f"{key} (Table {table}: {desc})"
+    return "\n".join(["# mlrfnet: Tables 5-6 and 9-11, mean AUC", "",
+                      metrics_table(ours, ref, ["mean AUC"], names=names), ""])
