@@ -3,11 +3,11 @@
     python benchmarks/run_all.py --out /tmp/cxr-bench
 
 Runs ``bench_cache.py``, ``bench_pipeline.py``, ``bench_fzlpr_train.py`` and
-``bench_multiloss_train.py`` one after the other, each in its own Python process (this
+``bench_multiloss_train.py`` and ``bench_mlrfnet_train.py`` one after the other, each in its own Python process (this
 interpreter) with its default arguments and ``--out OUT``, so that one benchmark's threads, memory
 and TensorFlow state do not disturb the next. Each one's output is echoed and kept in
 ``OUT/<name>.log``; its JSON lands in ``OUT/<name>.json``. Extra arguments for one benchmark go
-through ``--cache-args``, ``--pipeline-args``, ``--train-args`` and ``--multiloss-args`` (one
+through ``--cache-args``, ``--pipeline-args``, ``--train-args``, ``--multiloss-args`` and ``--mlrfnet-args`` (one
 quoted string each, e.g. ``--train-args "--steps 5"``). Writes ``OUT/run_all.json`` (the results,
 commands, exit codes, durations) atomically. Nothing is written outside ``OUT``.
 Exits non-zero when a benchmark failed (the others still run).
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 BENCHES = (("bench_cache", "cache"), ("bench_pipeline", "pipeline"), ("bench_fzlpr_train", "train"),
-           ("bench_multiloss_train", "multiloss"))
+           ("bench_multiloss_train", "multiloss"), ("bench_mlrfnet_train", "mlrfnet"))
 
 
 def _run(name: str, extra: list, out: Path) -> dict:
@@ -87,6 +87,14 @@ def _rows(runs: dict) -> list:
                          m["train_images_per_s"], m["train_images_per_s_core"]))
             rows.append(("multiloss", f"{m['model']} predict", setting,
                          m["predict_images_per_s"], m["predict_images_per_s_core"]))
+    mr = runs.get("bench_mlrfnet_train", {}).get("result")
+    if mr:
+        for m in mr["models"]:
+            setting = f"batch {mr['batch']}, {mr['size']}px, {m['gmacs']:.2f} GMACs, {mr['cores']} cores"
+            rows.append(("mlrfnet", f"{m['model']} train (BFL)", setting,
+                         m["train_images_per_s"], m["train_images_per_s_core"]))
+            rows.append(("mlrfnet", f"{m['model']} predict", setting,
+                         m["predict_images_per_s"], m["predict_images_per_s_core"]))
     return rows
 
 
@@ -97,21 +105,23 @@ def _fmt(x: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/cxr-bench", help="output folder (default /tmp/cxr-bench)")
-    ap.add_argument("--only", default="cache,pipeline,train,multiloss",
-                    help="comma-separated subset of cache, pipeline, train, multiloss (default all)")
+    ap.add_argument("--only", default="cache,pipeline,train,multiloss,mlrfnet",
+                    help="comma-separated subset of cache, pipeline, train, multiloss, mlrfnet "
+                         "(default all)")
     ap.add_argument("--cache-args", default="", help="extra arguments for bench_cache.py")
     ap.add_argument("--pipeline-args", default="", help="extra arguments for bench_pipeline.py")
     ap.add_argument("--train-args", default="", help="extra arguments for bench_fzlpr_train.py")
     ap.add_argument("--multiloss-args", default="",
                     help="extra arguments for bench_multiloss_train.py")
+    ap.add_argument("--mlrfnet-args", default="", help="extra arguments for bench_mlrfnet_train.py")
     args = ap.parse_args(argv)
 
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = wanted - {short for _, short in BENCHES}
     if unknown:
-        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train, multiloss")
+        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train, multiloss, mlrfnet")
     extra = {"cache": args.cache_args, "pipeline": args.pipeline_args, "train": args.train_args,
-             "multiloss": args.multiloss_args}
+             "multiloss": args.multiloss_args, "mlrfnet": args.mlrfnet_args}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
