@@ -58,6 +58,7 @@ class Config:
     bfl_shift: float = 0.2
     weights: str | None = "imagenet"
     backbone_options: dict = field(default_factory=dict)  # reduced backbones (--quick)
+    bn_momentum: float | None = None   # None: the backbone's own (Res2Net 0.9, DenseNet 0.99)
     cache_size: int = 256              # resize to 256 ...
     crop: int = 224                    # ... random crop 224 (train), centre crop (eval; CHOICE)
     batch_size: int = 32
@@ -97,7 +98,7 @@ def quick_backbone_options(backbone: str) -> dict:
     return {"blocks": (1, 1, 1, 1), "planes": (16, 32, 64, 128), "stem_width": 16}
 
 
-QUICK = dict(weights=None, cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3,
+QUICK = dict(weights=None, bn_momentum=0.9, cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3,
              bootstrap=200, gradcam_images=4, max_boxes=60, latency_images=10, phantom_n=600,
              phantom_size=256)
 
@@ -168,14 +169,23 @@ def run_tag(cfg: Config) -> str:
 
 def build_model(cfg: Config, num_classes: int, full_size: bool = False):
     """The run's model; ``full_size`` builds the paper-size network at 224 (for its FLOPs)."""
+    import keras
+
     from ..models.mlrfnet import mlrfnet
 
-    return mlrfnet(num_classes, backbone=cfg.backbone, use_eca=cfg.use_eca, use_mrfc=cfg.use_mrfc,
+    model = mlrfnet(num_classes, backbone=cfg.backbone, use_eca=cfg.use_eca, use_mrfc=cfg.use_mrfc,
                    lambdas=tuple(cfg.lambdas), temperature=cfg.temperature,
                    eca_kernel=cfg.eca_kernel, csra_normalize=cfg.csra_normalize,
                    weights=None if full_size else cfg.weights,
                    input_shape=(224, 224, 3) if full_size else (cfg.crop, cfg.crop, 3),
                    backbone_options=None if full_size else cfg.backbone_options)
+    if cfg.bn_momentum is not None and not full_size:
+        # A quick run has ~100 steps: with momentum 0.99 the moving statistics would still be
+        # near their initial values at evaluation; 0.9 lets them settle.
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
+    return model
 
 
 def build_loss(cfg: Config):
