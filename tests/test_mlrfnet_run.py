@@ -170,3 +170,39 @@ def test_full_size_model_parameters_and_levels():
     parts = keras.Model(model.input, [model.get_layer(f"csra_{lv}").output for lv in ("u2", "u3", "u4")])
     np.testing.assert_allclose(model.predict_on_batch(x), sum(parts.predict_on_batch(x)), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_run_or_reuse_returns_the_finished_folder(tmp_path):
+    """The experiment grids start again without retraining: a finished configuration gives back
+    its folder; any other error still propagates."""
+    from dataclasses import asdict, dataclass
+    from types import SimpleNamespace
+
+    from cxr_keras.io import DataError
+    from cxr_keras.recipes.common import run_or_reuse
+    from cxr_keras.training import RunFolder
+
+    @dataclass
+    class Cfg:
+        a: int = 1
+
+    calls = []
+
+    def fake_run(cfg, args):
+        calls.append(cfg)
+        folder = RunFolder.for_config(args.out, "tag", asdict(cfg))
+        folder.mark_done()
+        return folder
+
+    args = SimpleNamespace(out=str(tmp_path))
+    first = run_or_reuse(fake_run, Cfg(), args, "tag")
+    again = run_or_reuse(fake_run, Cfg(), args, "tag")
+    assert again.path == first.path and len(calls) == 2
+    other = run_or_reuse(fake_run, Cfg(a=2), args, "tag")
+    assert other.path != first.path
+
+    def broken(cfg, args):
+        raise DataError("something else")
+
+    with pytest.raises(DataError, match="something else"):
+        run_or_reuse(broken, Cfg(), args, "tag")

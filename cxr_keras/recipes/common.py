@@ -92,3 +92,18 @@ def prepare_data(dataset: str, args, *, phantom_n: int, phantom_size: int, cache
                         progress=progress)
     return cached(dataset, root, args, cache_size=cache_size, table_options=table_options,
                   cache=args.cache, progress=progress)
+
+
+def run_or_reuse(run, cfg, args, tag: str):
+    """``run(cfg, args)``, or the run folder of the same configuration when it already finished
+    (``out/<tag>-<config hash>``), so that an experiment grid can be started again."""
+    from dataclasses import asdict
+
+    from ..training import RunFolder
+
+    try:
+        return run(cfg, args)
+    except DataError as e:
+        if "finished run" not in str(e):
+            raise
+        return RunFolder(Path(args.out) / f"{tag}-{config_hash(asdict(cfg))}")

@@ -12,6 +12,7 @@ and the tau ablation (Table 4, Fig. 6) through :func:`run` and :func:`compare_ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -151,7 +152,7 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
     crop = cfg.crop / cache.size
     from ..data.augment import PRESETS
 
-    preset = PRESETS["fzlpr"].__class__(**{**asdict(PRESETS["fzlpr"]), "crop": crop})
+    preset = dataclasses.replace(PRESETS["fzlpr"], crop=crop)
     kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
     train_ds = make_dataset(cache, "train", training=True, **kw)
     val_ds = make_dataset(cache, "val", training=False, **kw)
@@ -333,7 +334,7 @@ def main(argv=None) -> int:
 def run_many(argv, variants):
     """Run one configuration per ``variants`` entry (dict of Config overrides); returns the run
     folders (finished ones are reused, not rerun)."""
-    from ..io import DataError
+    from .common import run_or_reuse
 
     args = build_parser().parse_args(argv)
     runs = []
@@ -343,20 +344,9 @@ def run_many(argv, variants):
             setattr(cfg, k, v)
         if cfg.loss != "fzlpr":
             cfg.tau = 1.0 if cfg.loss == "zlpr" else None
-        try:
-            runs.append(run(cfg, args))
-        except DataError as e:
-            if "finished run" not in str(e):
-                raise
-            tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
-            runs.append(_finished(args.out, tag, cfg))
+        tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
+        runs.append(run_or_reuse(run, cfg, args, tag))
     return runs, args
-
-
-def _finished(out, tag, cfg):
-    from ..training import RunFolder, config_hash
-
-    return RunFolder(f"{out}/{tag}-{config_hash(asdict(cfg))}")
 
 
 def losses_report(runs) -> str:

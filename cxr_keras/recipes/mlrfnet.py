@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -221,8 +222,7 @@ class Data:
             self.eval_labels = list(COMPETITION_LABELS)
         else:
             self.labels = self.eval_labels = list(cache.labels)
-        preset = PRESETS["mlrfnet"].__class__(**{**asdict(PRESETS["mlrfnet"]),
-                                                 "crop": cfg.crop / cache.size})
+        preset = dataclasses.replace(PRESETS["mlrfnet"], crop=cfg.crop / cache.size)
         kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
         self.train = make_dataset(cache, "train", training=True, drop_remainder=True,
                                   targets=self.targets(cfg, "train"), **kw)
@@ -586,18 +586,13 @@ def main(argv=None) -> int:
 def run_many(argv, variants):
     """Run one configuration per ``variants`` entry (dict of Config overrides, ``ablation``
     included); finished ones are reused, not rerun. Returns the run folders."""
-    from ..training import RunFolder, config_hash
+    from .common import run_or_reuse
 
     args = build_parser().parse_args(argv)
     runs = []
     for overrides in variants:
         cfg = config_from_args(args, **dict(overrides))
-        try:
-            runs.append(run(cfg, args))
-        except DataError as e:
-            if "finished run" not in str(e):
-                raise
-            runs.append(RunFolder(f"{args.out}/{run_tag(cfg)}-{config_hash(asdict(cfg))}"))
+        runs.append(run_or_reuse(run, cfg, args, run_tag(cfg)))
     return runs, args
 
 
