@@ -7,7 +7,7 @@
     cxr-keras run PAPER [paper options]          (cxr-keras run fzlpr --help)
     cxr-keras export RUN_DIR [--out DIR]
     cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta]
-    cxr-keras convert res2net50 CHECKPOINT --out FILE.weights.h5 [--include-top]
+    cxr-keras convert res2net50|resnet50|resnet18|resnet34 CHECKPOINT --out FILE.weights.h5 [--include-top]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 
 from .io import DataError
 
-PAPERS = ("fzlpr", "multiloss", "mlrfnet")
+PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae")
 
 
 def _options(pairs):
@@ -160,7 +160,7 @@ def build_parser():
     pd_.set_defaults(func=cmd_predict)
 
     co = sub.add_parser("convert", help="convert a PyTorch checkpoint to Keras .weights.h5")
-    co.add_argument("arch", choices=["res2net50", "resnet50"])
+    co.add_argument("arch", choices=["res2net50", "resnet50", "resnet18", "resnet34"])
     co.add_argument("checkpoint", help=".safetensors, .npz or (with torch) .pth/.pt/.bin")
     co.add_argument("--out", required=True, help="the Keras weights file (name.weights.h5)")
     co.add_argument("--include-top", action="store_true", help="keep the fc classifier")

@@ -148,7 +148,7 @@ def write_safetensors(state_dict, path) -> Path:
     return path
 
 
-_BLOCK = re.compile(r"^layer(\d+)_(\d+)_(conv1|bn1|conv3|bn3|convs_\d+|bns_\d+|"
+_BLOCK = re.compile(r"^layer(\d+)_(\d+)_(conv1|bn1|conv2|bn2|conv3|bn3|convs_\d+|bns_\d+|"
                     r"downsample_conv|downsample_bn)$")
 _TORCHVISION = {"convs.0": "conv2", "bns.0": "bn2"}
 
@@ -249,14 +249,25 @@ def resnet50_from_state_dict(state_dict, model, source=None):
     return _load_state_dict(state_dict, model, True, "resnet50", source)
 
 
-FROM_STATE_DICT = {"res2net50": res2net50_from_state_dict, "resnet50": resnet50_from_state_dict}
+def resnet18_from_state_dict(state_dict, model, source=None):
+    """Load a torchvision / timm ResNet-18 state dict into a :func:`resnet18` model (in place)."""
+    return _load_state_dict(state_dict, model, True, "resnet18", source)
+
+
+def resnet34_from_state_dict(state_dict, model, source=None):
+    """Load a torchvision / timm ResNet-34 state dict into a :func:`resnet34` model (in place)."""
+    return _load_state_dict(state_dict, model, True, "resnet34", source)
+
+
+FROM_STATE_DICT = {"res2net50": res2net50_from_state_dict, "resnet50": resnet50_from_state_dict,
+                   "resnet18": resnet18_from_state_dict, "resnet34": resnet34_from_state_dict}
 
 
 def convert_checkpoint(arch, checkpoint, out, include_top=False) -> Path:
-    """Convert a PyTorch ``checkpoint`` of ``arch`` ("res2net50" or "resnet50") to a Keras
+    """Convert a PyTorch ``checkpoint`` of ``arch`` (a key of :data:`FROM_STATE_DICT`) to a Keras
     ``.weights.h5`` file ``out`` (atomic); with ``include_top`` the classifier is kept and its
     class count taken from ``fc.weight``. Returns ``out``."""
-    from .models import res2net
+    from . import models
 
     if arch not in FROM_STATE_DICT:
         raise DataError(f"unknown architecture {arch!r}; known: {', '.join(FROM_STATE_DICT)}")
@@ -269,7 +280,7 @@ def convert_checkpoint(arch, checkpoint, out, include_top=False) -> Path:
         if "fc.weight" not in state_dict:
             raise DataError(f"{checkpoint}: include_top=True but the checkpoint has no fc.weight")
         classes = int(np.shape(state_dict["fc.weight"])[0])
-    model = getattr(res2net, arch)(include_top=include_top, weights=None, classes=classes)
+    model = getattr(models, arch)(include_top=include_top, weights=None, classes=classes)
     FROM_STATE_DICT[arch](state_dict, model, source=checkpoint)
     with atomic_path(out, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)

@@ -11,11 +11,12 @@ from cxr_keras.models.efficientnet_unet import (
 from cxr_keras.models.mae import DualMaskedAutoencoder, MaskedAutoencoder, random_masking
 from cxr_keras.models.mlrfnet import BACKBONES, build_backbone, gradcam_layers, mlrfnet
 from cxr_keras.models.res2net import res2net50, resnet50, stage_outputs
+from cxr_keras.models.resnet import resnet18, resnet34
 from cxr_keras.models.vit import copy_encoder, vit, vit_small
 
 __all__ = ["densenet121_fzlpr", "set_backbone_trainable", "top_layers", "backbone_layers",
            "TOP_LAYER_NAMES", "FEATURE_LAYER", "efficientnet_unet", "efficientnet_classifier",
            "efficientnet_encoder", "model_level_ensemble", "DEEPEST_CONV", "ENSEMBLE_CONV",
            "mlrfnet", "build_backbone", "gradcam_layers", "BACKBONES", "res2net50", "resnet50",
-           "stage_outputs", "vit", "vit_small", "copy_encoder", "MaskedAutoencoder",
+           "stage_outputs", "resnet18", "resnet34", "vit", "vit_small", "copy_encoder", "MaskedAutoencoder",
            "DualMaskedAutoencoder", "random_masking"]

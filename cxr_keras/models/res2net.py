@@ -148,6 +148,11 @@ def _build(include_top, input_shape, pooling, classes, blocks, planes, base_widt
         for j in range(n):
             stride = 2 if (i > 1 and j == 0) else 1
             x = _bottle2neck(x, p, stride, j == 0, int(base_width), int(scale), f"layer{i}_{j}_")
+    return _finish(inp, x, include_top, pooling, classes, classifier_activation, name)
+
+
+def _finish(inp, x, include_top, pooling, classes, classifier_activation, name):
+    """Global pooling and the ``fc`` classifier (PyTorch's nn.Linear init) of a ResNet."""
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avgpool")(x)
         bound = 1.0 / float(x.shape[-1]) ** 0.5  # PyTorch's nn.Linear default init
@@ -170,7 +175,7 @@ def _resolve_weights(weights, arch, url, fname, standard, include_top, classes, 
     if isinstance(weights, str) and weights == "imagenet":
         if not standard:
             raise ValueError(f"{arch}: weights='imagenet' needs the standard configuration "
-                             f"{STANDARD if arch == 'res2net50' else 'of ResNet-50'}; use "
+                             f"{STANDARD if arch == 'res2net50' else 'of ' + arch}; use "
                              f"weights=None for a reduced network")
         if tuple(input_shape)[-1] != 3:
             raise ValueError(f"{arch}: weights='imagenet' needs 3 input channels, got "

@@ -1,8 +1,10 @@
 """Shared training layer: run folders, runtime set-up, staged resumable fitting, schedules."""
 
+from .layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from .fit import BestCheckpoint, EpochReseed, StopOnNaN, TrainingDiverged, fit_stage, read_history
 from .run_folder import RunFolder, config_hash
 from .runtime import Runtime, configure
 
 __all__ = ["BestCheckpoint", "EpochReseed", "StopOnNaN", "TrainingDiverged", "fit_stage",
-           "read_history", "RunFolder", "config_hash", "Runtime", "configure"]
+           "read_history", "RunFolder", "config_hash", "Runtime", "configure",
+           "LayerDecayAdamW", "vit_layer_multipliers"]

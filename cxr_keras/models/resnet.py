@@ -1,0 +1,72 @@
+"""ResNet-18 / ResNet-34 (He et al., CVPR 2016) with BasicBlocks, as torchvision builds them: dual-MAE's
+CNN baseline (ResNet-34, "about 22 M parameters like ViT-S") and mtpret's ResNet-18 backbone.
+
+The stem, the padding conventions (explicit ``ZeroPadding2D`` reproducing PyTorch's symmetric
+padding), BatchNormalization (epsilon 1e-5, momentum 0.9 = PyTorch's 0.1), the weight handling and
+the layer naming are those of :mod:`cxr_keras.models.res2net`: ``conv1``/``bn1``, then
+``layer{i}_{j}_conv1``, ``_bn1``, ``_conv2``, ``_bn2``, ``_downsample_conv``, ``_downsample_bn``
+and the block output ``layer{i}_{j}_out``; ``fc`` is the classifier. Trainable parameters without
+the classifier: 11,176,512 (ResNet-18) and 21,284,672 (ResNet-34), torchvision's.
+``weights="imagenet"`` converts timm's ``resnet18.tv_in1k`` / ``resnet34.tv_in1k`` (torchvision's
+original ImageNet weights).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .res2net import _bn, _conv, _finish, _load_weights, _resolve_weights
+
+DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+WIDTHS = (64, 128, 256, 512)
+URL = "https://huggingface.co/timm/{arch}.tv_in1k/resolve/main/model.safetensors"
+
+
+def _basic_block(x, planes, stride, prefix):
+    y = _conv(x, planes, 3, stride, 1, f"{prefix}conv1")
+    y = layers.ReLU(name=f"{prefix}relu1")(_bn(y, f"{prefix}bn1"))
+    y = _bn(_conv(y, planes, 3, 1, 1, f"{prefix}conv2"), f"{prefix}bn2")
+    shortcut = x
+    if stride != 1 or x.shape[-1] != planes:
+        shortcut = _bn(_conv(x, planes, 1, stride, 0, f"{prefix}downsample_conv"),
+                       f"{prefix}downsample_bn")
+    y = layers.Add(name=f"{prefix}residual")([y, shortcut])
+    return layers.ReLU(name=f"{prefix}out")(y)
+
+
+def _resnet(arch, include_top, weights, input_shape, pooling, classes, widths,
+            classifier_activation):
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 4 or min(widths) < 1:
+        raise ValueError(f"{arch}: widths must be four positive integers, got {widths!r}")
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"{arch}: pooling must be None, 'avg' or 'max', got {pooling!r}")
+    standard = widths == WIDTHS
+    path = _resolve_weights(weights, arch, URL.format(arch=arch), f"{arch}.tv_in1k.safetensors",
+                            standard, include_top, classes, input_shape)
+    inp = keras.Input(tuple(input_shape), name="image")
+    x = _conv(inp, widths[0], 7, 2, 3, "conv1")
+    x = layers.ReLU(name="relu")(_bn(x, "bn1"))
+    x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)  # = -inf padding after the ReLU
+    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
+    for i, (n, planes) in enumerate(zip(DEPTHS[arch], widths), start=1):
+        for j in range(n):
+            x = _basic_block(x, planes, 2 if (i > 1 and j == 0) else 1, f"layer{i}_{j}_")
+    model = _finish(inp, x, include_top, pooling, classes, classifier_activation, arch)
+    return _load_weights(model, path, arch, include_top)
+
+
+def resnet18(include_top=False, weights=None, input_shape=(224, 224, 3), pooling=None,
+             classes=1000, widths=WIDTHS, classifier_activation=None):
+    """torchvision's ResNet-18. weights: None, "imagenet", a ``.weights.h5`` file or a PyTorch
+    checkpoint (see :mod:`cxr_keras.convert`); ``widths`` reduces the network (weights=None)."""
+    return _resnet("resnet18", include_top, weights, input_shape, pooling, classes, widths,
+                   classifier_activation)
+
+
+def resnet34(include_top=False, weights=None, input_shape=(224, 224, 3), pooling=None,
+             classes=1000, widths=WIDTHS, classifier_activation=None):
+    """torchvision's ResNet-34 (see :func:`resnet18` for the arguments)."""
+    return _resnet("resnet34", include_top, weights, input_shape, pooling, classes, widths,
+                   classifier_activation)
