@@ -7,7 +7,8 @@
     cxr-keras run PAPER [paper options]          (cxr-keras run fzlpr --help)
     cxr-keras export RUN_DIR [--out DIR]
     cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta]
-    cxr-keras convert res2net50|resnet50|resnet18|resnet34 CHECKPOINT --out FILE.weights.h5 [--include-top]
+    cxr-keras convert ARCH CHECKPOINT --out FILE.weights.h5 [--include-top]
+                                      (ARCH: res2net50, resnet50, resnet18, resnet34)
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def cmd_convert(args):
 
 
 def build_parser():
+    from .convert import FROM_STATE_DICT
+
     p = argparse.ArgumentParser(prog="cxr-keras", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,7 +163,7 @@ def build_parser():
     pd_.set_defaults(func=cmd_predict)
 
     co = sub.add_parser("convert", help="convert a PyTorch checkpoint to Keras .weights.h5")
-    co.add_argument("arch", choices=["res2net50", "resnet50", "resnet18", "resnet34"])
+    co.add_argument("arch", choices=sorted(FROM_STATE_DICT))
     co.add_argument("checkpoint", help=".safetensors, .npz or (with torch) .pth/.pt/.bin")
     co.add_argument("--out", required=True, help="the Keras weights file (name.weights.h5)")
     co.add_argument("--include-top", action="store_true", help="keep the fc classifier")

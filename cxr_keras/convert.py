@@ -3,12 +3,13 @@
 :func:`read_state_dict` reads ``.safetensors`` (NumPy only), ``.npz`` and, when PyTorch is
 installed, ``.pth``/``.pt``/``.bin``. :func:`res2net50_from_state_dict` maps the official / timm
 Res2Net keys (``layer1.0.convs.0.weight`` ...) onto :func:`cxr_keras.models.res2net.res2net50`,
-whose layer names mirror them; :func:`resnet50_from_state_dict` does the same for torchvision's
-ResNet-50. Layouts: conv ``(out, in, kh, kw)`` -> ``(kh, kw, in, out)``, linear ``(out, in)`` ->
-``(in, out)``, BatchNorm weight / bias / running_mean / running_var -> gamma / beta /
-moving_mean / moving_variance (``num_batches_tracked`` is ignored).
+whose layer names mirror them; :func:`resnet50_from_state_dict`, :func:`resnet18_from_state_dict`
+and :func:`resnet34_from_state_dict` do the same for torchvision's ResNets (:data:`FROM_STATE_DICT`
+by architecture). Layouts: conv ``(out, in, kh, kw)`` -> ``(kh, kw, in, out)``, linear
+``(out, in)`` -> ``(in, out)``, BatchNorm weight / bias / running_mean / running_var -> gamma /
+beta / moving_mean / moving_variance (``num_batches_tracked`` is ignored).
 
-    cxr-keras convert res2net50 CHECKPOINT --out FILE.weights.h5 [--include-top]
+    cxr-keras convert resnet34 CHECKPOINT --out FILE.weights.h5 [--include-top]
 """
 
 from __future__ import annotations

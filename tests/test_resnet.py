@@ -1,17 +1,21 @@
 """ResNet-18/34 (torchvision BasicBlock): parameter counts from an independent formula, a converter
-round trip on a generated checkpoint, and (where torch + timm are installed) outputs against timm."""
+round trip on a generated checkpoint, and (where torch + torchvision or timm are installed)
+outputs against the PyTorch model."""
 
 import importlib.util
+import re
 
+import keras
 import numpy as np
 import pytest
 
 from cxr_keras import convert
 from cxr_keras.io import DataError
-from cxr_keras.models import resnet18, resnet34
+from cxr_keras.models import resnet18, resnet34, stage_outputs
 
 DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-HAS_TIMM = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
+HAS_TORCH = importlib.util.find_spec("torch") is not None and any(
+    importlib.util.find_spec(m) is not None for m in ("torchvision", "timm"))
 
 
 def torchvision_state_shapes(arch, classes=0):
@@ -53,8 +57,18 @@ def test_parameter_counts_are_torchvisions(builder, expected, with_fc):
     assert trainable(torchvision_state_shapes(arch, 1000)) == with_fc
     model = builder(include_top=False, pooling="avg", input_shape=(64, 64, 3))
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == expected
+    assert model.output_shape == (None, 512)
     top = builder(include_top=True, input_shape=(64, 64, 3))
     assert sum(int(np.prod(v.shape)) for v in top.trainable_weights) == with_fc
+    assert top.name == arch and top.get_layer("fc").units == 1000
+
+
+def _torch_key(layer_name):
+    """``layer3_0_downsample_bn`` -> ``layer3.0.downsample.1`` (written out independently of
+    cxr_keras.convert)."""
+    name = layer_name.replace("downsample_conv", "downsample.0").replace("downsample_bn",
+                                                                          "downsample.1")
+    return re.sub(r"^layer(\d)_(\d+)_", r"layer\1.\2.", name)
 
 
 def test_converter_round_trip_and_bad_keys(tmp_path):
@@ -64,33 +78,71 @@ def test_converter_round_trip_and_bad_keys(tmp_path):
     state["bn1.num_batches_tracked"] = np.array(3, np.int64)
     ckpt = convert.write_safetensors(state, tmp_path / "r18.safetensors")
     model = resnet18(include_top=True, classes=5, weights=str(ckpt), input_shape=(64, 64, 3))
-    np.testing.assert_array_equal(model.get_layer("layer2_0_conv2").kernel.numpy(),
-                                  state["layer2.0.conv2.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.get_layer("layer3_0_downsample_bn").moving_variance.numpy(),
-                                  state["layer3.0.downsample.1.running_var"])
-    np.testing.assert_array_equal(model.get_layer("fc").kernel.numpy(), state["fc.weight"].T)
-    out = convert.convert_checkpoint("resnet18", ckpt, tmp_path / "r18.weights.h5", include_top=True)
+    seen = set()
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        key = _torch_key(layer.name)
+        if isinstance(layer, keras.layers.Conv2D):
+            pairs = [(layer.kernel, state[f"{key}.weight"].transpose(2, 3, 1, 0))]
+            seen.add(f"{key}.weight")
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            names = ("weight", "bias", "running_mean", "running_var")
+            pairs = list(zip((layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance),
+                             (state[f"{key}.{n}"] for n in names)))
+            seen |= {f"{key}.{n}" for n in names}
+        else:
+            assert isinstance(layer, keras.layers.Dense) and key == "fc"
+            pairs = [(layer.kernel, state["fc.weight"].T), (layer.bias, state["fc.bias"])]
+            seen |= {"fc.weight", "fc.bias"}
+        for var, expected in pairs:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(var), expected)
+    assert seen == set(state) - {"bn1.num_batches_tracked"}
+    assert stage_outputs(model)[4] == "layer4_1_out"
+
+    out = convert.convert_checkpoint("resnet18", ckpt, tmp_path / "r18.weights.h5",
+                                     include_top=True)
     again = resnet18(include_top=True, classes=5, weights=str(out), input_shape=(64, 64, 3))
     x = rng.random((1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
     broken = dict(state)
     broken.pop("layer1.1.conv2.weight")
     broken["layer9.0.conv1.weight"] = np.zeros((1,), "float32")
-    with pytest.raises(DataError, match=r"layer1\.1\.conv2\.weight.*layer9\.0\.conv1\.weight"):
+    broken["layer2.0.bn1.weight"] = np.zeros((3,), "float32")
+    with pytest.raises(DataError, match=r"missing keys \(1\): layer1\.1\.conv2\.weight.*"
+                                        r"unexpected keys \(1\): layer9\.0\.conv1\.weight.*"
+                                        r"shape mismatches \(1\): layer2\.0\.bn1\.weight"):
         convert.resnet18_from_state_dict(broken, resnet18(include_top=True, classes=5,
                                                           input_shape=(64, 64, 3)))
+    r34 = {k: np.zeros(s, "float32") for k, s in torchvision_state_shapes("resnet34").items()}
+    with pytest.raises(DataError, match=r"unexpected keys.*layer4\.2\.conv1\.weight"):
+        convert.resnet18_from_state_dict(r34, resnet18(input_shape=(64, 64, 3)))
 
 
-@pytest.mark.skipif(not HAS_TIMM, reason="torch and timm are not installed")
-def test_outputs_match_timm():
-    import torch  # noqa: F401  (before TF's kernels are loaded is not needed here)
-    import timm
+def _reference(arch, classes):
+    try:
+        import torchvision
+
+        return getattr(torchvision.models, arch)(num_classes=classes)
+    except ImportError:
+        import timm  # same key names and architecture as torchvision
+
+        return timm.create_model(arch, pretrained=False, num_classes=classes)
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch and torchvision (or timm) are not installed")
+def test_outputs_match_torch():
+    import torch
 
     for arch, builder in (("resnet18", resnet18), ("resnet34", resnet34)):
-        ref = timm.create_model(arch, pretrained=False, num_classes=7).eval()
-        with torch.no_grad():
+        torch.manual_seed(0)
+        ref = _reference(arch, 7).eval()
+        with torch.no_grad():  # non-trivial BatchNorms (timm zero-inits each block's last gamma)
             for m in ref.modules():
                 if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.uniform_(0.2, 0.6)
+                    m.bias.uniform_(-0.2, 0.2)
                     m.running_mean.uniform_(-0.5, 0.5)
                     m.running_var.uniform_(0.5, 1.5)
         state = {k: v.numpy() for k, v in ref.state_dict().items()}

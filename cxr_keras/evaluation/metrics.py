@@ -137,3 +137,20 @@ def bootstrap_ci(metric_fn, y_true, y_score, n_boot=1000, alpha=0.05, seed=0):
         return estimate, float("nan"), float("nan")
     lower, upper = np.percentile(good, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return estimate, float(lower), float(upper)
+
+
+def youden_thresholds(y_true, prob) -> np.ndarray:
+    """Per-class probability threshold maximising Youden's J = sensitivity + specificity - 1
+    (0.5 where a class has a single value)."""
+    from sklearn.metrics import roc_curve
+
+    out = np.full(y_true.shape[1], 0.5)
+    for j in range(y_true.shape[1]):
+        keep = ~np.isnan(y_true[:, j])
+        t = y_true[keep, j]
+        if len(np.unique(t)) < 2:
+            continue
+        fpr, tpr, thr = roc_curve(t, prob[keep, j])
+        k = int(np.argmax(tpr - fpr))
+        out[j] = min(float(thr[k]), 1.0)
+    return out

@@ -95,3 +95,46 @@ def plot_training_curves(history, path, title="Training curves"):
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, patch_size=16,
+                         title="MAE reconstructions"):
+    """Rows of (input, masked input, reconstruction, reconstruction with the visible patches
+    pasted back) for an MAE. ``images`` and ``reconstructions`` (B, H, W, C) on the model's input
+    scale; ``masks`` (B, H, W, C) with 1 on masked pixels. With ``norm_pix`` the reconstruction is
+    per-patch normalised: it is mapped back with each patch's mean and std of the input."""
+    images = np.asarray(images, np.float64)
+    rec = np.asarray(reconstructions, np.float64)
+    masks = np.asarray(masks, np.float64)
+    if norm_pix:
+        b, h, w, c = images.shape
+        p = patch_size
+
+        def patches(a):
+            return a.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+                b, h // p, w // p, -1)
+
+        def image(a):
+            return a.reshape(b, h // p, w // p, p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(
+                b, h, w, c)
+
+        src = patches(images)
+        rec = image(patches(rec) * np.sqrt(src.var(-1, ddof=1, keepdims=True) + 1e-6)
+                    + src.mean(-1, keepdims=True))
+    pasted = images * (1 - masks) + rec * masks
+    lo, hi = images.min(), images.max()
+
+    def show(ax, a):
+        ax.imshow(np.clip((a[..., 0] - lo) / max(hi - lo, 1e-9), 0, 1), cmap="gray")
+        ax.axis("off")
+
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    for i in range(n):
+        for j, (a, name) in enumerate(((images, "input"), (images * (1 - masks), "masked"),
+                                       (rec, "reconstruction"), (pasted, "visible + reconstructed"))):
+            show(axes[i, j], a[i])
+            if i == 0:
+                axes[i, j].set_title(name, fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,5 +1,6 @@
-"""ResNet-18 / ResNet-34 (He et al., CVPR 2016) with BasicBlocks, as torchvision builds them: dual-MAE's
-CNN baseline (ResNet-34, "about 22 M parameters like ViT-S") and mtpret's ResNet-18 backbone.
+"""ResNet-18 / ResNet-34 (He et al., CVPR 2016) with BasicBlocks, as torchvision builds them:
+dual-MAE's CNN baseline (ResNet-34, "about 22 M parameters like ViT-S") and mtpret's ResNet-18
+backbone.
 
 The stem, the padding conventions (explicit ``ZeroPadding2D`` reproducing PyTorch's symmetric
 padding), BatchNormalization (epsilon 1e-5, momentum 0.9 = PyTorch's 0.1), the weight handling and
@@ -35,13 +36,16 @@ def _basic_block(x, planes, stride, prefix):
     return layers.ReLU(name=f"{prefix}out")(y)
 
 
-def _resnet(arch, include_top, weights, input_shape, pooling, classes, widths,
+def _resnet(arch, include_top, weights, input_shape, pooling, classes, widths, name,
             classifier_activation):
     widths = tuple(int(w) for w in widths)
     if len(widths) != 4 or min(widths) < 1:
         raise ValueError(f"{arch}: widths must be four positive integers, got {widths!r}")
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"{arch}: pooling must be None, 'avg' or 'max', got {pooling!r}")
+    if len(tuple(input_shape)) != 3:
+        raise ValueError(f"{arch}: input_shape must be (height, width, channels), got "
+                         f"{input_shape!r}")
     standard = widths == WIDTHS
     path = _resolve_weights(weights, arch, URL.format(arch=arch), f"{arch}.tv_in1k.safetensors",
                             standard, include_top, classes, input_shape)
@@ -53,20 +57,26 @@ def _resnet(arch, include_top, weights, input_shape, pooling, classes, widths,
     for i, (n, planes) in enumerate(zip(DEPTHS[arch], widths), start=1):
         for j in range(n):
             x = _basic_block(x, planes, 2 if (i > 1 and j == 0) else 1, f"layer{i}_{j}_")
-    model = _finish(inp, x, include_top, pooling, classes, classifier_activation, arch)
+    model = _finish(inp, x, include_top, pooling, classes, classifier_activation, name or arch)
     return _load_weights(model, path, arch, include_top)
 
 
 def resnet18(include_top=False, weights=None, input_shape=(224, 224, 3), pooling=None,
-             classes=1000, widths=WIDTHS, classifier_activation=None):
-    """torchvision's ResNet-18. weights: None, "imagenet", a ``.weights.h5`` file or a PyTorch
-    checkpoint (see :mod:`cxr_keras.convert`); ``widths`` reduces the network (weights=None)."""
-    return _resnet("resnet18", include_top, weights, input_shape, pooling, classes, widths,
+             classes=1000, widths=WIDTHS, name="resnet18", classifier_activation=None):
+    """torchvision's ResNet-18 (channels last); stage outputs 56x56x64 ... 7x7x512 at 224 input.
+
+    ``include_top``, ``pooling``, ``classes`` and ``classifier_activation`` as for
+    :func:`cxr_keras.models.res2net.res2net50`. ``weights``: None (random, PyTorch-style init),
+    "imagenet" (timm's ``resnet18.tv_in1k``), a ``.weights.h5`` file or a PyTorch checkpoint
+    (see :mod:`cxr_keras.convert`); ``widths`` reduces the network (weights=None).
+    """
+    return _resnet("resnet18", include_top, weights, input_shape, pooling, classes, widths, name,
                    classifier_activation)
 
 
 def resnet34(include_top=False, weights=None, input_shape=(224, 224, 3), pooling=None,
-             classes=1000, widths=WIDTHS, classifier_activation=None):
-    """torchvision's ResNet-34 (see :func:`resnet18` for the arguments)."""
-    return _resnet("resnet34", include_top, weights, input_shape, pooling, classes, widths,
+             classes=1000, widths=WIDTHS, name="resnet34", classifier_activation=None):
+    """torchvision's ResNet-34 (see :func:`resnet18` for the arguments; "imagenet" is timm's
+    ``resnet34.tv_in1k``)."""
+    return _resnet("resnet34", include_top, weights, input_shape, pooling, classes, widths, name,
                    classifier_activation)

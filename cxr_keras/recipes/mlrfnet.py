@@ -319,23 +319,6 @@ def _predict(model, ds):
     return predict_dataset(model, ds, np.float64)
 
 
-def youden_thresholds(y_true, prob) -> np.ndarray:
-    """Per-class probability threshold maximising Youden's J = sensitivity + specificity - 1
-    (0.5 where a class has a single value)."""
-    from sklearn.metrics import roc_curve
-
-    out = np.full(y_true.shape[1], 0.5)
-    for j in range(y_true.shape[1]):
-        keep = ~np.isnan(y_true[:, j])
-        t = y_true[keep, j]
-        if len(np.unique(t)) < 2:
-            continue
-        fpr, tpr, thr = roc_curve(t, prob[keep, j])
-        k = int(np.argmax(tpr - fpr))
-        out[j] = min(float(thr[k]), 1.0)
-    return out
-
-
 def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     """Every number, plot and table of one run."""
     from scipy.special import expit
@@ -358,7 +341,7 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     test_auc = M.per_class_auc(test_y, test_prob, names)
     est, lo, hi = M.bootstrap_ci(lambda t, s: M.mean_auc(t, s), test_y, test_prob,
                                  n_boot=cfg.bootstrap, seed=cfg.seed)
-    thr = youden_thresholds(val_y, val_prob)
+    thr = M.youden_thresholds(val_y, val_prob)
     # positive when prob >= threshold, as in roc_curve (threshold_metrics is strict)
     at_youden = M.threshold_metrics(test_y, test_prob - np.nextafter(thr, -np.inf)[None, :], 0.0,
                                     names)

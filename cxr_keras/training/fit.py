@@ -106,9 +106,9 @@ def read_history(path) -> dict:
             rows[int(row["epoch"])] = row
     hist = {}
     for epoch in sorted(rows):
-        for k, v in rows[epoch].items():
-            hist.setdefault(k, []).append(float(v) if v not in ("", None) else float("nan"))
-    return hist
+        for k, v in rows[epoch].items():  # CSVLogger writes "NA" for a metric an epoch lacks
+            hist.setdefault(k, []).append(float(v) if v not in ("", "NA", None) else float("nan"))
+    return {k: v for k, v in hist.items() if not all(math.isnan(x) for x in v)}
 
 
 def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimizer, loss,

@@ -3,9 +3,10 @@
 
 Variable i gets ``lr_i = lr(step) * m_i``; decoupled weight decay is applied per variable with its
 own rate, ``v <- v - v * weight_decay * lr_i``, before the Adam update (PyTorch's AdamW on a
-parameter group), and skipped for vectors (biases, norms: MAE puts every 1-D parameter in its
-no-decay group) and for paths matching ``no_decay``. keras.ops only: the same optimizer runs on the
-TensorFlow and JAX backends.
+parameter group; the Adam step itself is Keras's, epsilon added to the uncorrected ``sqrt(v)``),
+and skipped for vectors (biases, norms: MAE puts every 1-D parameter in its no-decay group) and for
+paths matching ``no_decay``. keras.ops only: the same optimizer runs on the TensorFlow and JAX
+backends.
 """
 
 from __future__ import annotations
@@ -78,19 +79,22 @@ class LayerDecayAdamW(keras.optimizers.Adam):
 
 def vit_layer_multipliers(model_or_paths, num_layers: int, decay: float,
                           block_pattern=r"(?:^|/)block_(\d+)(?:/|$)",
-                          embed_prefixes=("patch_embed", "embedding")) -> dict:
+                          embed_patterns=("patch_embed", "embedding", "cls_token",
+                                          "pos_embed")) -> dict:
     """``{variable path: decay ** (num_layers + 1 - layer_id)}`` with layer id 0 for the patch and
-    position embeddings (and CLS token), i + 1 for block i, num_layers + 1 for the rest (final
-    norm, head): MAE's ``param_groups_lrd``."""
+    position embeddings and the CLS token (a path component in ``embed_patterns``), i + 1 for
+    block i (``block_pattern``'s group 1, searched in the path), num_layers + 1 for the rest (final
+    norm, head): MAE's ``param_groups_lrd``. Takes a model (its trainable variables' paths) or
+    a list of paths."""
     paths = ([v.path for v in model_or_paths.trainable_variables]
              if hasattr(model_or_paths, "trainable_variables") else list(model_or_paths))
     out = {}
     for path in paths:
         found = re.search(block_pattern, path)
-        if found:
-            layer_id = int(found.group(1)) + 1
-        elif path.split("/")[0] in embed_prefixes:
+        if set(path.split("/")) & set(embed_patterns):
             layer_id = 0
+        elif found:
+            layer_id = int(found.group(1)) + 1
         else:
             layer_id = num_layers + 1
         out[path] = float(decay) ** (num_layers + 1 - layer_id)
