@@ -91,8 +91,26 @@ def masked_mse(pred, target, mask):
     return ops.sum(per_patch * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
+class _LossTermsModel(keras.Model):
+    """A model whose ``call`` returns its loss terms: the loss is ``y_pred[total_key]`` (plus any
+    added losses) and every tracker in ``self.loss_trackers`` logs ``y_pred[name]``."""
+
+    total_key = "total"
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = y_pred[self.total_key]
+        if self.losses:
+            loss = loss + ops.sum(self.losses)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for k, tracker in self.loss_trackers.items():
+            tracker.update_state(y_pred[k])
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+
 @keras.saving.register_keras_serializable(package="cxr_keras")
-class MaskedAutoencoder(keras.Model):
+class MaskedAutoencoder(_LossTermsModel):
     """MAE with a ViT encoder (``self.encoder``, a functional :func:`~cxr_keras.models.vit.vit`
     without head whose weights a classifier takes over) and a transformer decoder.
 
@@ -128,6 +146,8 @@ class MaskedAutoencoder(keras.Model):
         self.mask_generator = keras.random.SeedGenerator(seed)
         self.loss_trackers = {k: keras.metrics.Mean(name=k) for k in self.loss_terms()}
         self.build((None,) + self.image_size + (self.channels,))
+
+    total_key = "reconstruction"
 
     def loss_terms(self):
         return ("reconstruction",)
@@ -193,17 +213,6 @@ class MaskedAutoencoder(keras.Model):
     def loss_of(self, images, pred, mask):
         return masked_mse(pred, patch_targets(images, self.patch_size, self.norm_pix_loss), mask)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = y_pred["reconstruction"]
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for k, tracker in self.loss_trackers.items():
-            tracker.update_state(y_pred[k])
-        return super().compute_metrics(x, y, y_pred, sample_weight)
-
     def images_from_patches(self, patches):
         return unpatchify(patches, self.grid, self.patch_size, self.channels)
 
@@ -222,7 +231,7 @@ def ema(target, online, tau: float):
 
 
 @keras.saving.register_keras_serializable(package="cxr_keras")
-class DualMaskedAutoencoder(keras.Model):
+class DualMaskedAutoencoder(_LossTermsModel):
     """Dual-MAE: an online and a target :class:`MaskedAutoencoder` with independent masks.
 
     ``self.online`` is trained by gradient; ``self.target`` (not trainable) starts as a copy of the
@@ -282,17 +291,6 @@ class DualMaskedAutoencoder(keras.Model):
         return {"pred": y1["pred"], "mask": y1["mask"], "target_pred": pred2,
                 "target_mask": y2["mask"], "l1": l1, "l2": l2, "l3": l3,
                 "total": w1 * l1 + w2 * l2 + w3 * l3}
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = y_pred["total"]
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for k, tracker in self.loss_trackers.items():
-            tracker.update_state(y_pred[k])
-        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     # ------------------------------------------------------------------ eq. (2), every step
     def update_target(self):
