@@ -100,7 +100,7 @@ QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
              seg_size=64, seg_batch=16, seg_epochs=5, seg_lr=2e-3, crop_size=128, cls_size=112,
              cls_batch=16, cls_epochs=5, cls_lr=1e-2, stacking_epochs=150, ensemble_epochs=2,
              gradcam_images=3, phantom_lungmasks=160, phantom_montgomery=32,
-             phantom_kermany=300, phantom_size=256)
+             phantom_kermany=500, phantom_size=256)
 
 
 def build_parser():
