@@ -8,7 +8,7 @@
     cxr-keras export RUN_DIR [--out DIR]
     cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta]
     cxr-keras convert ARCH CHECKPOINT --out FILE.weights.h5 [--include-top]
-                                      (ARCH: res2net50, resnet50, resnet18, resnet34)
+                                      (ARCH: res2net50, resnet50, resnet18, resnet34, vit_small)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PyTorch checkpoints -> Keras weights for the Res2Net / ResNet backbones.
+"""PyTorch checkpoints -> Keras weights for the Res2Net / ResNet / ViT backbones.
 
 :func:`read_state_dict` reads ``.safetensors`` (NumPy only), ``.npz`` and, when PyTorch is
 installed, ``.pth``/``.pt``/``.bin``. :func:`res2net50_from_state_dict` maps the official / timm
@@ -8,8 +8,11 @@ and :func:`resnet34_from_state_dict` do the same for torchvision's ResNets (:dat
 by architecture). Layouts: conv ``(out, in, kh, kw)`` -> ``(kh, kw, in, out)``, linear
 ``(out, in)`` -> ``(in, out)``, BatchNorm weight / bias / running_mean / running_var -> gamma /
 beta / moving_mean / moving_variance (``num_batches_tracked`` is ignored).
+:func:`vit_from_state_dict` maps timm / DeiT / MAE ViT keys (``blocks.0.attn.qkv.weight`` ...)
+onto :func:`cxr_keras.models.vit.vit` (``block_0`` / ``attn_qkv``), resizing the positional
+embedding to the model's patch grid; :func:`vit_imagenet` is DeiT-S (ImageNet-1k).
 
-    cxr-keras convert resnet34 CHECKPOINT --out FILE.weights.h5 [--include-top]
+    cxr-keras convert resnet34|vit_small|... CHECKPOINT --out FILE.weights.h5 [--include-top]
 """
 
 from __future__ import annotations
@@ -220,6 +223,14 @@ def _load_state_dict(state_dict, model, torchvision, arch, source):
     if not has_top:
         ignored |= {"fc.weight", "fc.bias"}
     unexpected = sorted(set(state_dict) - used - ignored)
+    _raise_if_bad(where, arch, model, missing, unexpected, mismatched)
+    for var, value in assign:
+        var.assign(value.astype(var.dtype))
+    return model
+
+
+def _raise_if_bad(where, arch, model, missing, unexpected, mismatched):
+    """One DataError naming every missing key, unexpected key and shape mismatch."""
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -230,9 +241,6 @@ def _load_state_dict(state_dict, model, torchvision, arch, source):
             parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
         raise DataError(f"{where}checkpoint does not match {arch} model {model.name!r}: "
                         + " | ".join(parts))
-    for var, value in assign:
-        var.assign(value.astype(var.dtype))
-    return model
 
 
 def res2net50_from_state_dict(state_dict, model, source=None):
@@ -260,8 +268,117 @@ def resnet34_from_state_dict(state_dict, model, source=None):
     return _load_state_dict(state_dict, model, True, "resnet34", source)
 
 
+# ---------------------------------------------------------------------------------------- ViT
+
+VIT_URL = "https://huggingface.co/timm/deit_small_patch16_224.fb_in1k/resolve/main/model.safetensors"
+# keys of an MAE pretraining checkpoint that a classifier does not use
+_VIT_IGNORED = ("decoder_", "mask_token")
+
+
+def _resize_positions(pos, grid_hw, source):
+    """(1, 1 + n, D) positional embedding -> (1, 1 + gh * gw, D), bicubic over the patch grid
+    (the CLS position is kept), for a model at another input size than the checkpoint."""
+    import cv2
+
+    n = pos.shape[1] - 1
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise DataError(f"{source}: pos_embed has {n} patch positions, not a square grid")
+    grid = pos[0, 1:].reshape(side, side, -1).astype(np.float32)
+    out = cv2.resize(grid, (grid_hw[1], grid_hw[0]), interpolation=cv2.INTER_CUBIC)
+    return np.concatenate([pos[:, :1], out.reshape(1, -1, pos.shape[-1])], axis=1)
+
+
+def vit_from_state_dict(state_dict, model, source=None):
+    """Load a timm / DeiT / MAE ViT state dict into a :func:`cxr_keras.models.vit` model (in place).
+
+    Keys: ``cls_token``, ``pos_embed`` (resized bicubic when the model's patch grid differs),
+    ``patch_embed.proj``, ``blocks.{i}.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2``,
+    ``norm`` and ``head`` (used only when the model has one). An MAE pretraining checkpoint's
+    decoder and mask token are ignored. Every missing key, unexpected key and shape mismatch is
+    named in one DataError. Returns ``model``.
+    """
+
+    from .models.vit import TransformerBlock
+
+    where = f"{source}: " if source is not None else ""
+    sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    targets = []  # (key, variable, transform)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name == "patch_embed":
+            targets += [("patch_embed.proj.weight", layer.proj.kernel, lambda a: a.transpose(2, 3, 1, 0)),
+                        ("patch_embed.proj.bias", layer.proj.bias, None)]
+        elif layer.name == "embedding":
+            if "pos_embed" in sd and sd["pos_embed"].shape != tuple(layer.pos_embed.shape):
+                sd["pos_embed"] = _resize_positions(sd["pos_embed"], layer.grid_hw, source)
+            targets += [("cls_token", layer.cls_token, None), ("pos_embed", layer.pos_embed, None)]
+        elif isinstance(layer, TransformerBlock) and layer.name.startswith("block_"):
+            i = layer.name.split("_")[1]
+            for sub, key in ((layer.norm1, "norm1"), (layer.qkv, "attn.qkv"),
+                             (layer.proj, "attn.proj"), (layer.norm2, "norm2"),
+                             (layer.fc1, "mlp.fc1"), (layer.fc2, "mlp.fc2")):
+                targets += _vit_targets(sub, f"blocks.{i}.{key}")
+        elif layer.name in ("norm", "head"):
+            targets += _vit_targets(layer, layer.name)
+        else:
+            raise DataError(f"{where}vit: model {model.name!r} has layer {layer.name!r} with "
+                            "weights that is not part of a ViT")
+    assign, missing, mismatched, used = [], [], [], set()
+    for key, var, transform in targets:
+        if key not in sd:
+            missing.append(key)
+            continue
+        used.add(key)
+        value = sd[key] if transform is None else transform(sd[key])
+        if tuple(value.shape) != tuple(var.shape):
+            mismatched.append(f"{key}: checkpoint {sd[key].shape}, model {tuple(var.shape)}")
+            continue
+        assign.append((var, value))
+    ignored = {k for k in sd if k.startswith(_VIT_IGNORED)}
+    if not any(layer.name == "head" for layer in model.layers):
+        ignored |= {"head.weight", "head.bias"}
+    _raise_if_bad(where, "vit", model, missing, sorted(set(sd) - used - ignored), mismatched)
+    for var, value in assign:
+        var.assign(value.astype(var.dtype))
+    return model
+
+
+def _vit_targets(layer, module):
+    import keras
+
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return [(f"{module}.weight", layer.gamma, None), (f"{module}.bias", layer.beta, None)]
+    return [(f"{module}.weight", layer.kernel, lambda a: a.T), (f"{module}.bias", layer.bias, None)]
+
+
+def vit_imagenet(model):
+    """Download DeiT-S (timm's ``deit_small_patch16_224.fb_in1k``, ImageNet-1k supervised, the
+    "ImageNet" ViT-S) and load it into ``model`` (ViT-S/16 configuration, any input size)."""
+    import keras
+
+    from .models.vit import SMALL, TransformerBlock
+
+    blocks = [l for l in model.layers if isinstance(l, TransformerBlock)]
+    pe = model.get_layer("patch_embed")
+    config = {"width": pe.width, "depth": len(blocks), "num_heads": blocks[0].num_heads,
+              "mlp_ratio": blocks[0].mlp_ratio, "patch_size": pe.patch_size}
+    if config != SMALL:
+        raise ValueError(f"{model.name}: weights='imagenet' needs the ViT-S/16 configuration "
+                         f"{SMALL}, got {config}; use weights=None for a reduced network")
+    try:
+        path = keras.utils.get_file(fname="deit_small_patch16_224.fb_in1k.safetensors",
+                                    origin=VIT_URL, cache_subdir="cxr_keras")
+    except Exception as e:  # get_file raises a bare Exception on network errors
+        raise DataError(f"{model.name}: cannot download the ImageNet weights from {VIT_URL} ({e}). "
+                        "Download that file by hand and pass weights='FILE.safetensors'") from e
+    return vit_from_state_dict(read_state_dict(path), model, source=path)
+
+
 FROM_STATE_DICT = {"res2net50": res2net50_from_state_dict, "resnet50": resnet50_from_state_dict,
-                   "resnet18": resnet18_from_state_dict, "resnet34": resnet34_from_state_dict}
+                   "resnet18": resnet18_from_state_dict, "resnet34": resnet34_from_state_dict,
+                   "vit_small": vit_from_state_dict}
 
 
 def convert_checkpoint(arch, checkpoint, out, include_top=False) -> Path:
@@ -276,12 +393,17 @@ def convert_checkpoint(arch, checkpoint, out, include_top=False) -> Path:
     if not out.name.endswith(".weights.h5"):
         raise DataError(f"--out {out}: a Keras weights file name must end with .weights.h5")
     state_dict = read_state_dict(checkpoint)
+    top = "head.weight" if arch == "vit_small" else "fc.weight"
     classes = 1000
     if include_top:
-        if "fc.weight" not in state_dict:
-            raise DataError(f"{checkpoint}: include_top=True but the checkpoint has no fc.weight")
-        classes = int(np.shape(state_dict["fc.weight"])[0])
-    model = getattr(models, arch)(include_top=include_top, weights=None, classes=classes)
+        if top not in state_dict:
+            raise DataError(f"{checkpoint}: include_top=True but the checkpoint has no {top}")
+        classes = int(np.shape(state_dict[top])[0])
+    if arch == "vit_small":  # learned positions (timm / DeiT); the file loads into either kind
+        model = models.vit_small(include_top=include_top, num_classes=classes,
+                                 pooling="cls" if include_top else None, positional="learned")
+    else:
+        model = getattr(models, arch)(include_top=include_top, weights=None, classes=classes)
     FROM_STATE_DICT[arch](state_dict, model, source=checkpoint)
     with atomic_path(out, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)

@@ -314,7 +314,9 @@ def copy_encoder(source, target) -> None:
 
 
 def load_vit_weights(model, weights):
-    """Load ``weights`` (see :func:`vit`) into ``model``."""
+    """Load ``weights`` (see :func:`vit`) into ``model``. A ``.weights.h5`` file must hold as many
+    blocks as the model; a headless encoder's file (or a classifier's with another head) loads the
+    encoder and leaves the model's head as initialised."""
     from pathlib import Path
 
     from .. import convert
@@ -326,18 +328,42 @@ def load_vit_weights(model, weights):
     if not path.is_file():
         raise DataError(f"{model.name}: weights file not found: {path}")
     if not path.name.endswith(".weights.h5"):
-        return convert.FROM_STATE_DICT["vit"](convert.read_state_dict(path), model, source=path)
-    try:
-        model.load_weights(path)
-        return model
-    except Exception as first:  # a headless encoder's file: load it into a twin, copy by name
+        return convert.vit_from_state_dict(convert.read_state_dict(path), model, source=path)
+    blocks, file_has_head = _weights_file_layout(path)
+    depth = sum(isinstance(l, TransformerBlock) for l in model.layers)
+    if blocks != depth:
+        raise DataError(f"{model.name}: {path} holds a ViT of {blocks} blocks, the model has {depth}")
+    if file_has_head and any(l.name == "head" for l in model.layers):
         try:
-            twin = _headless_twin(model)
-            twin.load_weights(path)
-        except Exception:
-            raise DataError(f"{model.name}: cannot load {path}: {first}") from first
-        copy_encoder(twin, model)
-        return model
+            model.load_weights(path)
+            return model
+        except Exception:  # another head (class count): load the encoder only
+            pass
+    twin = _headless_twin(model)
+    try:
+        twin.load_weights(path)
+    except Exception as e:
+        raise DataError(f"{model.name}: cannot load {path}: {e}") from e
+    copy_encoder(twin, model)
+    return model
+
+
+def _weights_file_layout(path) -> tuple[int, bool]:
+    """(number of transformer blocks, has a dense head) of a ViT ``.weights.h5`` file (Keras
+    names its groups by layer class: ``transformer_block_<i>``, ``dense``)."""
+    import h5py
+
+    from ..io import DataError
+
+    try:
+        with h5py.File(path, "r") as f:
+            names = list(f["layers"]) if "layers" in f else []
+    except OSError as e:
+        raise DataError(f"{path}: not a readable Keras weights file ({e})") from e
+    if "patch_embedding" not in names:
+        raise DataError(f"{path}: not the weights of a cxr_keras ViT (no patch embedding; "
+                        f"groups: {', '.join(names[:8])})")
+    return sum(n.startswith("transformer_block") for n in names), any(n.startswith("dense") for n in names)
 
 
 def _headless_twin(model):
