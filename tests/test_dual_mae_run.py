@@ -1,19 +1,19 @@
 """dual_mae recipe on phantom data: a (dual-)MAE pretraining whose reconstruction loss falls, a ViT
-fine-tune from its encoder and a ResNet-34 baseline that both beat chance, reports and tables."""
+fine-tune from its encoder and a ResNet-34 baseline that both beat chance, reports and tables.
+
+The pretraining is the --quick one (30 epochs on 933 adult phantoms, about 2 minutes): with 48
+steps instead of 420 the encoder was a worse start than random weights (linear-probe mean AUC 0.59
+against 0.65) and its fine-tune stayed near chance."""
 
 import argparse
 import json
 
-import numpy as np
 import pytest
 
 from cxr_keras.recipes import dual_mae
 from cxr_keras.recipes import dual_mae_paper as paper
 
-pytestmark = pytest.mark.skip(reason="work in progress: the quick fine-tunes are near chance "
-                                          "on phantom PediCXR (see the issue 6 notes)")
-
-SMALL = dict(adult_phantom_n=(300, 150), phantom_n=700, pretrain_epochs=8, finetune_epochs=10)
+SMALL = dict(phantom_n=700, finetune_epochs=20)
 
 
 def _args(out, *extra):
@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
     cfg = dual_mae.config_from_args(args, **SMALL)
     vit_run = dual_mae.finetune(cfg, args)  # pretrains the dual-MAE first
     cnn = dual_mae.config_from_args(_args(out, "--backbone", "resnet34", "--init", "scratch"),
-                                    **SMALL)
+                                    **dict(SMALL, finetune_epochs=10))
     return out, vit_run, dual_mae.finetune(cnn, args)
 
 
@@ -49,10 +49,7 @@ def test_finetunes_beat_chance_and_write_reports(runs):
     vit_m, cnn_m = vit_run.metrics(), cnn_run.metrics()
     assert list(vit_m["test_auc"]) == list(paper.CLASSES)
     assert "dual_mae online encoder" in vit_m["start"]
-    # the phantom's opacities (Pneumonia: lobar; Other disease: effusion, cardiomegaly...) are
-    # learnt by the small ViT within the budget; its fine textures are not (see the notes)
-    opacities = np.mean([vit_m["test_auc"]["Pneumonia"], vit_m["test_auc"]["Other disease"]])
-    assert opacities > 0.6, vit_m["test_auc"]
+    assert vit_m["test_mean_auc"] > 0.62, vit_m["test_auc"]  # 0.70 on this CPU; chance 0.5
     assert cnn_m["test_mean_auc"] > 0.7, cnn_m["test_auc"]
     for run in (vit_run, cnn_run):
         pred = run.load_predictions("test")

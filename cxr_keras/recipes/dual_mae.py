@@ -88,7 +88,7 @@ class Config:
     label_fraction: float = 1.0
     val_fraction: float = 0.2
     threshold: str = "youden"           # CHOICE for Table 4: per-class Youden threshold on val
-    imagenet_weights: str | None = "imagenet"  # or a local file (ViT-S: DeiT-S; ResNet-34: tv)
+    imagenet_weights: str | None = "imagenet"  # or local files: "vit_s=F1,resnet34=F2" (or one F)
     phantom_n: int = 2000               # PediCXR phantom images
     adult_phantom_n: tuple = (2000, 1000)  # NIH, CheXpert phantom images
     phantom_size: int = 256
@@ -108,8 +108,8 @@ class Config:
 QUICK = dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, decoder_width=128,
              decoder_depth=1, decoder_heads=4, cache_size=72, pretrain_epochs=30, pretrain_warmup=3,
              pretrain_batch=64, base_lr=4e-3, xray_epochs=8, xray_batch=64, finetune_epochs=30,
-             finetune_warmup=3, finetune_batch=32, finetune_lr=1e-3, drop_path=0.1,
-             finetune_crop=(0.5, 1.0),
+             finetune_warmup=3, finetune_batch=16, finetune_lr=1e-3, drop_path=0.1,
+             finetune_crop=(0.8, 1.0), randaugment=0.0,
              imagenet_weights=None, phantom_n=900, adult_phantom_n=(700, 300), phantom_size=128,
              resnet_options={"widths": (16, 32, 64, 128)}, xla=True)
 
@@ -130,7 +130,8 @@ def build_parser():
     p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (pretraining)")
     p.add_argument("--chexpert-root", default=None, help="CheXpert (pretraining)")
     p.add_argument("--imagenet-weights", default=None,
-                   help="local ImageNet weights for --init imagenet (default: download)")
+                   help="local ImageNet weights for --init imagenet (default: download): FILE, or "
+                        "vit_s=FILE,resnet34=FILE for --stage baselines")
     p.add_argument("--pretrain-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--phantom-n", type=int, default=None)
@@ -154,6 +155,8 @@ def config_from_args(args, **overrides) -> Config:
             setattr(cfg, name, getattr(args, name))
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    # one configuration, one run folder: the default ratio is written out, none without pretraining
+    cfg.mask_ratio = cfg.ratio if cfg.init in METHODS else None
     check(cfg)
     return cfg
 
@@ -408,20 +411,32 @@ def initialise(model, cfg: Config, args):
             from ..models.vit import vit_small
 
             src = vit_small(include_top=False, pooling=None, positional="learned",
-                            weights=cfg.imagenet_weights)
+                            weights=imagenet_weights(cfg))
             copy_encoder(src, model)
-            return f"ImageNet (DeiT-S) {cfg.imagenet_weights}"
+            return f"ImageNet (DeiT-S) {imagenet_weights(cfg)}"
         from ..models.resnet import resnet34
 
-        src = resnet34(include_top=False, pooling="avg", weights=cfg.imagenet_weights)
+        src = resnet34(include_top=False, pooling="avg", weights=imagenet_weights(cfg))
         copy_backbone(src, model)
-        return f"ImageNet (torchvision) {cfg.imagenet_weights}"
+        return f"ImageNet (torchvision) {imagenet_weights(cfg)}"
     run_dir = xray_pretrain(cfg, args)
     import keras
 
     src = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
     copy_backbone(src, model)
     return f"supervised on the adult X-rays ({run_dir.path.name})"
+
+
+def imagenet_weights(cfg: Config) -> str:
+    """The ImageNet weights of ``cfg.backbone``: "imagenet" (download), one file, or the file
+    named for the backbone in "vit_s=F1,resnet34=F2"."""
+    value = cfg.imagenet_weights
+    if value is None or "=" not in value:
+        return value
+    pairs = dict(part.split("=", 1) for part in value.split(",") if part.strip())
+    if cfg.backbone not in pairs:
+        raise DataError(f"--imagenet-weights {value!r} names no file for {cfg.backbone}")
+    return pairs[cfg.backbone]
 
 
 def xray_pretrain(cfg: Config, args):
@@ -676,6 +691,72 @@ def grid_report(runs, title="dual_mae: Tables 3-4") -> str:
                       metrics_table(t4_ours, t4_ref, ["auc", "sensitivity", "precision", "f1"],
                                     title="Table 4: AUC, sensitivity, precision, F1 (Youden "
                                           "thresholds from validation)", names=names), ""])
+
+
+def _mean_auc_by(runs, key):
+    """{(paper method name, key(metrics)): [test mean AUC of each seed]}."""
+    out = {}
+    for r in runs:
+        m = r.metrics()
+        out.setdefault((paper.NAME_OF[(m["backbone"], m["init"])], key(m)), []).append(
+            m["test_mean_auc"])
+    return out
+
+
+def _cell(values) -> str:
+    mu, sd = _mean_std(values)
+    return f"{mu:.3f} ({sd:.3f}, n={len(values)})"
+
+
+def mask_ratio_report(runs) -> str:
+    """Table 2: mean test AUC (std over seeds) against the pretraining mask ratio, MAE and
+    dual-MAE, beside the paper's."""
+    from ..evaluation.report import metrics_table
+
+    got = _mean_auc_by(runs, lambda m: round(m["mask_ratio"], 2))
+    ratios = sorted({r for _, r in got} | set(paper.TABLE2["dual_mae"]))
+    ours, ref = {}, {}
+    for method in METHODS:
+        name = paper.NAME_OF[("vit_s", method)]
+        ours[name] = {f"{r:g}": _cell(got[(name, r)]) for r in ratios if (name, r) in got}
+        ref[name] = {f"{r:g}": paper.TABLE2[method][r] for r in ratios if r in paper.TABLE2[method]}
+    ours = {k: v for k, v in ours.items() if v}
+    return "\n".join(["# dual_mae: Table 2, pretraining mask ratio", "",
+                      "Test mean AUC: ours as mean (std, seeds), the paper's in brackets.", "",
+                      metrics_table(ours, ref, [f"{r:g}" for r in ratios],
+                                    title="Table 2: mean AUC against the mask ratio"), ""])
+
+
+def label_fraction_report(runs) -> str:
+    """Table 5 (dual-MAE: AUC, sensitivity, precision, F1) and Table 6 (every method's mean
+    AUC) against the fraction of labelled training images, beside the paper's."""
+    from ..evaluation.report import metrics_table
+
+    got = _mean_auc_by(runs, lambda m: round(m["label_fraction"], 2))
+    fracs = sorted({f for _, f in got})
+    t6_ours, t6_ref = {}, {}
+    for name in paper.METHODS:
+        row = {f"{f:.0%}": _cell(got[(name, f)]) for f in fracs if (name, f) in got}
+        if row:
+            t6_ours[name] = row
+            t6_ref[name] = {f"{f:.0%}": v for f, v in paper.TABLE6[name].items()}
+    t5_ours = {}
+    for r in runs:
+        m = r.metrics()
+        if (m["backbone"], m["init"]) == ("vit_s", "dual_mae"):
+            t5_ours.setdefault(f"{m['label_fraction']:.0%}", []).append(table4_row(m))
+    t5 = {k: {c: "{:.3f} ({:.3f})".format(*_mean_std([row[c] for row in rows]))
+              for c in ("auc", "sensitivity", "precision", "f1")} for k, rows in t5_ours.items()}
+    t5_ref = {f"{f:.0%}": {c: v for c, v in row.items() if v is not None}
+              for f, row in paper.TABLE5.items() if f"{f:.0%}" in t5}
+    cols = [f"{f:.0%}" for f in fracs]
+    return "\n".join(["# dual_mae: Tables 5-6, labelled fraction", "",
+                      "Ours as mean (std); the paper's in brackets.", "",
+                      metrics_table(t5, t5_ref, ["auc", "sensitivity", "precision", "f1"],
+                                    title="Table 5: dual-MAE against the labelled fraction (Youden "
+                                     "thresholds from validation)"), "",
+                      metrics_table(t6_ours, t6_ref, cols,
+                                    title="Table 6: mean AUC against the labelled fraction"), ""])
 
 
 def main(argv=None) -> int:
