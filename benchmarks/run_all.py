@@ -3,11 +3,11 @@
     python benchmarks/run_all.py --out /tmp/cxr-bench
 
 Runs ``bench_cache.py``, ``bench_pipeline.py``, ``bench_fzlpr_train.py`` and
-``bench_multiloss_train.py`` and ``bench_mlrfnet_train.py`` one after the other, each in its own Python process (this
+``bench_multiloss_train.py``, ``bench_mlrfnet_train.py`` and ``bench_dual_mae_pretrain.py`` one after the other, each in its own Python process (this
 interpreter) with its default arguments and ``--out OUT``, so that one benchmark's threads, memory
 and TensorFlow state do not disturb the next. Each one's output is echoed and kept in
 ``OUT/<name>.log``; its JSON lands in ``OUT/<name>.json``. Extra arguments for one benchmark go
-through ``--cache-args``, ``--pipeline-args``, ``--train-args``, ``--multiloss-args`` and ``--mlrfnet-args`` (one
+through ``--cache-args``, ``--pipeline-args``, ``--train-args``, ``--multiloss-args``, ``--mlrfnet-args`` and ``--dual-mae-args`` (one
 quoted string each, e.g. ``--train-args "--steps 5"``). Writes ``OUT/run_all.json`` (the results,
 commands, exit codes, durations) atomically. Nothing is written outside ``OUT``.
 Exits non-zero when a benchmark failed (the others still run).
@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 BENCHES = (("bench_cache", "cache"), ("bench_pipeline", "pipeline"), ("bench_fzlpr_train", "train"),
-           ("bench_multiloss_train", "multiloss"), ("bench_mlrfnet_train", "mlrfnet"))
+           ("bench_multiloss_train", "multiloss"), ("bench_mlrfnet_train", "mlrfnet"),
+           ("bench_dual_mae_pretrain", "dual_mae"))
 
 
 def _run(name: str, extra: list, out: Path) -> dict:
@@ -95,6 +96,12 @@ def _rows(runs: dict) -> list:
                          m["train_images_per_s"], m["train_images_per_s_core"]))
             rows.append(("mlrfnet", f"{m['model']} predict", setting,
                          m["predict_images_per_s"], m["predict_images_per_s_core"]))
+    dm = runs.get("bench_dual_mae_pretrain", {}).get("result")
+    if dm:
+        for m in dm["models"]:
+            setting = f"batch {dm['batch']}, {dm['size']}px/{dm['patch']}, {dm['cores']} cores"
+            rows.append(("dual_mae", f"{m['model']} train", setting,
+                         m["train_images_per_s"], m["train_images_per_s_core"]))
     return rows
 
 
@@ -105,23 +112,27 @@ def _fmt(x: float) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/cxr-bench", help="output folder (default /tmp/cxr-bench)")
-    ap.add_argument("--only", default="cache,pipeline,train,multiloss,mlrfnet",
-                    help="comma-separated subset of cache, pipeline, train, multiloss, mlrfnet "
-                         "(default all)")
+    ap.add_argument("--only", default="cache,pipeline,train,multiloss,mlrfnet,dual_mae",
+                    help="comma-separated subset of cache, pipeline, train, multiloss, mlrfnet, "
+                         "dual_mae (default all)")
     ap.add_argument("--cache-args", default="", help="extra arguments for bench_cache.py")
     ap.add_argument("--pipeline-args", default="", help="extra arguments for bench_pipeline.py")
     ap.add_argument("--train-args", default="", help="extra arguments for bench_fzlpr_train.py")
     ap.add_argument("--multiloss-args", default="",
                     help="extra arguments for bench_multiloss_train.py")
     ap.add_argument("--mlrfnet-args", default="", help="extra arguments for bench_mlrfnet_train.py")
+    ap.add_argument("--dual-mae-args", default="",
+                    help="extra arguments for bench_dual_mae_pretrain.py")
     args = ap.parse_args(argv)
 
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = wanted - {short for _, short in BENCHES}
     if unknown:
-        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train, multiloss, mlrfnet")
+        ap.error(f"--only: unknown {sorted(unknown)}; known: cache, pipeline, train, multiloss, "
+                 "mlrfnet, dual_mae")
     extra = {"cache": args.cache_args, "pipeline": args.pipeline_args, "train": args.train_args,
-             "multiloss": args.multiloss_args, "mlrfnet": args.mlrfnet_args}
+             "multiloss": args.multiloss_args, "mlrfnet": args.mlrfnet_args,
+             "dual_mae": args.dual_mae_args}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
