@@ -1,5 +1,6 @@
 """Model builders (keras.ops / keras.layers only)."""
 
+from cxr_keras.models.contrastive import MoCo, SimCLR
 from cxr_keras.models.densenet_fzlpr import (
     FEATURE_LAYER, TOP_LAYER_NAMES, backbone_layers, densenet121_fzlpr, set_backbone_trainable,
     top_layers,
@@ -19,4 +20,4 @@ __all__ = ["densenet121_fzlpr", "set_backbone_trainable", "top_layers", "backbon
            "efficientnet_encoder", "model_level_ensemble", "DEEPEST_CONV", "ENSEMBLE_CONV",
            "mlrfnet", "build_backbone", "gradcam_layers", "BACKBONES", "res2net50", "resnet50",
            "stage_outputs", "resnet18", "resnet34", "vit", "vit_small", "copy_encoder", "MaskedAutoencoder",
-           "DualMaskedAutoencoder", "random_masking"]
+           "DualMaskedAutoencoder", "random_masking", "MoCo", "SimCLR"]
