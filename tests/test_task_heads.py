@@ -1,0 +1,74 @@
+"""mtpret backbones and heads: multi-scale shapes, parameter counts, shared weights between
+task models, and a segmentation head that learns phantom-like lung masks."""
+
+import keras
+import numpy as np
+import pytest
+
+from cxr_keras.models.backbones import multiscale_backbone
+from cxr_keras.models.task_heads import task_model
+
+
+def test_multiscale_shapes_and_torchvision_parameter_counts():
+    for name, trainable in (("resnet18", 11_176_512), ("resnet34", 21_284_672)):
+        b = multiscale_backbone(name, input_shape=(224, 224, 3))
+        assert [tuple(o.shape[1:]) for o in b.outputs] == [(56, 56, 64), (28, 28, 128),
+                                                          (14, 14, 256), (7, 7, 512)]
+        assert sum(int(np.prod(w.shape)) for w in b.trainable_weights) == trainable
+    k = multiscale_backbone("keras_resnet50", input_shape=(64, 64, 3))
+    assert [o.shape[-1] for o in k.outputs] == [256, 512, 1024, 2048]
+    with pytest.raises(ValueError, match="backbone must be"):
+        multiscale_backbone("vgg16")
+
+
+def _deeplab_params(c_in, f=256, rates=3, classes=1):
+    bn = 2 * f  # trainable gamma, beta
+    aspp = (c_in * f + bn) + rates * (9 * c_in * f + bn) + (c_in * f + bn)
+    return aspp + (5 * f * f + bn) + (9 * f * f + bn) + (f * classes + classes)
+
+
+def test_heads_parameter_counts_and_shapes():
+    b = multiscale_backbone("resnet18", input_shape=(128, 128, 3))
+    seg = task_model(b, "segmentation", 1, "lung")
+    cls = task_model(b, "classification", 14, "nih")
+    assert seg.output.shape[1:] == (128, 128, 1) and cls.output.shape[1:] == (14,)
+    backbone = sum(int(np.prod(w.shape)) for w in b.trainable_weights)
+    head = sum(int(np.prod(w.shape)) for w in seg.trainable_weights) - backbone
+    assert head == _deeplab_params(512)
+    assert sum(int(np.prod(w.shape)) for w in cls.trainable_weights) - backbone == 512 * 14 + 14
+
+
+def test_task_models_share_the_backbone():
+    b = multiscale_backbone("resnet18", input_shape=(32, 32, 3), widths=(4, 8, 8, 8))
+    a = task_model(b, "classification", 2, "a")
+    c = task_model(b, "classification", 3, "c")
+    a.compile(keras.optimizers.SGD(0.5), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    before = np.asarray(c.predict(x, verbose=0))
+    a.train_on_batch(x, np.eye(2, dtype="float32")[[0, 1, 0, 1]])
+    assert not np.allclose(np.asarray(c.predict(x, verbose=0)), before)  # c sees a's update
+
+
+def test_deeplab_learns_a_disc_mask():
+    from cxr_keras.losses.segmentation import dice_loss
+
+    rng = np.random.default_rng(0)
+    n, s = 48, 128  # large discs: the logits come at stride 32 (4 x 4 here)
+    yy, xx = np.mgrid[:s, :s]
+    x = rng.normal(scale=0.3, size=(n, s, s, 3)).astype("float32")
+    y = np.zeros((n, s, s, 1), "float32")
+    for i in range(n):
+        cy, cx, r = rng.uniform(45, 83), rng.uniform(45, 83), rng.uniform(25, 40)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        y[i, ..., 0] = disc
+        x[i][disc] += 1.0
+    keras.utils.set_random_seed(0)
+    b = multiscale_backbone("resnet18", input_shape=(s, s, 3), widths=(8, 16, 32, 32))
+    seg = task_model(b, "segmentation", 1, "seg", filters=32)
+    seg.compile(keras.optimizers.Adam(3e-3),
+                loss=lambda t, logits: dice_loss(t, keras.ops.sigmoid(logits)))
+    seg.fit(x[:40], y[:40], epochs=25, batch_size=8, verbose=0)
+    p = 1 / (1 + np.exp(-np.asarray(seg.predict(x[40:], verbose=0)))) > 0.5
+    t = y[40:] > 0.5
+    dice = 2 * (p & t).sum() / (p.sum() + t.sum())
+    assert dice > 0.7, dice
