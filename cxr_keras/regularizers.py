@@ -51,6 +51,12 @@ class L2SP:
             total = total + 0.5 * self.beta * ops.sum(ops.stack(sq))
         return total
 
+    def distance(self, shared_variables) -> float:
+        """||w_S - w_S^0||_2 (NumPy, for logs)."""
+        return float(np.sqrt(sum(np.sum((np.asarray(keras.ops.convert_to_numpy(v), np.float64)
+                                         - np.asarray(keras.ops.convert_to_numpy(a))) ** 2)
+                                 for v, a in zip(shared_variables, self.anchors))))
+
     def get_config(self):
         return {"alpha": self.alpha, "beta": self.beta}
 
