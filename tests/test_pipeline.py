@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 tf = pytest.importorskip("tensorflow")
+import keras  # noqa: E402
 
 from cxr_keras.data import augment, load_table, write_phantom  # noqa: E402
 from cxr_keras.data.cache import Cache, build_cache  # noqa: E402
@@ -167,3 +168,42 @@ def test_mirrored_strategy_two_logical_cpus(nih_cache):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["replicas"] == 2 and np.isfinite(out["loss"])
+
+
+def test_two_views_for_contrastive_models(nih_cache):
+    from cxr_keras.models import MoCo, resnet18
+
+    kw = dict(preset="mtpret", training=True, batch_size=8, target="none", views=2, seed=4)
+    (a, b), = next(iter(make_dataset(nih_cache, "train", **kw)))
+    (a2, b2), = next(iter(make_dataset(nih_cache, "train", **kw)))
+    assert a.shape == b.shape == (8, 48, 48, 3)
+    assert not np.allclose(np.asarray(a), np.asarray(b))            # two augmentations
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(a2))    # reproducible
+    np.testing.assert_array_equal(np.asarray(b), np.asarray(b2))
+    with pytest.raises(ValueError, match="views"):
+        make_dataset(nih_cache, "train", views=2)
+    enc = resnet18(input_shape=(48, 48, 3), pooling="avg", widths=(4, 8, 8, 8))
+    moco = MoCo(enc, dim=8, hidden=16, queue_size=16)
+    moco.compile(keras.optimizers.SGD(0.01))
+    hist = moco.fit(make_dataset(nih_cache, "train", **kw), epochs=1, verbose=0).history
+    assert np.isfinite(hist["loss"][0]) and int(moco.queue_ptr) > 0
+
+
+def test_faster_rcnn_inputs_from_a_box_cache(box_cache):
+    from cxr_keras.data.detection_inputs import faster_rcnn_inputs
+    from cxr_keras.models import FasterRCNN, multiscale_backbone
+
+    backbone = multiscale_backbone("resnet18", input_shape=(64, 64, 3), widths=(4, 8, 8, 8))
+    model = FasterRCNN(backbone, 1, anchor_sizes=(16, 24), anchor_ratios=(1.0,), rpn_channels=8,
+                       proposals=8, head_units=16)
+    ds = faster_rcnn_inputs(make_dataset(box_cache, "train", target="boxes", batch_size=4,
+                                         max_boxes=3, normalization="unit"), model)
+    (x,), = list(ds.take(1))
+    assert set(x) == {"image", "gt_boxes", "gt_labels", "rpn_labels", "rpn_targets"}
+    assert x["rpn_labels"].shape == (4, len(model.anchors)) and x["gt_boxes"].shape == (4, 3, 4)
+    assert (np.asarray(x["rpn_labels"]) == 1).sum(axis=1).min() >= 1   # each square has anchors
+    labels = np.asarray(x["gt_labels"])
+    assert (labels[:, 0] == 0).all() and (labels[:, 1:] == -1).all()
+    model.compile(keras.optimizers.Adam(1e-3))
+    hist = model.fit(ds, epochs=1, verbose=0).history
+    assert np.isfinite(hist["loss"][0])

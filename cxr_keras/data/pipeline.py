@@ -58,7 +58,7 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
                  target: str = "labels", labels=None, one_hot: bool = False,
                  output_size=None, max_boxes: int = 16, shuffle=None, repeat: bool = False,
                  drop_remainder: bool = False, prefetch: int = tf.data.AUTOTUNE,
-                 targets=None) -> tf.data.Dataset:
+                 targets=None, views: int = 1) -> tf.data.Dataset:
     """A batched dataset over the rows of ``split`` (``"train"``, ``"val"``, ``"test"`` or None = all).
 
     target: ``"labels"`` (multi-hot float32 with NaN = ignore, or integer class, ``one_hot`` for a
@@ -67,13 +67,18 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
     ``labels`` selects a subset of the label columns. ``output_size`` (h, w) resizes the augmented
     image last. ``shuffle`` defaults to ``training``. ``targets``: an explicit float array, one
     row per row of ``split`` in cache order, used instead of the cache's labels (e.g. CheXpert's
-    uncertainty policies applied to one cache built with ``uncertain="ignore"``).
+    uncertainty policies applied to one cache built with ``uncertain="ignore"``). ``views=2``
+    (with ``target="none"``): two independently augmented views of each image, as the pair
+    ``(view_1, view_2)`` that contrastive models (MoCo, SimCLR) train on.
     """
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     preset = augment.get_preset(preset)
     shuffle = training if shuffle is None else shuffle
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
+    if views not in (1, 2) or (views == 2 and target != "none"):
+        raise ValueError(f"views must be 1, or 2 with target='none'; got views={views}, "
+                         f"target={target!r}")
     rows = cache.rows(split)
     if len(rows) == 0:
         raise ValueError(f"split {split!r} of the cache {cache.path} has no rows")
@@ -116,6 +121,11 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
                if training and preset.randaugment else None)
 
     def element(k, i, image, mask=None):
+        if views == 2:  # a seed per view: k -> (2k, 2k + 1)
+            return tuple(view(2 * k + v, i, image) for v in (0, 1))
+        return view(k, i, image, mask)
+
+    def view(k, i, image, mask=None):
         elem_seed = tf.stack([tf.constant(seed, tf.int64), k])
         image = tf.cast(image, tf.float32)[..., None]
         mask = tf.cast(mask, tf.float32)[..., None] if mask is not None else None
@@ -138,6 +148,8 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
         return image, tf.gather(y_t, i)
 
     ds = ds.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if views == 2:  # fit reads a 1-tuple as x only
+        ds = ds.map(lambda a, b: ((a, b),))
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -34,7 +34,8 @@ def roi_align(features, boxes, output_size: int = 7, spatial_scale: float = 1.0 
               sampling_ratio: int = 2, aligned: bool = True):
     """``features`` (B, H, W, C), ``boxes`` (B, R, 4) as (x1, y1, x2, y2) -> (B, R, S, S, C)."""
     features = ops.convert_to_tensor(features)
-    b, c = ops.shape(features)[0], ops.shape(features)[3]
+    b = ops.shape(features)[0]
+    c = features.shape[3] if features.shape[3] is not None else ops.shape(features)[3]
     h_, w_ = int(features.shape[1]), int(features.shape[2])
     r = ops.shape(boxes)[1]
     offset = 0.5 if aligned else 0.0

@@ -134,7 +134,7 @@ class FasterRCNN(_LossTermsModel):
     def _roi_head(self, features, rois):
         pooled = roi_align(features, rois, self.roi_size, 1.0 / self.stride, 2, True)
         b, r = ops.shape(pooled)[0], ops.shape(pooled)[1]
-        x = ops.reshape(pooled, (b, r, -1))
+        x = ops.reshape(pooled, (b, r, self.roi_size * self.roi_size * int(features.shape[-1])))
         x = self.fc2(self.fc1(x))
         return self.cls_score(x), ops.reshape(self.bbox_pred(x), (b, r, self.num_classes, 4))
 

@@ -28,7 +28,9 @@ VARIANTS = ("mtpret", "mtpret--")
 @dataclass
 class Task:
     """One task: ``model`` (image -> logits, built on the shared backbone), ``train`` (a finite
-    dataset of (image, target) batches, one pass = one epoch) and optional ``val``."""
+    dataset of (image, target) batches, one pass = one epoch) and optional ``val``; ``loss=None``
+    for a model that computes its own loss (a :class:`~cxr_keras.models.FasterRCNN` on the same
+    backbone, fed by :func:`cxr_keras.data.detection_inputs.faster_rcnn_inputs`)."""
     name: str
     model: keras.Model
     train: object
@@ -38,21 +40,31 @@ class Task:
     steps_per_epoch: int | None = None
 
 
-@keras.saving.register_keras_serializable(package="cxr_keras")
 class PenalisedModel(keras.Model):
     """``inner`` with ``penalty()`` added to its loss (used for L2-SP; not meant to be saved:
-    save ``inner``)."""
+    save ``inner``). ``own_loss``: the inner model computes its loss itself (compiled without
+    one, e.g. :class:`~cxr_keras.models.FasterRCNN`); its logged loss terms are logged here too."""
 
-    def __init__(self, inner, penalty, **kwargs):
+    def __init__(self, inner, penalty, own_loss: bool = False, **kwargs):
         super().__init__(name=f"{inner.name}_penalised", **kwargs)
-        self.inner, self.penalty = inner, penalty
+        self.inner, self.penalty, self.own_loss = inner, penalty, bool(own_loss)
+        self.term_trackers = {k: keras.metrics.Mean(name=k)
+                              for k in getattr(inner, "loss_trackers", {})} if own_loss else {}
 
     def call(self, x, training=False):
         return self.inner(x, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if self.own_loss:
+            loss = self.inner.compute_loss(x, y, y_pred, sample_weight, training)
+        else:
+            loss = super().compute_loss(x, y, y_pred, sample_weight, training)
         return loss + self.penalty()
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for k, tracker in self.term_trackers.items():
+            tracker.update_state(y_pred[k])
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
 
 def shared_and_head_variables(task_model, backbone):
@@ -111,7 +123,8 @@ def continual_learning(backbone, tasks, rounds: int = 3, epochs: int = 1, max_lr
             model = task.model
             if reg is not None:
                 shared, head = shared_and_head_variables(task.model, backbone)
-                model = PenalisedModel(task.model, lambda s=shared, h=head, g=reg: g(s, h))
+                model = PenalisedModel(task.model, lambda s=shared, h=head, g=reg: g(s, h),
+                                       own_loss=task.loss is None)
             model.compile(optimizer=opt, loss=task.loss, metrics=list(task.metrics))
             hist = model.fit(task.train, validation_data=task.val, epochs=epochs,
                              steps_per_epoch=task.steps_per_epoch, verbose=verbose)
