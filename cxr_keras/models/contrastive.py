@@ -30,7 +30,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .mae import _LossTermsModel, ema
+from .mae import _LossTermsModel, train_step_then_ema
 
 
 def info_nce_logits(q, k, queue, temperature):
@@ -169,25 +169,11 @@ class MoCo(_Contrastive):
         self.queue_ptr.assign((ops.cast(self.queue_ptr, "int32") + b) % self.queue_size)
 
     # ------------------------------------------------------------- MoCo eq. (2), every step
-    def update_key_encoder(self):
-        for k, q in self._pairs:
-            k.assign(ema(k, ops.cast(q, k.dtype), self.momentum))
-
     def train_step(self, *args, **kwargs):
-        if keras.backend.backend() != "jax":
-            logs = super().train_step(*args, **kwargs)
-            self.update_key_encoder()
-            return logs
-        logs, (trainable, non_trainable, opt_vars, metric_vars) = super().train_step(*args, **kwargs)
-        values = {id(v): x for v, x in zip(self.trainable_variables, trainable)}
-        values.update({id(v): x for v, x in zip(self.non_trainable_variables, non_trainable)})
-        k_index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-        non_trainable = list(non_trainable)
-        for k, q in self._pairs:
-            i = k_index[id(k)]
-            non_trainable[i] = ema(non_trainable[i], values[id(q)].astype(non_trainable[i].dtype),
-                                   self.momentum)
-        return logs, (trainable, non_trainable, opt_vars, metric_vars)
+        """The optimiser step, then theta_k <- m theta_k + (1 - m) theta_q on every key-encoder
+        and key-head weight."""
+        return train_step_then_ema(self, super().train_step, self._pairs, self.momentum, *args,
+                                   **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "queue_size": self.queue_size, "momentum": self.momentum,

@@ -230,6 +230,27 @@ def ema(target, online, tau: float):
     return tau * target + (1.0 - tau) * online
 
 
+def train_step_then_ema(model, step, pairs, tau: float, *args, **kwargs):
+    """Run ``step`` (a Keras ``train_step``), then ``target <- ema(target, source, tau)`` for every
+    ``(target, source)`` variable pair, with the sources' post-step values: in place on
+    TensorFlow; on JAX, where the step is a pure function of the state, in the returned state
+    (each target must be a non-trainable variable of ``model``)."""
+    if keras.backend.backend() != "jax":
+        logs = step(*args, **kwargs)
+        for t, o in pairs:
+            t.assign(ema(t, ops.cast(o, t.dtype), tau))
+        return logs
+    logs, (trainable, non_trainable, opt_vars, metric_vars) = step(*args, **kwargs)
+    values = {id(v): x for v, x in zip(model.trainable_variables, trainable)}
+    values.update({id(v): x for v, x in zip(model.non_trainable_variables, non_trainable)})
+    index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+    non_trainable = list(non_trainable)
+    for t, o in pairs:
+        i = index[id(t)]
+        non_trainable[i] = ema(non_trainable[i], values[id(o)].astype(non_trainable[i].dtype), tau)
+    return logs, (trainable, non_trainable, opt_vars, metric_vars)
+
+
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class DualMaskedAutoencoder(_LossTermsModel):
     """Dual-MAE: an online and a target :class:`MaskedAutoencoder` with independent masks.
@@ -293,26 +314,11 @@ class DualMaskedAutoencoder(_LossTermsModel):
                 "total": w1 * l1 + w2 * l2 + w3 * l3}
 
     # ------------------------------------------------------------------ eq. (2), every step
-    def update_target(self):
-        """xi <- tau xi + (1 - tau) theta on every trainable weight of the online network."""
-        for t, o in self._pairs:
-            t.assign(ema(t, ops.cast(o, t.dtype), self.tau))
-
     def train_step(self, *args, **kwargs):
-        if keras.backend.backend() != "jax":
-            logs = super().train_step(*args, **kwargs)
-            self.update_target()
-            return logs
-        # JAX: the step is a pure function of the state; update the target's values in it.
-        logs, (trainable, non_trainable, opt_vars, metric_vars) = super().train_step(*args, **kwargs)
-        t_index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
-        o_index = {id(v): i for i, v in enumerate(self.trainable_variables)}
-        non_trainable = list(non_trainable)
-        for t, o in self._pairs:
-            i, j = t_index[id(t)], o_index[id(o)]
-            non_trainable[i] = ema(non_trainable[i], trainable[j].astype(non_trainable[i].dtype),
-                                   self.tau)
-        return logs, (trainable, non_trainable, opt_vars, metric_vars)
+        """The optimiser step, then xi <- tau xi + (1 - tau) theta on every trainable weight of
+        the online network."""
+        return train_step_then_ema(self, super().train_step, self._pairs, self.tau, *args,
+                                   **kwargs)
 
     def get_config(self):
         return {**super().get_config(), "tau": self.tau, "loss_weights": list(self.loss_weights),
