@@ -11,3 +11,24 @@ def tiny_backbone(size, channels):
     x = keras.layers.BatchNormalization(name="bn")(x)
     x = keras.layers.Activation("relu", name="relu")(x)
     return keras.Model(inp, x, name="tiny_backbone")
+
+
+def run_on_jax(code: str, timeout: int = 300) -> str:
+    """Run ``code`` in a fresh Python with ``KERAS_BACKEND=jax`` on the CPU; fail the test with
+    its stderr if it fails; return its stdout."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def last_json(stdout: str):
+    """The JSON object on the last line of ``stdout``."""
+    import json
+
+    return json.loads(stdout.strip().splitlines()[-1])

@@ -2,10 +2,6 @@
 after a training step (TF and JAX), reload, and a contrastive task learnt well above chance."""
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -13,6 +9,7 @@ import pytest
 from scipy.special import logsumexp
 
 from cxr_keras.models.contrastive import MoCo, SimCLR, info_nce_logits, nt_xent
+from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
@@ -154,10 +151,6 @@ print(json.dumps({"backend": keras.backend.backend(), "ptr": int(m.queue_ptr),
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 def test_moco_step_on_the_jax_backend():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", JAX_CHECK], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info = last_json(run_on_jax(JAX_CHECK))
     assert info["backend"] == "jax" and info["ptr"] == 4, info
     assert info["queue_err"] < 1e-5 and info["ema_err"] < 1e-5, info

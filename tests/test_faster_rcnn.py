@@ -2,10 +2,7 @@
 synthetic boxes well above chance, reload in safe mode, a training step on JAX."""
 
 import importlib.util
-import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -14,6 +11,7 @@ from cxr_keras.evaluation.detection import detection_ap
 from cxr_keras.models.anchors import encode
 from cxr_keras.models.backbones import multiscale_backbone
 from cxr_keras.models.faster_rcnn import FasterRCNN, encode_ops, rpn_targets
+from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 SIZE, G = 64, 2
@@ -112,10 +110,6 @@ def test_faster_rcnn_trains_on_the_jax_backend():
     if not HAS_JAX:
         import pytest
         pytest.skip("jax is not installed")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     code = JAX_CHECK.replace("TESTS", os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info = last_json(run_on_jax(code))
     assert info["backend"] == "jax" and np.isfinite(info["loss"]).all(), info

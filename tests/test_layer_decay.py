@@ -2,9 +2,6 @@
 param_groups_lrd), on the TF backend and (when installed) JAX."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -12,6 +9,7 @@ import numpy as np
 import pytest
 
 from cxr_keras.training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
+from _models import run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
@@ -66,11 +64,7 @@ def test_matches_numpy_adamw_with_per_group_lr():
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 def test_matches_numpy_adamw_on_jax():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True,
-                         timeout=240, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "OK jax" in out.stdout
+    assert "OK jax" in run_on_jax(CHECK, timeout=240)
 
 
 def test_vit_multipliers_follow_mae_layer_ids():

@@ -3,7 +3,6 @@ update, each against an independent NumPy computation; TF and (when installed) J
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from cxr_keras.models.mae import (DualMaskedAutoencoder, MaskedAutoencoder, keep_count, patchify,
                                   random_masking, unpatchify)
 from cxr_keras.models.vit import DropPath, TransformerBlock, sincos_2d, vit, vit_small
+from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 TINY = dict(image_size=32, channels=1, patch_size=8, width=32, depth=2, num_heads=2,
             decoder_width=32, decoder_depth=1, decoder_heads=2, mask_ratio=0.75)
@@ -258,9 +258,5 @@ JAX_CHECK = textwrap.dedent("""
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 def test_dual_mae_trains_on_the_jax_backend():
     code = JAX_CHECK.replace("TINY", json.dumps(TINY))
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info = last_json(run_on_jax(code))
     assert info["backend"] == "jax" and info["dual_logs"] == ["l1", "l2", "l3", "loss"]

@@ -2,9 +2,7 @@
 holding the shared weights, two tasks learnt on one backbone (TF and JAX)."""
 
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 
 import keras
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 from cxr_keras.training.multitask import Task, continual_learning, task_order
+from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
@@ -114,11 +113,7 @@ print(json.dumps({"backend": keras.backend.backend(), **out}))
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 def test_continual_learning_with_l2sp_on_the_jax_backend():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", JAX_CHECK], capture_output=True, text=True,
-                         timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    info = json.loads(out.stdout.strip().splitlines()[-1])
+    info = last_json(run_on_jax(JAX_CHECK))
     assert info["backend"] == "jax" and 0 < info["10000.0"] < 0.5 * info["0.0"], info
 
 
