@@ -85,6 +85,14 @@ def test_bce_and_focal_builtins_match_eqs_1_and_7():
     np.testing.assert_allclose(float(focal2(y, p)), ref_focal(yd, pd, 2.0, 0.5).mean(), rtol=1e-5)
 
 
+def test_dice_loss_from_logits_applies_the_sigmoid():
+    y, p = _data(1)
+    logits = np.log(p / (1 - p)).astype("float32")
+    np.testing.assert_allclose(float(DiceLoss(from_logits=True)(y, logits)),
+                               ref_dice(*_f64(y, p), per_image=False), rtol=1e-5)
+    assert DiceLoss.from_config(DiceLoss(from_logits=True).get_config()).from_logits
+
+
 @pytest.mark.parametrize("per_image", [False, True])
 def test_dice_and_bce_dice_eqs_5_6(per_image):
     y, p = _data(1)

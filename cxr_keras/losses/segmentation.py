@@ -113,21 +113,25 @@ def focal_tversky_loss(y_true, y_pred, alpha=0.7, beta=0.3, gamma=4.0 / 3.0, smo
 
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class DiceLoss(keras.losses.Loss):
-    """Dice loss with +1 smoothing, eq. (5); pooled over the batch unless ``per_image``."""
+    """Dice loss with +1 smoothing, eq. (5); pooled over the batch unless ``per_image``;
+    ``from_logits``: apply the sigmoid to ``y_pred`` first (mtpret's DeepLab-V3 gives logits)."""
 
-    def __init__(self, smooth=1.0, per_image=False, reduction="sum_over_batch_size",
-                 name="dice_loss", dtype=None):
+    def __init__(self, smooth=1.0, per_image=False, from_logits=False,
+                 reduction="sum_over_batch_size", name="dice_loss", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.smooth = float(smooth)
         self.per_image = bool(per_image)
+        self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred):
         y_pred = ops.convert_to_tensor(y_pred)
+        if self.from_logits:
+            y_pred = ops.sigmoid(y_pred)
         return _per_image(dice_loss(y_true, y_pred, self.smooth, self.per_image), y_pred)
 
     def get_config(self):
         config = super().get_config()
-        config.update(smooth=self.smooth, per_image=self.per_image)
+        config.update(smooth=self.smooth, per_image=self.per_image, from_logits=self.from_logits)
         return config
 
 
