@@ -87,6 +87,10 @@ def test_mtpret_minus_minus_keeps_the_order_and_one_decay():
     lrs = [r["lr_first_last"][0] for r in rec]
     assert lrs == sorted(lrs, reverse=True) and lrs[0] == pytest.approx(1e-3)
     assert "distance_to_anchor" not in rec[0]
+    resumed = continual_learning(backbone, tasks, rounds=2, epochs=1, max_lr=1e-3, min_lr=0.0,
+                                 variant="mtpret--", seed=0, start_round=2)
+    assert [(r["round"], r["task"]) for r in resumed] == [(2, "left"), (2, "top")]
+    assert resumed[0]["lr_first_last"] == pytest.approx(rec[2]["lr_first_last"])  # same schedule
     with pytest.raises(ValueError, match="variant"):
         continual_learning(backbone, tasks, variant="other")
 

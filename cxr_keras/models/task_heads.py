@@ -33,9 +33,11 @@ def _conv_bn_relu(x, filters, kernel, rate, name):
 
 
 def deeplabv3_head(features, num_classes: int, input_size, rates=(6, 12, 18), filters: int = 256,
-                   name: str = "deeplab"):
-    """Segmentation logits ``(batch, H, W, num_classes)`` at the input size ``(H, W)``."""
-    c5 = features[-1]
+                   name: str = "deeplab", level: int = -1):
+    """Segmentation logits ``(batch, H, W, num_classes)`` at the input size ``(H, W)``, from the
+    feature map ``features[level]`` (default C5; an earlier map gives a finer output stride on
+    small inputs, where C5 is a few cells wide)."""
+    c5 = features[level]
     h, w = int(c5.shape[1]), int(c5.shape[2])
     branches = [_conv_bn_relu(c5, filters, 1, 1, f"{name}_aspp0")]
     for i, r in enumerate(rates, start=1):

@@ -93,11 +93,13 @@ def _steps(task: Task) -> int:
 def continual_learning(backbone, tasks, rounds: int = 3, epochs: int = 1, max_lr: float = 1e-3,
                        min_lr: float = 1e-5, variant: str = "mtpret", l2sp=(0.1, 0.01),
                        optimizer: str = "adam", seed: int = 0, verbose: int = 0,
-                       on_visit=None) -> list:
+                       on_visit=None, start_round: int = 1) -> list:
     """Train ``tasks`` (list of :class:`Task`) on ``backbone`` for ``rounds`` rounds of ``epochs``
     epochs per task visit. Returns one record per visit (round, task, order, learning rates,
     history, L2-SP distance of the shared weights at the end). ``on_visit(record)`` is called
-    after every visit (checkpointing, evaluation)."""
+    after every visit (checkpointing, evaluation). ``start_round`` > 1 resumes: the weights are
+    those at the end of round ``start_round - 1`` and the earlier rounds are skipped (the orders
+    and the MTPret-- schedule are those of the whole run)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     by_name = {t.name: t for t in tasks}
@@ -108,6 +110,9 @@ def continual_learning(backbone, tasks, rounds: int = 3, epochs: int = 1, max_lr
     total = sum(_steps(t) for t in tasks) * epochs * rounds
     done, records = 0, []
     for r, order in enumerate(orders, start=1):
+        if r < start_round:
+            done += sum(_steps(by_name[name]) * epochs for name in order)
+            continue
         reg = L2SP(*l2sp) if full else None
         if reg is not None:
             reg.anchor(backbone.trainable_variables)  # w_S^0: the previous round's weights
