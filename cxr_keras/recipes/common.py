@@ -34,6 +34,23 @@ def switch(value):
     return {"auto": "auto", "on": True, "off": False}[value]
 
 
+def apply_args(cfg, args, names=(), overrides=None):
+    """Copy ``--dataset``, ``--seed``, ``--deterministic``, ``--mixed-precision`` and ``--xla``
+    (the last two only when not "auto", so that a preset's choice stands), then the options
+    ``names`` that were given, then ``overrides``, onto ``cfg``."""
+    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
+    if args.mixed_precision != "auto":
+        cfg.mixed_precision = switch(args.mixed_precision)
+    if args.xla != "auto":
+        cfg.xla = switch(args.xla)
+    for name in names:
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    for k, v in (overrides or {}).items():
+        setattr(cfg, k, v)
+    return cfg
+
+
 def dataset_root(dataset: str, args, *, phantom_n: int, phantom_size: int, data_root=None,
                  progress: bool = True) -> Path:
     """The folder holding ``dataset``: a phantom copy written (once) under ``--out/_data`` when

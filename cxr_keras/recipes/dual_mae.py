@@ -33,7 +33,7 @@ import numpy as np
 
 from ..io import DataError
 from . import dual_mae_paper as paper
-from .common import add_standard_args, cached, dataset_root, switch
+from .common import add_standard_args, apply_args, cached, dataset_root
 
 STAGES = ("all", "pretrain", "finetune", "baselines")
 METHODS = ("dual_mae", "mae")
@@ -139,22 +139,12 @@ def build_parser():
 
 
 def config_from_args(args, **overrides) -> Config:
-    cfg = Config(**(QUICK if args.quick else {}))
-    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
-    if args.mixed_precision != "auto":
-        cfg.mixed_precision = switch(args.mixed_precision)
-    if args.xla != "auto":  # --quick compiles with XLA: 2x faster on CPU for these ViTs
-        cfg.xla = switch(args.xla)
+    cfg = Config(**(QUICK if args.quick else {}))  # --quick compiles with XLA: 2x faster on CPU
     cfg.backbone = args.backbone
     cfg.init = args.init or args.method or ("dual_mae" if args.backbone == "vit_s" else "scratch")
     cfg.mask_ratio, cfg.label_fraction = args.mask_ratio, args.label_fraction
-    if args.imagenet_weights is not None:
-        cfg.imagenet_weights = args.imagenet_weights
-    for name in ("pretrain_epochs", "finetune_epochs", "phantom_n"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    apply_args(cfg, args, ("imagenet_weights", "pretrain_epochs", "finetune_epochs", "phantom_n"),
+               overrides)
     # one configuration, one run folder: the default ratio is written out, none without pretraining
     cfg.mask_ratio = cfg.ratio if cfg.init in METHODS else None
     check(cfg)
