@@ -20,7 +20,7 @@ import sys
 
 from .io import DataError
 
-PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae")
+PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret")
 
 
 def _options(pairs):

@@ -1,0 +1,827 @@
+"""mtpret (Liao et al. 2024): contrastive pretraining over several X-ray datasets, multitask
+continual learning, then fine-tuning on each task, and the baseline grid of Tables II-VII.
+
+``cxr-keras run mtpret [--stage all|pretrain|multitask|finetune|baselines] [--init NAME]
+[--backbone resnet18|resnet50] [--tasks pneumonia,mura,...] [--quick]``
+
+- ``pretrain`` (``--init sd_simclr|md_simclr|sd_moco|md_moco|md_moco++``, default md_moco): MoCo
+  v2 or SimCLR on NIH alone (SD) or on the union of the pretraining sets (MD: NIH, and the
+  training splits of Pneumonia, MURA, the lung masks and TBX); ``++`` starts from ImageNet.
+  Z-score (mean 122.786, std 18.390 on 0-255), resize to ``image_size``, the ``mtpret``
+  augmentation. Writes ``backbone.weights.h5``.
+- ``multitask`` (``--init mtpret|mtpret--``): from MD-MoCo, rounds over pneumonia, MURA, lung
+  segmentation and TBX detection on one backbone (reshuffled order, cyclic cosine lr of eq. 4,
+  L2-SP; MTPret-- without them). Resumes at the last finished round.
+- ``finetune``: one run per task (``--tasks``, default all with data) from ``--init`` (any
+  method of Table II, default mtpret): FC / DeepLab-V3 / Faster R-CNN on the backbone, the whole
+  network trained, the best epoch by the validation main metric tested.
+- ``all`` (default): pretrain MD-MoCo, multitask MTPret, fine-tune every task; one summary table.
+- ``baselines``: every method of Table II on every task (ImageNet rows only with weights).
+
+Every run writes its own folder; runs are shared by the later stages that need them. DeepCovid
+has no reader here (its layout is not specified), so its rows stay the paper's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import DataError
+from . import mtpret_paper as paper
+from .common import add_standard_args, apply_args, cached, dataset_root
+
+STAGES = ("all", "pretrain", "multitask", "finetune", "baselines")
+PRETRAINED = ("sd_simclr", "md_simclr", "sd_moco", "md_moco", "md_moco++")
+MULTITASK = ("mtpret--", "mtpret")
+INITS = ("scratch", "imagenet") + PRETRAINED + MULTITASK
+PAPER_NAME = dict(zip(INITS, paper.METHODS))
+MULTITASK_TASKS = ("pneumonia", "mura", "lung", "tbx")
+FINETUNE_TASKS = ("nih", "pneumonia", "mura", "lung", "tbx", "chexpert")  # DeepCovid: no reader
+BACKBONES = ("resnet18", "resnet50")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    reader: str            # dataset reader (cxr_keras.data.datasets)
+    kind: str              # binary | multilabel | segmentation | detection
+    options: tuple         # reader options, as (key, value) pairs
+
+
+TASKS = {
+    "pneumonia": TaskSpec("kermany", "binary", (("classes", "binary"), ("split", "random"))),
+    "mura": TaskSpec("mura", "binary", (("split", "random"),)),
+    "lung": TaskSpec("lungmasks", "segmentation", ()),
+    "tbx": TaskSpec("tbx11k", "detection", (("subset", "tb"), ("split", "random"))),
+    "nih": TaskSpec("nih", "multilabel", (("split", "random"), ("fractions", (0.7, 0.1, 0.2)))),
+    "chexpert": TaskSpec("chexpert", "multilabel",
+                         (("labels", ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
+                                      "Pleural Effusion")), ("uncertain", "ones"))),
+}
+METRIC_OF_KIND = {"binary": "auc", "multilabel": "mauc", "segmentation": "dice",
+                  "detection": "map"}
+
+
+@dataclass
+class Config:
+    """Every setting; the paper's where it gives one, else marked CHOICE (docs/FIDELITY.md)."""
+    dataset: str = "phantom"
+    backbone: str = "resnet18"
+    init: str = "mtpret"
+    task: str | None = None                # fine-tuning task (one run per task)
+    image_size: tuple = (800, 512)         # CHOICE: the paper's 800 x 500, width to 512 (/32)
+    cache_size: int = 800
+    backbone_options: dict = field(default_factory=dict)   # reduced ResNet (--quick)
+    imagenet_weights: str | None = "imagenet"  # or a local .weights.h5 / PyTorch checkpoint
+    # contrastive pretraining (CHOICE: MoCo v2 defaults; the paper gives none)
+    pretrain_epochs: int = 200
+    pretrain_batch: int = 256
+    pretrain_lr: float = 0.03              # SGD momentum 0.9, x batch / 256, cosine to 0
+    pretrain_weight_decay: float = 1e-4
+    queue_size: int = 65536
+    moco_momentum: float = 0.999
+    temperature: float = 0.2
+    head_hidden: int = 2048
+    head_dim: int = 128
+    # multitask continual learning (CHOICE: rounds, epochs, learning rates)
+    rounds: int = 5
+    visit_epochs: int = 1
+    multitask_batch: int = 16
+    max_lr: float = 1e-3                   # eq. (4) eta_max, Adam
+    min_lr: float = 1e-6
+    l2sp: tuple = (0.1, 0.01)              # alpha, beta (the L2-SP authors' code)
+    multitask_from: str = "md_moco"        # the paper: MTPret continues MD-MoCo
+    # fine-tuning (CHOICE: Adam, cosine decay, epochs, batch)
+    finetune_epochs: int = 30
+    detection_epochs: int | None = None    # None: finetune_epochs
+    finetune_batch: int = 16
+    detection_batch: int = 4
+    finetune_lr: float = 1e-4
+    # heads
+    aspp_rates: tuple = (6, 12, 18)
+    aspp_filters: int = 256
+    seg_level: int = 3                     # ASPP on C5 (0..3 = C2..C5)
+    det_level: int = 2                     # C4, stride 16
+    anchor_sizes: tuple = (32, 64, 128)
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)
+    rpn_channels: int = 256
+    proposals: int = 64
+    head_units: int = 256
+    dice_smooth: float = 1.0
+    # phantom sizes (images written per dataset)
+    phantom_n: dict = field(default_factory=lambda: {
+        "nih": 3000, "kermany": 1500, "mura": 1500, "lungmasks": 600, "tbx11k": 6000,
+        "chexpert": 1500})
+    phantom_size: int = 512
+    seed: int = 0
+    deterministic: bool = False
+    mixed_precision: object = "auto"
+    xla: object = "auto"
+    extra: dict = field(default_factory=dict)
+
+
+QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (16, 32, 64, 128)},
+             imagenet_weights=None, pretrain_epochs=12, pretrain_batch=64, pretrain_lr=0.12,
+             queue_size=1024, moco_momentum=0.99, head_hidden=256, head_dim=64, rounds=2, visit_epochs=2,
+             finetune_epochs=10, detection_epochs=30, finetune_batch=16, detection_batch=8,
+             finetune_lr=1e-3, aspp_rates=(1, 2, 3), aspp_filters=64, seg_level=1, det_level=1,
+             anchor_sizes=(8, 16, 32), rpn_channels=64, proposals=32, head_units=128,
+             phantom_n={"nih": 600, "kermany": 500, "mura": 500, "lungmasks": 300,
+                        "tbx11k": 2400, "chexpert": 500},
+             phantom_size=128, xla=False)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="cxr-keras run mtpret", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_standard_args(p, "<dataset>")
+    p.add_argument("--stage", choices=STAGES, default="all")
+    p.add_argument("--init", choices=INITS, default=None,
+                   help="pretraining (stage pretrain), multitask variant (stage multitask) or "
+                        "fine-tuning initialisation (stage finetune)")
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet18")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma-separated fine-tuning tasks (default: {','.join(FINETUNE_TASKS)})")
+    p.add_argument("--roots", default=None,
+                   help="real data: READER=FOLDER,... for nih, kermany, mura, lungmasks, tbx11k, "
+                        "chexpert (each defaults to --data-root)")
+    p.add_argument("--imagenet-weights", default=None,
+                   help="local ImageNet weights for the ImageNet-initialised runs (default: download)")
+    for name in ("pretrain_epochs", "rounds", "finetune_epochs"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    return p
+
+
+def config_from_args(args, **overrides) -> Config:
+    cfg = Config(**(QUICK if args.quick else {}))
+    cfg.backbone = args.backbone
+    apply_args(cfg, args, ("init", "imagenet_weights", "pretrain_epochs", "rounds",
+                           "finetune_epochs"), overrides)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config):
+    if cfg.backbone not in BACKBONES:
+        raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
+    if cfg.init not in INITS:
+        raise DataError(f"--init must be one of {INITS}, got {cfg.init!r}")
+    if cfg.task is not None and cfg.task not in TASKS:
+        raise DataError(f"task must be one of {tuple(TASKS)}, got {cfg.task!r}")
+    if cfg.init in ("imagenet", "md_moco++") and cfg.imagenet_weights is None:
+        raise DataError(f"--init {cfg.init} needs ImageNet weights: the full-size network with "
+                        "--imagenet-weights FILE or the default download (not --quick)")
+    h, w = cfg.image_size
+    if h % 32 or w % 32:
+        raise DataError(f"image_size {cfg.image_size} must be a multiple of 32 (DeepLab-V3 and "
+                        "Faster R-CNN read the stride-32 and stride-16 maps)")
+
+
+def parse_tasks(text) -> list:
+    if text is None:
+        return list(FINETUNE_TASKS)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise DataError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)} "
+                        "(deepcovid has no reader)")
+    return names
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def _roots(args) -> dict:
+    out = {}
+    for item in (getattr(args, "roots", None) or "").split(","):
+        if item.strip():
+            if "=" not in item:
+                raise DataError(f"--roots takes READER=FOLDER items, got {item!r}")
+            k, v = item.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def reader_root(reader: str, cfg: Config, args) -> Path:
+    ns = argparse.Namespace(**vars(args))
+    ns.seed = 0  # one phantom and one split for every seed
+    return dataset_root(reader, ns, phantom_n=cfg.phantom_n[reader], phantom_size=cfg.phantom_size,
+                        data_root=_roots(args).get(reader))
+
+
+def task_cache(name: str, cfg: Config, args) -> Path:
+    spec = TASKS[name]
+    root = reader_root(spec.reader, cfg, args)
+    ns = argparse.Namespace(**vars(args))
+    return cached(spec.reader, root, ns, cache_size=cfg.cache_size,
+                  table_options=dict(spec.options), tag="mtpret")
+
+
+def pretrain_cache(cfg: Config, args, data: str) -> Path:
+    """The unlabelled pretraining images: NIH alone (``sd``) or the union (``md``) of NIH and the
+    training splits of the four multitask datasets (no validation or test image is seen)."""
+    import pandas as pd
+
+    from ..data.cache import Cache, build_cache
+    from ..training import config_hash
+
+    tables = {"nih": ("nih", None)} if data == "sd" else {
+        "nih": ("nih", None), **{t: (TASKS[t].reader, "train") for t in MULTITASK_TASKS}}
+    from ..data import load_table
+
+    parts, keys = [], {}
+    for name, (reader, split) in tables.items():
+        root = reader_root(reader, cfg, args)
+        options = dict(TASKS[name].options) if name in TASKS else {}
+        keys[name] = [str(Path(root).resolve()), options]
+        parts.append((name, root, reader, options, split))
+    path = Path(args.out) / "_data" / f"cache-pretrain-{data}-{cfg.cache_size}-{config_hash(keys)}"
+    try:
+        Cache(path)
+        return path
+    except DataError:
+        pass
+    frames = []
+    for name, root, reader, options, split in parts:
+        t = load_table(reader, root, **options)
+        if split is not None:
+            t = t[t["split"] == split]
+        frames.append(pd.DataFrame({"path": t["path"].to_numpy(), "split": "train",
+                                    "source": name}))
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs = {"dataset": f"mtpret-{data}", "root": str(Path(args.out).resolve())}
+    build_cache(table, path, size=cfg.cache_size, workers=args.workers)
+    return path
+
+
+def datasets_for(name: str, cfg: Config, cache, batch: int, model=None, splits=("train", "val",
+                                                                                 "test")):
+    """tf.data pipelines of one task: {split: dataset}, Z-scored, resized to ``image_size``,
+    augmented with ``mtpret`` in training. Detection batches become the Faster R-CNN dict."""
+    from ..data.detection_inputs import faster_rcnn_inputs
+    from ..data.pipeline import make_dataset
+
+    kind = TASKS[name].kind
+    out = {}
+    for split in splits:
+        training = split == "train"
+        kw = dict(preset="mtpret", training=training, batch_size=batch, seed=cfg.seed,
+                  normalization="mtpret", output_size=tuple(cfg.image_size),
+                  drop_remainder=training)
+        if kind == "binary":
+            y = cache.targets(cache.rows(split)).astype("float32").reshape(-1, 1)
+            ds = make_dataset(cache, split, targets=y, **kw)
+        elif kind == "multilabel":
+            ds = make_dataset(cache, split, **kw)
+        elif kind == "segmentation":
+            ds = make_dataset(cache, split, target="mask", **kw)
+        else:
+            raw = make_dataset(cache, split, target="boxes", **kw)
+            ds = faster_rcnn_inputs(raw, model, seed=cfg.seed) if model is not None else raw
+            ds.epoch_state, ds.num_rows, ds.raw = raw.epoch_state, raw.num_rows, raw
+        out[split] = ds
+    return out
+
+
+# --------------------------------------------------------------------------------------- models
+
+def build_backbone(cfg: Config, weights=None):
+    from ..models.backbones import multiscale_backbone
+
+    return multiscale_backbone(cfg.backbone, input_shape=(*cfg.image_size, 3), weights=weights,
+                               **cfg.backbone_options)
+
+
+def build_task_model(name: str, backbone, cfg: Config, num_outputs: int):
+    """FC (classification), DeepLab-V3 (segmentation) or Faster R-CNN (detection) on
+    ``backbone``."""
+    from ..models import FasterRCNN, task_model
+
+    kind = TASKS[name].kind
+    if kind in ("binary", "multilabel"):
+        return task_model(backbone, "classification", num_outputs, name)
+    if kind == "segmentation":
+        return task_model(backbone, "segmentation", 1, name, rates=tuple(cfg.aspp_rates),
+                          filters=cfg.aspp_filters, level=cfg.seg_level)
+    model = FasterRCNN(backbone, num_outputs, level=cfg.det_level, stride=4 * 2 ** cfg.det_level,
+                       anchor_sizes=cfg.anchor_sizes, anchor_ratios=cfg.anchor_ratios,
+                       rpn_channels=cfg.rpn_channels, proposals=cfg.proposals,
+                       head_units=cfg.head_units, name=name)
+    model(np.zeros((1, *cfg.image_size, 3), "float32"))  # build, so that weights can be loaded
+    return model
+
+
+def num_outputs(name: str, cache) -> int:
+    kind = TASKS[name].kind
+    if kind == "binary":
+        return 1
+    if kind == "multilabel":
+        return len(cache.labels)
+    if kind == "segmentation":
+        return 1
+    return len(cache.box_classes)
+
+
+def loss_and_metrics(name: str, cfg: Config, n_out: int):
+    """(loss, metrics, monitor, mode) of a task; detection computes its own loss."""
+    import keras
+
+    from ..losses.segmentation import DiceLoss
+
+    kind = TASKS[name].kind
+    if kind == "binary":
+        return (keras.losses.BinaryCrossentropy(from_logits=True),
+                [keras.metrics.AUC(from_logits=True, name="auc"),
+                 keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")], "val_auc", "max")
+    if kind == "multilabel":
+        return (keras.losses.BinaryCrossentropy(from_logits=True),
+                [keras.metrics.AUC(multi_label=True, num_labels=n_out, from_logits=True,
+                                   name="auc")], "val_auc", "max")
+    if kind == "segmentation":
+        return (DiceLoss(smooth=cfg.dice_smooth, from_logits=True),
+                [keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.0, name="miou")],
+                "val_miou", "max")
+    return None, [], "val_loss", "min"
+
+
+# ----------------------------------------------------------------------------- run folders
+
+def _run(args, tag, config, force=False):
+    """(RunFolder, finished?) for ``config`` under ``--out``."""
+    from ..training import RunFolder, config_hash
+
+    try:
+        return RunFolder.for_config(args.out, tag, config, force=force), False
+    except DataError as e:
+        if "finished run" not in str(e):
+            raise
+        return RunFolder(Path(args.out) / f"{tag}-{config_hash(config)}"), True
+
+
+def _shared_keys(cfg: Config) -> dict:
+    keys = ("dataset", "backbone", "image_size", "cache_size", "backbone_options", "phantom_n",
+            "phantom_size", "mixed_precision", "xla")
+    return {k: getattr(cfg, k) for k in keys}
+
+
+def pretrain_config(cfg: Config, init: str) -> dict:
+    keys = ("pretrain_epochs", "pretrain_batch", "pretrain_lr", "pretrain_weight_decay",
+            "head_hidden", "head_dim", "temperature")
+    out = {**_shared_keys(cfg), **{k: getattr(cfg, k) for k in keys}, "init": init,
+           "seed": 0}
+    if "moco" in init:
+        out.update(queue_size=cfg.queue_size, moco_momentum=cfg.moco_momentum)
+    if init == "md_moco++":
+        out["imagenet_weights"] = cfg.imagenet_weights
+    return out
+
+
+def multitask_config(cfg: Config, variant: str) -> dict:
+    keys = ("rounds", "visit_epochs", "multitask_batch", "max_lr", "min_lr", "multitask_from",
+            "aspp_rates", "aspp_filters", "seg_level", "det_level", "anchor_sizes",
+            "anchor_ratios", "rpn_channels", "proposals", "head_units", "dice_smooth")
+    out = {**_shared_keys(cfg), **{k: getattr(cfg, k) for k in keys}, "variant": variant,
+           "seed": 0, "pretrain": pretrain_config(cfg, cfg.multitask_from)}
+    if variant == "mtpret":
+        out["l2sp"] = cfg.l2sp
+    return out
+
+
+# ---------------------------------------------------------------------------------- pretraining
+
+def pretrain(cfg: Config, args, init: str):
+    """Contrastive pretraining ``init`` (sd/md x simclr/moco, md_moco++); returns the run folder
+    (a finished one of the same configuration is reused)."""
+    import keras
+
+    from ..data.cache import Cache
+    from ..data.pipeline import make_dataset
+    from ..models import MoCo, SimCLR
+    from ..training import configure, fit_stage
+
+    if init not in PRETRAINED:
+        raise DataError(f"--stage pretrain takes --init {'|'.join(PRETRAINED)}, got {init!r}")
+    run_dir, finished = _run(args, f"mtpret-pretrain-{init}", pretrain_config(cfg, init))
+    if finished:
+        return run_dir
+    print(f"pretraining run folder: {run_dir.path}")
+    rt = configure(0, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    cache = Cache(pretrain_cache(cfg, args, "sd" if init.startswith("sd") else "md"))
+    ds = make_dataset(cache, None, preset="mtpret", training=True, target="none", views=2,
+                      batch_size=cfg.pretrain_batch, seed=0, normalization="mtpret",
+                      output_size=tuple(cfg.image_size), drop_remainder=True)
+    steps = len(cache) // cfg.pretrain_batch
+    if steps == 0:
+        raise DataError(f"{len(cache)} pretraining images are fewer than one batch of "
+                        f"{cfg.pretrain_batch}")
+    lr = cfg.pretrain_lr * cfg.pretrain_batch / 256
+    with rt.scope():
+        backbone = build_backbone(cfg, cfg.imagenet_weights if init == "md_moco++" else None)
+        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone.outputs[-1])
+        encoder = keras.Model(backbone.input, pooled, name="encoder")
+        if "moco" in init:
+            model = MoCo(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden,
+                         queue_size=cfg.queue_size, momentum=cfg.moco_momentum,
+                         temperature=cfg.temperature, seed=0)
+        else:
+            model = SimCLR(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden,
+                           temperature=cfg.temperature)
+        schedule = keras.optimizers.schedules.CosineDecay(lr, steps * cfg.pretrain_epochs)
+        opt = keras.optimizers.SGD(schedule, momentum=0.9,
+                                   weight_decay=cfg.pretrain_weight_decay)
+        t0 = time.perf_counter()
+        resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
+        history = fit_stage(model, ds, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
+                            optimizer=opt, loss=None, monitor="loss", mode="min", seed=0,
+                            jit_compile=rt.jit_compile, verbose=args.verbose,
+                            tensorboard=args.tensorboard)
+        seconds = None if resumed else time.perf_counter() - t0
+    backbone.save_weights(run_dir.file("backbone.weights.h5"))
+    finish_pretrain(run_dir, cfg, init, history, len(cache), steps, seconds)
+    run_dir.mark_done()
+    return run_dir
+
+
+def finish_pretrain(run_dir, cfg, init, history, n_images, steps, seconds):
+    from ..evaluation.plots import plot_training_curves
+
+    plot_training_curves(history, run_dir.file("plots", "pretraining_curves.png"),
+                         title=f"{PAPER_NAME[init]} pretraining")
+    epochs = len(history.get("loss", []))
+    m = run_dir.update_metrics(
+        init=init, images=n_images, epochs=epochs,
+        first={k: v[0] for k, v in history.items() if k != "epoch" and v},
+        final={k: v[-1] for k, v in history.items() if k != "epoch" and v},
+        train_seconds=seconds,
+        images_per_second=(steps * cfg.pretrain_batch * epochs / seconds) if seconds else None)
+    source = ("NIH only" if init.startswith("sd") else
+              "NIH + the training splits of Pneumonia, MURA, lung masks, TBX")
+    if cfg.dataset == "phantom":
+        source += ", phantom"
+    lines = [f"# mtpret pretraining: {PAPER_NAME[init]}", "",
+             f"{n_images} images ({source}), "
+             f"{epochs} epochs of batch {cfg.pretrain_batch}, {cfg.backbone} at "
+             f"{cfg.image_size[0]}x{cfg.image_size[1]}.", "",
+             "| term | first epoch | last epoch |", "|---|---:|---:|"]
+    lines += [f"| {k} | {m['first'][k]:.4f} | {m['final'][k]:.4f} |" for k in sorted(m["final"])]
+    if m["images_per_second"]:
+        lines += ["", f"Throughput: {m['images_per_second']:.1f} images/s (two views each), "
+                  f"{seconds / 60:.1f} min."]
+    lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/pretraining_curves.png`.",
+              ""]
+    run_dir.write_text("report.md", "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------ multitask
+
+def multitask(cfg: Config, args, variant: str):
+    """MTPret / MTPret-- continual learning over the four multitask datasets, from the MD-MoCo
+    backbone; resumes at the last finished round. Returns the run folder."""
+    import json
+
+    from ..data.cache import Cache
+    from ..evaluation.plots import plot_training_curves
+    from ..io import atomic_path, write_json
+    from ..training import configure
+    from ..training.multitask import Task, continual_learning
+
+    if variant not in MULTITASK:
+        raise DataError(f"--stage multitask takes --init {'|'.join(MULTITASK)}, got {variant!r}")
+    source = pretrain(cfg, args, cfg.multitask_from)
+    run_dir, finished = _run(args, f"mtpret-multitask-{variant}", multitask_config(cfg, variant))
+    if finished:
+        return run_dir
+    print(f"multitask run folder: {run_dir.path}")
+    configure(0, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    backbone = build_backbone(cfg)
+    backbone.load_weights(source.file("backbone.weights.h5"))
+    tasks = []
+    for name in MULTITASK_TASKS:
+        cache = Cache(task_cache(name, cfg, args))
+        n_out = num_outputs(name, cache)
+        model = build_task_model(name, backbone, cfg, n_out)
+        loss, metrics, _, _ = loss_and_metrics(name, cfg, n_out)
+        batch = cfg.detection_batch if TASKS[name].kind == "detection" else cfg.multitask_batch
+        ds = datasets_for(name, cfg, cache, batch, model=model, splits=("train",))["train"]
+        tasks.append(Task(name, model, ds, loss, metrics=metrics))
+    state_path = run_dir.file("checkpoints", "rounds.json")
+    records = json.loads(state_path.read_text()) if state_path.exists() else []
+    done_rounds = max([r["round"] for r in records], default=0)
+    if done_rounds:  # resume: every task model (and so the backbone) at the end of that round
+        for t in tasks:
+            t.model.load_weights(run_dir.file("checkpoints", f"{t.name}.weights.h5"))
+        print(f"resuming after round {done_rounds} of {cfg.rounds}")
+
+    def on_visit(record):
+        records.append(record)
+        print(f"round {record['round']} task {record['task']}: "
+              + ", ".join(f"{k} {v[-1]:.4f}" for k, v in record["history"].items()))
+        if record["task"] == record["order"][-1]:  # the round is finished: checkpoint it
+            for t in tasks:
+                with atomic_path(run_dir.file("checkpoints", f"{t.name}.weights.h5"),
+                                 suffix=".weights.h5") as tmp:
+                    t.model.save_weights(tmp)
+            write_json(state_path, records)
+
+    t0 = time.perf_counter()
+    continual_learning(backbone, tasks, rounds=cfg.rounds, epochs=cfg.visit_epochs,
+                       max_lr=cfg.max_lr, min_lr=cfg.min_lr, variant=variant,
+                       l2sp=tuple(cfg.l2sp), seed=0, verbose=0 if args.verbose == 0 else 2,
+                       on_visit=on_visit, start_round=done_rounds + 1)
+    seconds = time.perf_counter() - t0
+    backbone.save_weights(run_dir.file("backbone.weights.h5"))
+    loss_by_task = {t.name: [r["history"]["loss"][-1] for r in records if r["task"] == t.name]
+                    for t in tasks}
+    plot_training_curves({f"{k} loss": v for k, v in loss_by_task.items()},
+                         run_dir.file("plots", "multitask_losses.png"),
+                         title=f"{PAPER_NAME[variant]}: last-epoch loss per visit")
+    run_dir.update_metrics(variant=variant, visits=records, train_seconds=seconds,
+                           loss_by_task=loss_by_task)
+    lines = [f"# mtpret multitask continual learning: {PAPER_NAME[variant]}", "",
+             f"From {PAPER_NAME[cfg.multitask_from]} ({source.path.name}); {cfg.rounds} rounds of "
+             f"{cfg.visit_epochs} epoch(s) per task visit; "
+             + ("order reshuffled every round, cyclic cosine lr (eq. 4) per visit, L2-SP "
+                f"alpha {cfg.l2sp[0]}, beta {cfg.l2sp[1]} toward the round's start."
+                if variant == "mtpret" else "fixed order, one cosine decay, no L2-SP."), "",
+             "| round | task | loss (last epoch) | lr first / last | L2-SP distance |",
+             "|---:|---|---:|---|---:|"]
+    for r in records:
+        dist = r.get("distance_to_anchor")
+        lines.append(f"| {r['round']} | {r['task']} | {r['history']['loss'][-1]:.4f} | "
+                     f"{r['lr_first_last'][0]:.2e} / {r['lr_first_last'][1]:.2e} | "
+                     f"{'-' if dist is None else f'{dist:.4f}'} |")
+    lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/multitask_losses.png`.", ""]
+    run_dir.write_text("report.md", "\n".join(lines))
+    run_dir.mark_done()
+    return run_dir
+
+
+# -------------------------------------------------------------------------------- fine-tuning
+
+def init_weights(cfg: Config, args):
+    """(backbone weights for build_backbone, file to load afterwards, description)."""
+    if cfg.init == "scratch":
+        return None, None, "random initialisation (Kaiming normal, fan-out, as torchvision)"
+    if cfg.init == "imagenet":
+        return cfg.imagenet_weights, None, f"ImageNet ({cfg.imagenet_weights})"
+    run = pretrain(cfg, args, cfg.init) if cfg.init in PRETRAINED else multitask(cfg, args, cfg.init)
+    return None, run.file("backbone.weights.h5"), f"{PAPER_NAME[cfg.init]} ({run.path.name})"
+
+
+def finetune_config(cfg: Config) -> dict:
+    out = asdict(cfg)
+    if cfg.init in PRETRAINED:
+        out["pretrain"] = pretrain_config(cfg, cfg.init)
+    elif cfg.init in MULTITASK:
+        out["multitask"] = multitask_config(cfg, cfg.init)
+    return out
+
+
+def finetune(cfg: Config, args):
+    """Fine-tune the whole network on ``cfg.task`` from ``cfg.init`` and test the best epoch;
+    returns the run folder."""
+    import keras
+
+    from ..data.cache import Cache
+    from ..training import configure, fit_stage
+
+    name = cfg.task
+    weights, load, start = init_weights(cfg, args)
+    if cfg.dataset != "phantom":
+        cfg.extra = dict(cfg.extra, roots=_roots(args), data_root=str(args.data_root))
+    tag = f"mtpret-finetune-{name}-{cfg.init}-seed{cfg.seed}"
+    run_dir, finished = _run(args, tag, finetune_config(cfg), force=args.force)
+    if finished:
+        return run_dir
+    print(f"fine-tuning run folder: {run_dir.path}")
+    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    cache = Cache(task_cache(name, cfg, args))
+    n_out = num_outputs(name, cache)
+    kind = TASKS[name].kind
+    batch = cfg.detection_batch if kind == "detection" else cfg.finetune_batch
+    with rt.scope():
+        backbone = build_backbone(cfg, weights)
+        if load is not None:
+            backbone.load_weights(load)
+        model = build_task_model(name, backbone, cfg, n_out)
+        data = datasets_for(name, cfg, cache, batch, model=model)
+        steps = len(cache.rows("train")) // batch
+        if steps == 0:
+            raise DataError(f"task {name}: {len(cache.rows('train'))} training images are fewer "
+                            f"than one batch of {batch}")
+        loss, metrics, monitor, mode = loss_and_metrics(name, cfg, n_out)
+        epochs = cfg.detection_epochs if kind == "detection" and cfg.detection_epochs else \
+            cfg.finetune_epochs
+        schedule = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, steps * epochs)
+        t0 = time.perf_counter()
+        fit_stage(model, data["train"], data["val"], run_dir, "finetune",
+                  epochs=epochs, optimizer=keras.optimizers.Adam(schedule),
+                  loss=loss, metrics=metrics, monitor=monitor, mode=mode, seed=cfg.seed,
+                  jit_compile=rt.jit_compile and kind != "detection", verbose=args.verbose,
+                  tensorboard=args.tensorboard)
+        seconds = time.perf_counter() - t0
+    model.load_weights(run_dir.checkpoints / "best.keras")
+    evaluate(model, name, cfg, run_dir, cache, data, start, seconds)
+    run_dir.mark_done()
+    print(f"report: {run_dir.file('report.md')}")
+    return run_dir
+
+
+def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
+    """Test metrics of one task (the paper's: AUC + accuracy, mAUC + per-class AUC, Dice + mIoU,
+    mAP + per-class AP at IoU 0.5), predictions, plots and the report."""
+    from scipy.special import expit
+
+    from ..evaluation import metrics as M
+    from ..evaluation.plots import plot_roc_curves, plot_training_curves
+    from ..inference.batches import predict_dataset
+    from ..training import read_history
+
+    kind = TASKS[name].kind
+    test = data["test"]
+    result = {}
+    if kind in ("binary", "multilabel"):
+        logits, y = predict_dataset(model, test, np.float64)
+        labels = ["abnormal"] if kind == "binary" else list(cache.labels)
+        run_dir.save_predictions("test", y_true=y, logits=logits, labels=np.array(labels))
+        p = expit(logits)
+        auc = M.per_class_auc(y, p, labels)
+        result.update(per_class_auc=auc, mauc=M.mean_of(auc))
+        if kind == "binary":
+            t = M.threshold_metrics(y, p, 0.5, labels)["mean"]
+            result.update(auc=auc[labels[0]], accuracy=t.get("accuracy"),
+                          sensitivity=t.get("sensitivity"), specificity=t.get("specificity"))
+        else:
+            result["auc"] = result["mauc"]
+        plot_roc_curves(y, p, labels, run_dir.file("plots", "roc_test.png"),
+                        title=f"ROC, {paper.TASK_NAMES[name]} test")
+    elif kind == "segmentation":
+        from ..evaluation.multiclass_plots import plot_mask_overlay
+        from ..evaluation.segmentation import segmentation_metrics
+
+        logits, y = predict_dataset(model, test, np.float32)
+        p = expit(logits)
+        run_dir.save_predictions("test", y_true=y.astype(np.uint8),
+                                 prob=(p * 255).round().astype(np.uint8))
+        seg = segmentation_metrics(y, p)
+        result.update(dice=seg["dice"]["mean"], miou=seg["mean_iou"]["mean"],
+                      iou=seg["iou"]["mean"], dice_std=seg["dice"]["std"])
+        x0 = next(iter(test))[0][0]
+        plot_mask_overlay(np.asarray(x0), y[0], p[0], run_dir.file("plots", "example_test.png"),
+                          title=f"lung segmentation, Dice {seg['per_image']['dice'][0]:.3f}")
+    else:
+        from ..data.detection_inputs import to_xyxy
+        from ..evaluation.detection import detection_ap
+
+        preds, gts = [], []
+        for images, boxes in test.raw:
+            preds += model.detect(np.asarray(images))
+            for b in np.asarray(boxes):
+                keep = b[:, 4] >= 0
+                gts.append({"boxes": to_xyxy(b[keep, :4]), "labels": b[keep, 4].astype(int)})
+        classes = list(cache.box_classes)
+        ap = detection_ap(preds, gts, classes)
+        flat = {f"pred_{k}": np.concatenate([p_[k] for p_ in preds]) for k in ("boxes", "scores",
+                                                                             "labels")}
+        flat["pred_image"] = np.concatenate([np.full(len(p_["scores"]), i)
+                                             for i, p_ in enumerate(preds)])
+        run_dir.save_predictions("test", **flat)
+        result.update(map=ap["mAP"], per_class_ap=ap["per_class"], n_gt=ap["n_gt"],
+                      ap_active=ap["per_class"][classes[0]],
+                      ap_latent=ap["per_class"][classes[1]] if len(classes) > 1 else None)
+    history = read_history(run_dir.file("logs", "history_finetune.csv"))
+    plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
+                         title=f"{paper.TASK_NAMES[name]} fine-tuning")
+    m = run_dir.update_metrics(task=name, init=cfg.init, method=PAPER_NAME[cfg.init],
+                               backbone=cfg.backbone, seed=cfg.seed, start=start,
+                               test=result, main_metric=METRIC_OF_KIND[kind],
+                               main=result[METRIC_OF_KIND[kind]],
+                               epochs_trained=len(history.get("loss", [])),
+                               train_seconds=seconds, train_images=len(cache.rows("train")),
+                               test_images=len(cache.rows("test")))
+    run_dir.write_text("report.md", finetune_report(cfg, m))
+    return m
+
+
+def finetune_report(cfg: Config, m: dict) -> str:
+    from ..evaluation.report import comparison_table
+
+    name, method = m["task"], m["method"]
+    bb = cfg.backbone if cfg.backbone in paper.BACKBONES else "resnet18"
+    lines = [f"# mtpret fine-tuning: {paper.TASK_NAMES[name]}, {method}, {cfg.backbone}", ""]
+    if cfg.dataset == "phantom":
+        lines += ["Data: **phantom** (synthetic, in the official layout). Numbers are not "
+                  "comparable with the paper's; the tables show the pipeline end to end.", ""]
+    lines += [f"Start: {m['start']}. {m['epochs_trained']} epochs on {m['train_images']} images at "
+              f"{cfg.image_size[0]}x{cfg.image_size[1]}; best epoch by the validation main "
+              f"metric; tested on {m['test_images']} images.", ""]
+    key = METRIC_OF_KIND[TASKS[name].kind]
+    ref = {key: paper.TABLE2[bb][method][name]}
+    ours = {key: m["main"]}
+    if name == "lung":
+        ours["miou"], ref["miou"] = m["test"]["miou"], paper.TABLE3[bb][method]["miou"]
+    if name == "tbx":
+        for k in ("ap_active", "ap_latent"):
+            ours[k], ref[k] = m["test"][k], paper.TABLE3[bb][method][k]
+    if name in ("pneumonia", "mura"):
+        ours["accuracy"] = m["test"]["accuracy"]
+    if name == "chexpert":
+        for obs in paper.CHEXPERT_OBSERVATIONS:
+            ours[obs] = m["test"]["per_class_auc"].get(obs)
+            ref[obs] = paper.TABLE4[bb][method][obs]
+    lines += [comparison_table(ours, ref, title=f"Table II/III/IV: {method} ("
+                               f"{paper.BACKBONE_NAMES.get(cfg.backbone, cfg.backbone)})"), ""]
+    if name == "nih":
+        lines += ["Per class (test AUC): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in m["test"]["per_class_auc"].items()), ""]
+    lines += ["Plots: `plots/training_curves.png` and "
+              + {"binary": "`plots/roc_test.png`", "multilabel": "`plots/roc_test.png`",
+                 "segmentation": "`plots/example_test.png`",
+                 "detection": "(boxes in `predictions/test.npz`)"}[TASKS[name].kind] + ".", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- grids
+
+def run_grid(args, inits, tasks):
+    """Fine-tune every ``init`` on every task; finished runs are reused. Returns run folders."""
+    runs = []
+    for init in inits:
+        for task in tasks:
+            cfg = config_from_args(args, init=init, task=task)
+            runs.append(finetune(cfg, args))
+    return runs
+
+
+def grid_report(runs, title="mtpret") -> str:
+    """Tables II (main metric per task), III (lung and TBX) and IV (CheXpert) of every method
+    run, ours with the paper's in brackets."""
+    from ..evaluation.report import metrics_table
+
+    ms = sorted((r.metrics() for r in runs), key=lambda m: paper.METHODS.index(m["method"]))
+    bb = ms[0]["backbone"] if ms else "resnet18"
+    bb = bb if bb in paper.BACKBONES else "resnet18"
+    methods = [m for m in paper.METHODS if any(x["method"] == m for x in ms)]
+    t2, t3, t4 = {}, {}, {}
+    for x in ms:
+        t2.setdefault(x["method"], {})[paper.TASK_NAMES[x["task"]]] = x["main"]
+        if x["task"] == "lung":
+            t3.setdefault(x["method"], {}).update(dice=x["test"]["dice"], miou=x["test"]["miou"])
+        if x["task"] == "tbx":
+            t3.setdefault(x["method"], {}).update(
+                {k: x["test"][k] for k in ("map", "ap_active", "ap_latent")})
+        if x["task"] == "chexpert":
+            t4[x["method"]] = dict(x["test"]["per_class_auc"], Average=x["main"])
+    cols2 = [paper.TASK_NAMES[t] for t in paper.TASKS]
+    ref2 = {m: {paper.TASK_NAMES[t]: v for t, v in paper.TABLE2[bb][m].items()} for m in methods}
+    ref3 = {m: paper.TABLE3[bb][m] for m in methods}
+    ref4 = {m: paper.TABLE4[bb][m] for m in methods}
+    lines = [f"# {title}: our numbers (the paper's {paper.BACKBONE_NAMES[bb]} in brackets)", "",
+             "Main metric per task (Table II): mAUC (NIHCC), AUC, Dice (lung), mAP at IoU 0.5 "
+             "(TBX). DeepCovid has no reader here.", "",
+             metrics_table(t2, ref2, cols2, title="Table II: main metric per task"), ""]
+    if t3:
+        lines += [metrics_table(t3, ref3, ["dice", "miou", "map", "ap_active", "ap_latent"],
+                                title="Table III: lung segmentation and TB detection"), ""]
+    if t4:
+        lines += [metrics_table(t4, ref4, list(paper.CHEXPERT_OBSERVATIONS) + ["Average"],
+                                title="Table IV: CheXpert AUC per observation"), ""]
+        if "MTPret" in t4:
+            ref7 = {k: v for k, v in paper.TABLE7[bb].items()}
+            lines += [metrics_table({"MTPret (ours)": t4["MTPret"]}, ref7,
+                                    list(paper.CHEXPERT_OBSERVATIONS) + ["Average"],
+                                    title="Table VII: CheXpert against other self-supervised "
+                                          "methods (paper rows)"), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from ..io import write_text
+
+    args = build_parser().parse_args(argv)
+    tasks = parse_tasks(args.tasks)
+    if args.stage == "pretrain":
+        pretrain(config_from_args(args, init=args.init or "md_moco"), args, args.init or "md_moco")
+        return 0
+    if args.stage == "multitask":
+        cfg = config_from_args(args, init=args.init or "mtpret")
+        multitask(cfg, args, cfg.init)
+        return 0
+    if args.stage == "baselines":
+        imagenet = not args.quick or args.imagenet_weights is not None
+        inits = [i for i in INITS if imagenet or i not in ("imagenet", "md_moco++")]
+        if not imagenet:
+            print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
+                  "with --imagenet-weights or the default download)")
+    else:
+        inits = [args.init or "mtpret"]
+    t0 = time.perf_counter()
+    runs = run_grid(args, inits, tasks)
+    out = Path(args.out) / f"mtpret_{args.stage}_tables.md"
+    write_text(out, grid_report(runs, title=f"mtpret --stage {args.stage}") +
+               f"\nWall time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n")
+    print(f"wrote {out}")
+    return 0

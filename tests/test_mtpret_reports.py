@@ -1,0 +1,106 @@
+"""mtpret recipe without training: the paper's tables agree with themselves, the grid report puts
+ours beside them, bad arguments are named, the DeepLab-V3 head reads the asked feature map."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cxr_keras.io import DataError
+from cxr_keras.recipes import mtpret
+from cxr_keras.recipes import mtpret_paper as paper
+
+
+def _args(*extra):
+    return mtpret.build_parser().parse_args(["--quick", "--out", "x", *extra])
+
+
+def test_paper_tables_are_complete_and_cross_check():
+    for bb in paper.BACKBONES:
+        assert set(paper.TABLE2[bb]) == set(paper.METHODS)
+        for m in paper.METHODS:
+            row2, row3, row4 = paper.TABLE2[bb][m], paper.TABLE3[bb][m], paper.TABLE4[bb][m]
+            assert set(row2) == set(paper.TASKS)
+            assert all(0 < v < 1 for v in list(row2.values()) + list(row3.values()))
+            assert row2["lung"] == row3["dice"] and row2["tbx"] == row3["map"]
+            assert row2["chexpert"] == row4["Average"]
+            obs = [row4[o] for o in paper.CHEXPERT_OBSERVATIONS]
+            assert np.mean(obs) == pytest.approx(row4["Average"], abs=1e-4)  # rounded in %
+        assert paper.TABLE7[bb]["MTPret"] == paper.TABLE4[bb]["MTPret"]
+    assert paper.TABLE2["resnet18"]["MTPret"]["nih"] == 0.7905          # SPEC: 79.05 / 80.06
+    assert paper.TABLE2["resnet50"]["MTPret"]["nih"] == 0.8006
+    assert sum(paper.SPLITS["tbx"]) == 800 and sum(paper.SPLITS["nih"]) == 112120
+
+
+def test_every_init_has_a_paper_column_and_each_task_a_reader():
+    assert [mtpret.PAPER_NAME[i] for i in mtpret.INITS] == list(paper.METHODS)
+    assert set(mtpret.FINETUNE_TASKS) == set(paper.TASKS) - {"deepcovid"}
+    assert set(mtpret.MULTITASK_TASKS) <= set(mtpret.FINETUNE_TASKS)
+    from cxr_keras.data import datasets
+
+    for spec in mtpret.TASKS.values():
+        datasets.get(spec.reader)  # raises for an unknown reader
+
+
+class _Run:
+    def __init__(self, m):
+        self._m = m
+
+    def metrics(self):
+        return self._m
+
+
+def _metrics(task, init, main, **test):
+    return {"task": task, "init": init, "method": mtpret.PAPER_NAME[init], "backbone": "resnet18",
+            "main": main, "test": test}
+
+
+def test_grid_report_puts_ours_beside_the_paper():
+    chex = {o: 0.7 + 0.01 * i for i, o in enumerate(paper.CHEXPERT_OBSERVATIONS)}
+    runs = [_Run(_metrics("lung", "mtpret", 0.91, dice=0.91, miou=0.88)),
+            _Run(_metrics("tbx", "mtpret", 0.42, map=0.42, ap_active=0.8, ap_latent=0.04)),
+            _Run(_metrics("chexpert", "mtpret", 0.72, per_class_auc=chex)),
+            _Run(_metrics("lung", "scratch", 0.90, dice=0.90, miou=0.87))]
+    text = mtpret.grid_report(runs)
+    assert "| MTPret | - (0.7905) |" in text           # NIHCC not run: the paper's alone
+    assert "0.9100 (0.9537)" in text and "0.9000 (0.9524)" in text   # lung Dice, Table II
+    assert "0.8000 (0.6484)" in text                    # AP active, Table III
+    assert "Table IV" in text and "Table VII" in text and "MoCo-CXR" in text
+    assert text.index("Scratch") < text.index("MTPret |")  # the paper's column order
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(DataError, match="ImageNet weights"):
+        mtpret.config_from_args(_args("--init", "md_moco++"))
+    with pytest.raises(DataError, match="multiple of 32"):
+        mtpret.config_from_args(_args(), image_size=(100, 96))
+    with pytest.raises(DataError, match="unknown task.*deepcovid"):
+        mtpret.parse_tasks("lung,deepcovid")
+    with pytest.raises(DataError, match="READER=FOLDER"):
+        mtpret._roots(_args("--roots", "nih"))
+    assert mtpret._roots(_args("--roots", "nih=/a, mura=/b")) == {"nih": "/a", "mura": "/b"}
+    with pytest.raises(DataError, match="--dataset nih needs the nih folder"):
+        args = mtpret.build_parser().parse_args(["--dataset", "nih", "--out", str(tmp_path)])
+        mtpret.reader_root("nih", mtpret.config_from_args(args), args)
+
+
+def test_configurations_name_their_source_runs():
+    cfg = mtpret.config_from_args(_args())
+    mt = mtpret.multitask_config(cfg, "mtpret")
+    assert mt["pretrain"]["init"] == "md_moco" and mt["l2sp"] == (0.1, 0.01)
+    assert "l2sp" not in mtpret.multitask_config(cfg, "mtpret--")
+    cfg.init = "sd_simclr"
+    ft = mtpret.finetune_config(cfg)
+    assert ft["pretrain"]["init"] == "sd_simclr" and "queue_size" not in ft["pretrain"]
+    json.dumps(ft, default=str)
+
+
+@pytest.mark.parametrize("level, cells", [(-1, (2, 2)), (1, (8, 8))])
+def test_deeplab_head_reads_the_asked_feature_map(level, cells):
+    from cxr_keras.models import multiscale_backbone, task_model
+
+    backbone = multiscale_backbone("resnet18", input_shape=(64, 64, 3), widths=(4, 8, 8, 8))
+    model = task_model(backbone, "segmentation", 1, "seg", rates=(1, 2), filters=8, level=level)
+    assert model.output.shape[1:] == (64, 64, 1)
+    aspp = model.get_layer("seg_deeplab_aspp0_conv")
+    assert tuple(aspp.input.shape[1:3]) == cells
