@@ -1,0 +1,78 @@
+"""Multi-host data parallelism (JAX backend, gloo CPU collectives): two worker processes on
+loopback train one of our networks from a phantom cache through the tf.data pipeline, and end
+with identical weights and a falling loss."""
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+HAS_JAX = importlib.util.find_spec("jax") is not None
+
+WORKER = r"""
+import json, sys
+from cxr_keras.training.multihost import initialize, is_chief
+info = initialize()
+import keras, numpy as np
+from cxr_keras.data.pipeline import make_dataset
+from cxr_keras.models import resnet18
+keras.utils.set_random_seed(0)
+ds = make_dataset(sys.argv[1], "train", training=True, batch_size=16, seed=0,
+                  labels=["Effusion", "Cardiomegaly"], drop_remainder=True)
+base = resnet18(include_top=False, pooling="avg", input_shape=(64, 64, 3), widths=(8, 8, 16, 16))
+model = keras.Model(base.input, keras.layers.Dense(2)(base.output))
+first = np.concatenate([np.ravel(w) for w in model.get_weights()])
+model.compile(keras.optimizers.Adam(3e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+hist = model.fit(ds, epochs=3, steps_per_epoch=ds.num_rows // 16, verbose=0)
+w = np.concatenate([np.ravel(v) for v in model.get_weights()])
+print(json.dumps({**info, "chief": is_chief(), "loss": hist.history["loss"],
+                  "checksum": float(np.sum(w * np.arange(1, w.size + 1) % 97)),
+                  "moved": float(np.abs(w - first).max())}))
+"""
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+def test_two_processes_on_loopback_end_with_identical_weights(tmp_path):
+    from cxr_keras.data import load_table, write_phantom
+    from cxr_keras.data.cache import build_cache
+
+    write_phantom("nih", tmp_path / "nih", n=160, size=64, seed=0, workers=1, progress=False)
+    table = load_table("nih", tmp_path / "nih")
+    cache = build_cache(table, tmp_path / "cache", size=64, workers=1, progress=False)
+    port = _free_port()
+    procs = []
+    for pid in (0, 1):
+        env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
+                   CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="3",
+                   JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(cache)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    a, b = results
+    assert (a["num_processes"], a["devices"]) == (2, 2) and {a["process_id"], b["process_id"]} == {0, 1}
+    assert a["chief"] != b["chief"]
+    assert a["checksum"] == b["checksum"] and a["moved"] > 0       # the same weights, trained
+    assert a["loss"] == b["loss"] and a["loss"][-1] < a["loss"][0], a["loss"]
+
+
+def test_initialize_names_what_is_missing(monkeypatch):
+    from cxr_keras.training import multihost
+
+    for name in multihost.ENV:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match="JAX backend|CXR_COORDINATOR"):
+        multihost.initialize()
