@@ -1,9 +1,8 @@
 """mtpret multitask continual learning: reshuffled orders, the cyclic schedule per visit, L2-SP
-holding the shared weights, two tasks learnt on one backbone (TF and JAX)."""
+holding the shared weights, two tasks learnt on one backbone (TF and JAX). A detection task in
+the rounds: test_mtpret_run."""
 
 import importlib.util
-import os
-import sys
 
 import keras
 import numpy as np
@@ -119,28 +118,3 @@ print(json.dumps({"backend": keras.backend.backend(), **out}))
 def test_continual_learning_with_l2sp_on_the_jax_backend():
     info = last_json(run_on_jax(JAX_CHECK))
     assert info["backend"] == "jax" and 0 < info["10000.0"] < 0.5 * info["0.0"], info
-
-
-def test_a_detection_task_joins_the_rounds():
-    import tensorflow as tf
-
-    from cxr_keras.models import FasterRCNN, multiscale_backbone, task_model
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import test_faster_rcnn as frcnn
-
-    keras.utils.set_random_seed(0)
-    backbone = multiscale_backbone("resnet18", input_shape=(64, 64, 3), widths=(8, 16, 16, 16))
-    det = FasterRCNN(backbone, 2, anchor_sizes=(16, 24, 32), anchor_ratios=(1.0,),
-                     rpn_channels=16, proposals=8, head_units=32)
-    cls = task_model(backbone, "classification", 1, "cls")
-    x, b, lab = frcnn._data(32, 0)
-    det_ds = tf.data.Dataset.from_tensor_slices(frcnn._inputs(det, x, b, lab)).batch(16)
-    y = (np.random.default_rng(0).random((32, 1)) < 0.5).astype("float32")
-    cls_ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    rec = continual_learning(backbone, [Task("det", det, det_ds.map(lambda d: (d,)), None),
-                                        Task("cls", cls, cls_ds,
-                                             keras.losses.BinaryCrossentropy(from_logits=True))],
-                             rounds=1, epochs=1, seed=0)
-    det_rec = next(r for r in rec if r["task"] == "det")
-    assert {"rpn_cls", "roi_cls", "loss"} <= set(det_rec["history"])
-    assert all(np.isfinite(r["distance_to_anchor"]) for r in rec)
