@@ -30,7 +30,8 @@ def finished_run(tmp_path_factory):
     and this short run's AUC depends on the kernels' rounding: mean 0.636 with oneDNN, 0.559
     without (Effusion 0.94 against 0.58)."""
     out = tmp_path_factory.mktemp("runs")
-    argv = ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0", "--workers", "1"]
+    argv = ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0",
+            "--workers", "1"]
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="2")
     res = subprocess.run([sys.executable, "-c", RUN, *argv], capture_output=True, text=True,
                          env=env, timeout=1800)

@@ -63,7 +63,8 @@ def test_two_processes_on_loopback_end_with_identical_weights(tmp_path):
         assert p.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     a, b = results
-    assert (a["num_processes"], a["devices"]) == (2, 2) and {a["process_id"], b["process_id"]} == {0, 1}
+    assert (a["num_processes"], a["devices"]) == (2, 2)
+    assert {a["process_id"], b["process_id"]} == {0, 1}
     assert a["chief"] != b["chief"]
     assert a["checksum"] == b["checksum"] and a["moved"] > 0       # the same weights, trained
     assert a["loss"] == b["loss"] and a["loss"][-1] < a["loss"][0], a["loss"]

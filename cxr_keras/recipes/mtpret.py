@@ -126,7 +126,8 @@ class Config:
 
 QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (16, 32, 64, 128)},
              imagenet_weights=None, pretrain_epochs=12, pretrain_batch=64, pretrain_lr=0.12,
-             queue_size=1024, moco_momentum=0.99, head_hidden=256, head_dim=64, rounds=2, visit_epochs=2,
+             queue_size=1024, moco_momentum=0.99, head_hidden=256, head_dim=64, rounds=2,
+             visit_epochs=2,
              finetune_epochs=10, detection_epochs=30, finetune_batch=16, detection_batch=8,
              finetune_lr=1e-3, aspp_rates=(1, 2, 3), aspp_filters=64, seg_level=1, det_level=1,
              anchor_sizes=(8, 16, 32), rpn_channels=64, proposals=32, head_units=128,
@@ -150,7 +151,8 @@ def build_parser():
                    help="real data: READER=FOLDER,... for nih, kermany, mura, lungmasks, tbx11k, "
                         "chexpert (each defaults to --data-root)")
     p.add_argument("--imagenet-weights", default=None,
-                   help="local ImageNet weights for the ImageNet-initialised runs (default: download)")
+                   help="local ImageNet weights for the ImageNet-initialised runs "
+                        "(default: download)")
     for name in ("pretrain_epochs", "rounds", "finetune_epochs"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     return p
@@ -225,12 +227,12 @@ def pretrain_cache(cfg: Config, args, data: str) -> Path:
     training splits of the four multitask datasets (no validation or test image is seen)."""
     import pandas as pd
 
+    from ..data import load_table
     from ..data.cache import Cache, build_cache
     from ..training import config_hash
 
     tables = {"nih": ("nih", None)} if data == "sd" else {
         "nih": ("nih", None), **{t: (TASKS[t].reader, "train") for t in MULTITASK_TASKS}}
-    from ..data import load_table
 
     parts, keys = [], {}
     for name, (reader, split) in tables.items():
@@ -553,7 +555,8 @@ def multitask(cfg: Config, args, variant: str):
         lines.append(f"| {r['round']} | {r['task']} | {r['history']['loss'][-1]:.4f} | "
                      f"{r['lr_first_last'][0]:.2e} / {r['lr_first_last'][1]:.2e} | "
                      f"{'-' if dist is None else f'{dist:.4f}'} |")
-    lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/multitask_losses.png`.", ""]
+    lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/multitask_losses.png`.",
+              ""]
     run_dir.write_text("report.md", "\n".join(lines))
     run_dir.mark_done()
     return run_dir
@@ -567,7 +570,8 @@ def init_weights(cfg: Config, args):
         return None, None, "random initialisation (Kaiming normal, fan-out, as torchvision)"
     if cfg.init == "imagenet":
         return cfg.imagenet_weights, None, f"ImageNet ({cfg.imagenet_weights})"
-    run = pretrain(cfg, args, cfg.init) if cfg.init in PRETRAINED else multitask(cfg, args, cfg.init)
+    stage = pretrain if cfg.init in PRETRAINED else multitask
+    run = stage(cfg, args, cfg.init)
     return None, run.file("backbone.weights.h5"), f"{PAPER_NAME[cfg.init]} ({run.path.name})"
 
 
@@ -790,8 +794,7 @@ def grid_report(runs, title="mtpret") -> str:
         lines += [metrics_table(t4, ref4, list(paper.CHEXPERT_OBSERVATIONS) + ["Average"],
                                 title="Table IV: CheXpert AUC per observation"), ""]
         if "MTPret" in t4:
-            ref7 = {k: v for k, v in paper.TABLE7[bb].items()}
-            lines += [metrics_table({"MTPret (ours)": t4["MTPret"]}, ref7,
+            lines += [metrics_table({"MTPret (ours)": t4["MTPret"]}, paper.TABLE7[bb],
                                     list(paper.CHEXPERT_OBSERVATIONS) + ["Average"],
                                     title="Table VII: CheXpert against other self-supervised "
                                           "methods (paper rows)"), ""]
