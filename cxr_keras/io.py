@@ -8,6 +8,7 @@ renames it over the destination only when the block finished without an error.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,12 +19,16 @@ class DataError(ValueError):
     """Bad input data. The message names the file, row, column or argument at fault."""
 
 
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file too large, quota
+
+
 @contextlib.contextmanager
 def atomic_path(dest, suffix=None):
     """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
 
     ``suffix`` defaults to the destination's own suffix so that libraries that pick a
-    format from the file name (OpenCV, NumPy, matplotlib) still see the right one.
+    format from the file name (OpenCV, NumPy, matplotlib) still see the right one. A full disk
+    (or a file size limit) raises an ``OSError`` that names ``dest``; the temporary file is removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +44,12 @@ def atomic_path(dest, suffix=None):
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in NO_SPACE:
+            raise OSError(e.errno, f"{os.strerror(e.errno)} while writing {dest}; nothing was "
+                                   f"written there (a previous {dest.name} is unchanged)") from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

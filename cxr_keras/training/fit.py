@@ -4,8 +4,8 @@
 
 - best checkpoint by a monitored metric, kept across stages and across restarts
   (``checkpoints/best.keras`` + ``best.json``);
-- ``keras.callbacks.BackupAndRestore`` per stage, so a killed run resumes from its last epoch;
-  dropout seeds and the data order are functions of the epoch (:class:`EpochReseed`,
+- an atomic per-epoch backup (:class:`EpochBackup`), so a killed run (even SIGKILL while the
+  backup is being written) resumes from its last finished epoch; dropout seeds and the data order are functions of the epoch (:class:`EpochReseed`,
   :class:`~cxr_keras.data.pipeline.EpochCallback`), so the resumed run ends with the same weights;
 - CSV logs (and TensorBoard logs when asked);
 - a clear stop when the loss becomes NaN (:class:`TrainingDiverged`), the best checkpoint intact;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -64,6 +65,47 @@ def _seed_generators(model):
                 seen.add(id(sg))
                 out.append(sg)
     return out
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Back up the weights and optimizer state at every epoch end, crash-safe, and restore them at
+    the start of ``fit``.
+
+    Keras' ``BackupAndRestore`` writes ``latest.weights.h5`` in place and its epoch number in a
+    second file: a SIGKILL during the write leaves a corrupt file, one between the two writes
+    pairs new weights with the old epoch. Here each epoch's weights go to their own file
+    (written to a temporary name, then renamed), and ``state.json`` (also renamed into place)
+    names the file and the epoch; older files are removed only after that. Whenever the process
+    dies, ``state.json`` names a complete file of the epoch it says. :func:`fit_stage` removes the
+    folder once the stage's marker is written."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory = Path(directory)
+        self.state_path = self.directory / "state.json"
+
+    def on_train_begin(self, logs=None):
+        for stale in self.directory.glob(".epoch-*"):  # temporaries of a killed write
+            stale.unlink(missing_ok=True)
+        if not self.state_path.exists():
+            return
+        state = json.loads(self.state_path.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.directory / state["weights"])
+        self.model._initial_epoch = int(state["epoch"])  # what BackupAndRestore sets, read by fit
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return  # a diverged epoch is not a state to resume from
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        with atomic_path(self.directory / name, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        write_json(self.state_path, {"epoch": epoch + 1, "weights": name})
+        for old in self.directory.glob("epoch-*.weights.h5"):
+            if old.name != name:
+                old.unlink()
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -118,6 +160,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
     from ..data.pipeline import EpochCallback
 
     marker = run.checkpoints / f"{stage}.weights.h5"
+    backup = run.checkpoints / "backup" / stage
     if marker.exists():
         model.load_weights(marker)
         return read_history(run.file("logs", f"history_{stage}.csv"))
@@ -128,7 +171,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
            keras.callbacks.CSVLogger(str(run.file("logs", f"history_{stage}.csv")), append=True),
            *callbacks,
            # last: the backup is written only after everything above ran for the epoch
-           keras.callbacks.BackupAndRestore(str(run.checkpoints / "backup" / stage))]
+           EpochBackup(backup)]
     if tensorboard:
         try:
             import tensorboard as _tb  # noqa: F401  (tf.summary needs the package at run time)
@@ -146,4 +189,5 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
             "(if any). Lower the learning rate or check the inputs for NaN.")
     with atomic_path(marker, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
+    shutil.rmtree(backup, ignore_errors=True)
     return read_history(run.file("logs", f"history_{stage}.csv"))
