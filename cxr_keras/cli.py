@@ -21,6 +21,7 @@ import sys
 from .io import DataError
 
 PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret")
+DISTRIBUTED = ("fzlpr",)  # recipes that take --distributed (multi-host, JAX)
 
 
 def _options(pairs):
@@ -79,6 +80,9 @@ def cmd_run(args, rest):
         return 0 if rest in ([], ["-h"], ["--help"]) else 2
     if args.paper not in PAPERS:
         raise DataError(f"unknown paper {args.paper!r}; known: {', '.join(PAPERS)}")
+    if "--distributed" in rest and args.paper not in DISTRIBUTED:
+        raise DataError(f"--distributed is implemented for {', '.join(DISTRIBUTED)} so far, not "
+                        f"{args.paper}: run it on one host (MirroredStrategy uses every local GPU)")
     recipe = importlib.import_module(f"cxr_keras.recipes.{args.paper}")
     return recipe.main(rest)
 

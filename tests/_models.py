@@ -32,3 +32,31 @@ def last_json(stdout: str):
     import json
 
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def value_and_grad(fn, x):
+    """``fn(x)`` (a scalar) and its gradient with respect to the array ``x``, as NumPy, on the
+    active Keras backend (a gradient that does not reach ``x`` is zero)."""
+    import keras
+    import numpy as np
+
+    x = np.asarray(x, np.float32)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(lambda a: fn(a))(jax.numpy.asarray(x))
+        return np.asarray(value), np.asarray(grad)
+    import tensorflow as tf
+
+    var = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(var)
+        value = fn(var)
+    grad = tape.gradient(value, var, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return np.asarray(value), np.asarray(grad)
+
+
+def on_tensorflow():
+    import keras
+
+    return keras.backend.backend() == "tensorflow"

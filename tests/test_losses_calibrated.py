@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras
-import tensorflow as tf
+from _models import value_and_grad  # tests/ is on sys.path under pytest
 
 from cxr_keras.losses.calibrated import (
     CLASSIFICATION_LOSS_NAMES, CLASSIFICATION_LOSSES, CalibratedLoss, EntropyRegularizer,
@@ -136,13 +136,8 @@ def test_difference_value_and_its_gradient():
                                rtol=1e-6)
     assert float(calibration_difference(y, p, gradient=False)) == pytest.approx(d)
 
-    var = tf.constant(p)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(var)
-        g_on = calibration_difference(y, var)
-        g_off = calibration_difference(y, var, gradient=False)
-    grad_on = tape.gradient(g_on, var).numpy()
-    grad_off = tape.gradient(g_off, var, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    _, grad_on = value_and_grad(lambda v: calibration_difference(y, v), p)
+    _, grad_off = value_and_grad(lambda v: calibration_difference(y, v, gradient=False), p)
     # d|acc - conf| / d p[i, argmax_i] = -sign(acc - conf) / B; zero elsewhere.
     acc = np.mean(p.argmax(-1) == y.argmax(-1))
     expected = np.zeros_like(p)
@@ -159,13 +154,12 @@ def test_gradient_flag_changes_only_the_gradient(name):
     lam = get_classification_loss(name).options["lam"]
     on = get_classification_loss(name).make_loss()
     off = get_classification_loss(name, gradient=False).make_loss()
-    var = tf.constant(p)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(var)
-        v_on, v_off, d = on(y, var), off(y, var), calibration_difference(y, var)
+    v_on, g_on = value_and_grad(lambda v: on(y, v), p)
+    v_off, g_off = value_and_grad(lambda v: off(y, v), p)
+    _, g_d = value_and_grad(lambda v: calibration_difference(y, v), p)
     assert float(v_on) == pytest.approx(float(v_off), rel=1e-6)
-    diff_grad = (tape.gradient(v_on, var) - tape.gradient(v_off, var)).numpy()
-    np.testing.assert_allclose(diff_grad, lam * tape.gradient(d, var).numpy(), atol=1e-6)
+    diff_grad = g_on - g_off
+    np.testing.assert_allclose(diff_grad, lam * g_d, atol=1e-6)
     assert np.abs(diff_grad).sum() > 0
 
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -77,3 +78,51 @@ def test_initialize_names_what_is_missing(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(RuntimeError, match="JAX backend|CXR_COORDINATOR"):
         multihost.initialize()
+
+
+def _h5_arrays(path):
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+@pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
+                    reason="about 6 min on 2 cores (XLA compiles the DenseNet on each process, "
+                           "gloo all-reduces every step): set CXR_SLOW_TESTS=1")
+def test_cli_run_distributed_two_processes(tmp_path):
+    """``cxr-keras run fzlpr --distributed`` on two loopback processes: both train the same
+    weights, only process 0 reports. The library-level test above runs in CI."""
+    from cxr_keras.training import read_history
+
+    port, out = _free_port(), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "cxr_keras.cli", "run", "fzlpr", "--dataset", "phantom", "--quick",
+           "--distributed", "--phantom-n", "160", "--stage1-epochs", "1", "--stage2-epochs", "2",
+           "--batch-size", "16", "--verbose", "0", "--out", str(out)]
+    procs = []
+    for pid in (0, 1):
+        env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
+                   CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="3",
+                   JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    assert "process 0 of 2" in logs[0] and "process 1 of 2" in logs[1]
+    [chief] = [d for d in out.glob("fzlpr-*") if d.is_dir()]
+    [worker] = list((out / "_workers" / "process1").glob("fzlpr-*"))
+    assert chief.name == worker.name                            # the same configuration
+    assert (chief / "report.md").exists() and not (worker / "report.md").exists()
+    a = _h5_arrays(chief / "checkpoints" / "stage2.weights.h5")
+    b = _h5_arrays(worker / "checkpoints" / "stage2.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 100
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    losses = [read_history(chief / "logs" / f"history_{s}.csv")["loss"] for s in ("stage1", "stage2")]
+    assert losses[1][-1] < losses[0][0], losses

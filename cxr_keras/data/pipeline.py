@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..training.multihost import data_shard
 from . import augment
 from .cache import Cache
 
@@ -70,6 +71,9 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
     uncertainty policies applied to one cache built with ``uncertain="ignore"``). ``views=2``
     (with ``target="none"``): two independently augmented views of each image, as the pair
     ``(view_1, view_2)`` that contrastive models (MoCo, SimCLR) train on.
+
+    Multi-host training (:mod:`cxr_keras.training.multihost`): with ``training=True`` each of the P
+    processes reads every P-th row of the epoch's order in batches of ``batch_size / P``.
     """
     cache = cache if isinstance(cache, Cache) else Cache(cache)
     preset = augment.get_preset(preset)
@@ -95,13 +99,19 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
         y = np.asarray(targets, np.float32)
     shards, offsets = rows["shard"].to_numpy(), rows["offset"].to_numpy()
     state = {"epoch": 0}
+    process, processes = data_shard() if training else (0, 1)
+    if batch_size % processes:
+        raise ValueError(f"batch_size={batch_size} does not split over {processes} processes")
+    batch_size //= processes
+    positions = np.arange(process, n - n % processes, processes)  # the same count everywhere
 
     def gen():
         # Images are read from the memory-mapped shards, so a split larger than memory works.
         epoch = state["epoch"]
         state["epoch"] += 1  # the next pass reshuffles unless EpochCallback says otherwise
         idx = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-        for k, i in enumerate(idx):
+        for k in positions:  # k: the position in the epoch's order (seeds the augmentation)
+            i = idx[k]
             image = cache.images(shards[i])[offsets[i]]
             if with_mask:
                 yield np.int64(epoch * n + k), np.int64(i), image, cache.masks(shards[i])[offsets[i]]
@@ -114,7 +124,7 @@ def make_dataset(cache, split, *, preset="none", training: bool = False, batch_s
     if with_mask:
         sig.append(tf.TensorSpec([size, size], tf.uint8))
     ds = tf.data.Dataset.from_generator(gen, output_signature=tuple(sig))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(n))  # lets fit know the epoch length
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(positions)))  # lets fit know the epoch length
     y_t = tf.constant(y) if y is not None else None
     randaug = (keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
                                         factor=preset.randaugment / 10.0, seed=seed)

@@ -25,6 +25,10 @@ def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
     p.add_argument("--workers", type=int, default=None, help="processes for data preparation")
     p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host data parallel on the JAX backend: run the same command on "
+                        "every process with KERAS_BACKEND=jax, CXR_COORDINATOR=host:port, "
+                        "CXR_NUM_PROCESSES and CXR_PROCESS_ID set (fzlpr only, so far)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard logs (needs `pip install tensorboard`)")
     return p
@@ -32,6 +36,22 @@ def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
 
 def switch(value):
     return {"auto": "auto", "on": True, "off": False}[value]
+
+
+def start_distributed(args) -> dict | None:
+    """``--distributed``: join the processes (:func:`cxr_keras.training.multihost.initialize`).
+    Process 0 writes under ``--out`` as usual; process i > 0 writes its own copy of the data and
+    run folder under ``--out/_workers/process<i>`` (nothing there is needed afterwards)."""
+    if not getattr(args, "distributed", False):
+        return None
+    from ..training import multihost
+
+    info = multihost.initialize()
+    if info["process_id"] > 0:
+        args.out = str(Path(args.out) / "_workers" / f"process{info['process_id']}")
+    print(f"distributed: process {info['process_id']} of {info['num_processes']}, "
+          f"{info['devices']} devices in all; writing under {args.out}", flush=True)
+    return info
 
 
 def apply_args(cfg, args, names=(), overrides=None):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import DataError, atomic_path
 from . import fzlpr_paper as paper
-from .common import add_standard_args, prepare_data, switch
+from .common import add_standard_args, prepare_data, start_distributed, switch
 
 LOSSES = ("bce", "focal", "zlpr", "fzlpr")
 
@@ -132,7 +132,7 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
     from ..data.pipeline import make_dataset
     from ..losses import get_loss
     from ..models.densenet_fzlpr import set_backbone_trainable
-    from ..training import RunFolder, configure, fit_stage
+    from ..training import RunFolder, configure, fit_stage, multihost
 
     tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
     if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
@@ -187,9 +187,12 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
         # a resumed run trained only part of the epochs here: report no misleading rate
         train_s = None if resumed else time.perf_counter() - t0
 
-    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-    evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
-             train_images=train_ds.num_rows)
+    if not multihost.is_chief():  # --distributed: process 0 evaluates and reports
+        return run_dir
+    with multihost.local():
+        best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+        evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
+                 train_images=train_ds.num_rows)
     run_dir.mark_done()
     print(f"report: {run_dir.file('report.md')}")
     return run_dir
@@ -327,6 +330,7 @@ def report(cfg: Config, m: dict) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    start_distributed(args)
     run(config_from_args(args), args)
     return 0
 

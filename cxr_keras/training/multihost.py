@@ -1,8 +1,15 @@
 """Multi-host data parallelism on the JAX backend (JAX-specific module): every process runs the
 same script, ``jax.distributed.initialize`` joins them, and Keras' ``DataParallel`` over every
 device of every process keeps one copy of the weights per device, averaging the gradients across
-processes at each step. ``model.fit`` takes a tf.data pipeline as usual: Keras shards it across
-the processes (each reads its own part of every global batch).
+processes at each step.
+
+Data: each process feeds its own part of every global batch. Our training pipelines
+(:func:`cxr_keras.data.pipeline.make_dataset` with ``training=True``) do the split themselves:
+every process draws the same seeded permutation of the epoch and takes every P-th row of it, in
+batches of ``batch_size / P``, the same number of steps on every process (up to P - 1 rows of an
+epoch are left out), so the global batch is the one a single process would have trained on.
+Evaluation pipelines are not split: after training, run evaluation inside :func:`local`, where
+models loaded or built are this process's own and ``predict`` works as usual.
 
 TensorFlow's ``MultiWorkerMirroredStrategy`` is not a way there: it fails under Keras 3's ``fit``;
 single-host multi-GPU on TF is :mod:`cxr_keras.training.distribute`.
@@ -16,15 +23,19 @@ Environment, read by :func:`initialize` when its arguments are not given:
 
 On CPUs the collectives go through gloo (``jax_cpu_collectives_implementation``); on GPUs JAX uses
 NCCL. Only process 0 should write run folders and reports (:func:`is_chief`). Every process must
-run the same number of steps (pass ``steps_per_epoch``): a process whose shard of the data runs
-out first leaves the others waiting in the gradient all-reduce.
+run the same number of steps: a process whose data runs out first leaves the others waiting in
+the gradient all-reduce (our pipelines see to it; other inputs must too).
+
+``cxr-keras run fzlpr ... --distributed`` does all of this (see the README).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 ENV = ("CXR_COORDINATOR", "CXR_NUM_PROCESSES", "CXR_PROCESS_ID")
+_JOINED = {}  # process_id, num_processes once initialize() ran
 
 
 def _from_env(name, value, cast=str):
@@ -60,9 +71,34 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
     devices = jax.devices()
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    # auto_shard_dataset=False: the pipelines split the data themselves (see the module docstring)
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
+    _JOINED.update(process_id=jax.process_index(), num_processes=jax.process_count())
     return {"process_id": jax.process_index(), "num_processes": jax.process_count(),
             "devices": len(devices), "local_devices": len(jax.local_devices())}
+
+
+def data_shard() -> tuple:
+    """(this process's index, number of processes) for splitting training data; (0, 1) when
+    not distributed."""
+    if not _JOINED:
+        return 0, 1
+    return _JOINED["process_id"], _JOINED["num_processes"]
+
+
+@contextlib.contextmanager
+def local():
+    """No distribution inside (evaluation after multi-host training): models built or loaded
+    here hold this process's own weights, and ``predict`` returns this process's outputs."""
+    import keras
+
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def is_chief() -> bool:
