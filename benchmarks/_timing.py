@@ -1,4 +1,5 @@
-"""Shared parts of the benchmarks: cores, rates, the alternating train/predict timing loop and the
+"""Shared parts of the benchmarks: cores, rates, the alternating train/predict timing loop, the
+plain keras.applications counterparts (full or reduced), FLOP counts and achieved GFLOP/s, and the
 common fields of the results JSON.
 
 Imported as a plain ``import _timing`` by the scripts in this folder (a script's own folder is first
@@ -32,7 +33,8 @@ def add_loop_args(ap, steps: int, warmup: int) -> None:
     """``--steps``, ``--warmup``, ``--pool`` and ``--seed`` of the train benchmarks."""
     ap.add_argument("--steps", type=int, default=steps,
                     help=f"timed steps per model and mode (default {steps})")
-    ap.add_argument("--warmup", type=int, default=warmup, help=f"untimed steps first (default {warmup})")
+    ap.add_argument("--warmup", type=int, default=warmup,
+                    help=f"untimed steps first (default {warmup})")
     ap.add_argument("--pool", type=int, default=4, help="distinct synthetic batches (default 4)")
     ap.add_argument("--seed", type=int, default=0, help="numpy seed of the batches (default 0)")
 
@@ -41,7 +43,8 @@ def add_jit_out_args(ap) -> None:
     """``--jit`` and ``--out`` of the train benchmarks."""
     ap.add_argument("--jit", choices=tuple(JIT), default="auto",
                     help="jit_compile of model.compile (default auto: Keras' choice)")
-    ap.add_argument("--out", default="/tmp/cxr-bench", help="output folder (default /tmp/cxr-bench)")
+    ap.add_argument("--out", default="/tmp/cxr-bench",
+                    help="output folder (default /tmp/cxr-bench)")
 
 
 def check_loop_args(ap, args) -> None:
@@ -120,6 +123,83 @@ def model_row(m: dict, batch: int, n_cores: int) -> dict:
             f"{phase}_images_per_cpu_s": round(batch * len(p["times"]) / max(p["cpu_s"], 1e-9), 2),
         })
     row["loss_first_last"] = [round(m["losses"][0], 4), round(m["losses"][-1], 4)]
+    return row
+
+
+def parse_ints(text: str) -> tuple:
+    """``"1,2,2,1"`` -> ``(1, 2, 2, 1)``."""
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def keras_densenet(blocks, input_shape, name="densenet121"):
+    """keras.applications' DenseNet (no top, average pooling) with ``blocks`` dense layers per
+    stage: ``keras.applications.DenseNet121`` itself for (6, 12, 24, 16)."""
+    import keras
+
+    if tuple(blocks) == (6, 12, 24, 16):
+        return keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg",
+                                              input_shape=tuple(input_shape))
+    from keras.src.applications.densenet import DenseNet
+
+    return DenseNet(list(blocks), include_top=False, weights=None, pooling="avg",
+                    input_shape=tuple(input_shape), name=f"{name}_reduced")
+
+
+def keras_resnet(blocks, input_shape, name="resnet50"):
+    """keras.applications' ResNet v1 (no top, average pooling) with ``blocks`` bottleneck blocks
+    per stage: ``keras.applications.ResNet50`` itself for (3, 4, 6, 3)."""
+    import keras
+
+    if tuple(blocks) == (3, 4, 6, 3):
+        return keras.applications.ResNet50(weights=None, include_top=False, pooling="avg",
+                                           input_shape=tuple(input_shape))
+    from keras.src.applications.resnet import ResNet, stack_residual_blocks_v1
+
+    def stack_fn(x):
+        for i, (filters, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+            x = stack_residual_blocks_v1(x, filters, n, stride1=2 if i else 1, name=f"conv{i + 2}")
+        return x
+
+    return ResNet(stack_fn, preact=False, use_bias=True, include_top=False, weights=None,
+                  input_shape=tuple(input_shape), pooling="avg", name=f"{name}_reduced")
+
+
+def _layer_at(model, path: str):
+    """The layer that :func:`cxr_keras.evaluation.flops.count_flops` names ``path`` ("a/b/c")."""
+    layer = model
+    for part in path.split("/"):
+        layer = layer.get_layer(part)
+    return layer
+
+
+def count_train_flops(model) -> dict:
+    """Forward MACs per image and FLOPs per image of one training step, from the layers.
+
+    MACs per image: :func:`cxr_keras.evaluation.flops.count_flops` (weight products of convolutions
+    and dense layers; the papers' "FLOPs"). A training step costs 3 x 2 x MACs (forward, input
+    gradient, weight gradient, 2 FLOPs per MAC) for each counted layer with trainable weights and
+    2 x MACs (forward only) for a frozen one; exact when frozen layers sit below every trainable one
+    (as in the model-level ensemble), so a fully trainable model gets the usual 6 x MACs.
+    Returns ``{"gmacs", "train_gflop_per_image", "uncounted"}``.
+    """
+    from cxr_keras.evaluation.flops import count_flops
+
+    counted = count_flops(model)
+    train = sum((6 if _layer_at(model, name).trainable_weights else 2) * macs
+                for name, _, macs in counted["per_layer"])
+    return {"gmacs": counted["macs"] / 1e9, "train_gflop_per_image": train / 1e9,
+            "uncounted": counted["uncounted"]}
+
+
+def flop_fields(row: dict, gmacs: float, train_gflop_per_image: float, views: int = 1) -> dict:
+    """Add to a :func:`model_row` row: GMACs per image, training GFLOP per image and the achieved
+    GFLOP/s of training (FLOPs per training image x images/s) and of inference (2 x MACs x
+    ``views`` forward passes per image x images/s)."""
+    row.update(gmacs=round(gmacs, 4), train_gflop_per_image=round(train_gflop_per_image, 4))
+    if "train_images_per_s" in row:
+        row["train_gflop_per_s"] = round(train_gflop_per_image * row["train_images_per_s"], 2)
+    if "predict_images_per_s" in row:
+        row["predict_gflop_per_s"] = round(2 * gmacs * views * row["predict_images_per_s"], 2)
     return row
 
 

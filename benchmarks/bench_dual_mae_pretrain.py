@@ -15,8 +15,13 @@ In one process, on the same synthetic in-memory batches (standard-normal images;
 AdamW (betas 0.9/0.95, weight decay 0.05) as the recipe. Timing as the other train benchmarks
 (:mod:`_timing`: ``train_on_batch`` then ``predict_on_batch``, models alternating step by step;
 "predict" of an autoencoder is one masked reconstruction). ``--quick`` times the networks of
-``cxr-keras run dual_mae --quick`` (64 px, patch 8, width 128, depth 4) with XLA. Prints a Markdown
-table and writes ``OUT/bench_dual_mae_pretrain.json`` atomically.
+``cxr-keras run dual_mae --quick`` (64 px, patch 8, width 128, depth 4) with XLA. GMACs per image
+are counted from the architecture (``count_flops`` has no rule for the ViT blocks): per transformer
+block and token 4 w^2 (q, k, v, output projections) + 2 r w^2 (MLP, ratio r), plus 2 T^2 w per
+block for the attention products, plus the patch embedding and the MAE decoder's projections;
+training GFLOP/s = 3 x 2 x MACs x images/s for a trained network, plus 2 x MACs for the dual-MAE
+target's forward pass; inference 2 x MACs x images/s. Prints a Markdown table and writes
+``OUT/bench_dual_mae_pretrain.json`` atomically.
 """
 
 from __future__ import annotations
@@ -34,6 +39,45 @@ import _timing  # noqa: E402
 KINDS = ("dual_mae", "mae", "vit_s_supervised")
 QUICK = dict(patch_size=8, width=128, depth=4, num_heads=4, decoder_width=128, decoder_depth=1,
              decoder_heads=4)
+
+
+def _vit_macs(tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
+    """MACs of ``depth`` transformer blocks on ``tokens`` tokens: the q/k/v and output projections
+    (4 w^2), the MLP (2 r w^2) per token, and the two attention products (2 T^2 w)."""
+    return depth * (tokens * (4 + 2 * mlp_ratio) * width ** 2 + 2 * tokens ** 2 * width)
+
+
+def _mae_macs(mae) -> float:
+    """Forward MACs per image of a :class:`MaskedAutoencoder`: patch embedding of every patch,
+    the encoder on the CLS token + visible patches, the decoder on the CLS token + every patch."""
+    from cxr_keras.models.mae import keep_count
+
+    n, p, c = mae.num_patches, mae.patch_size, mae.channels
+    visible = 1 + keep_count(n, mae.mask_ratio)
+    return (n * p * p * c * mae.width
+            + _vit_macs(visible, mae.width, mae.depth, mae.mlp_ratio)
+            + visible * mae.width * mae.decoder_width
+            + _vit_macs(1 + n, mae.decoder_width, mae.decoder_depth, mae.mlp_ratio)
+            + (1 + n) * mae.decoder_width * p * p * c)
+
+
+def _flops(kind: str, model, size: int, quick: bool) -> tuple:
+    """(GMACs per image of a forward pass, GFLOP per image of a training step), counted from the
+    architecture (``count_flops`` has no rule for the ViT blocks); 2 FLOPs per MAC, a trained
+    network's step = 3 forward passes, the dual-MAE target's forward pass = 1."""
+    from cxr_keras.models.vit import SMALL
+
+    if kind == "vit_s_supervised":
+        cfg = {**SMALL, "patch_size": 8, "width": 128, "depth": 4} if quick else SMALL
+        n, w = (size // cfg["patch_size"]) ** 2, cfg["width"]
+        macs = (n * cfg["patch_size"] ** 2 * 3 * w + w * 6
+                + _vit_macs(1 + n, w, cfg["depth"], cfg["mlp_ratio"]))
+        return macs / 1e9, 6 * macs / 1e9
+    if kind == "mae":
+        macs = _mae_macs(model)
+        return macs / 1e9, 6 * macs / 1e9
+    macs = _mae_macs(model.online)  # the target network is the same architecture
+    return 2 * macs / 1e9, 2 * (3 * macs + macs) / 1e9
 
 
 def _build(kind: str, size: int, quick: bool):
@@ -68,7 +112,8 @@ def main(argv=None) -> dict:
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     wanted = [k for k in KINDS if k in only]
     if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; known: {', '.join(KINDS)}")
+        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
+                 f"known: {', '.join(KINDS)}")
 
     import keras
     import numpy as np
@@ -101,18 +146,25 @@ def main(argv=None) -> dict:
     for name, m in models.items():
         row = _timing.model_row(m, batch, cores)
         row.update(model=name)
-        results["models"].append(row)
+        results["models"].append(_timing.flop_fields(row, *_flops(name, m["model"], size,
+                                                                  args.quick)))
 
     net = "ViT 64px/8, width 128, depth 4" if args.quick else f"ViT-S/16 at {size}px"
     print(f"\ndual_mae pretraining, {net}, batch {batch}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up, synthetic batches (seed {args.seed}), {_timing.conditions(results)}\n")
-    print("| model | params (trainable / total) | train img/s | img/s per core | predict img/s "
-          "| first train step s |")
-    print("|---|---|---|---|---|---|")
+          f"{args.warmup} warm-up, synthetic batches (seed {args.seed}), "
+          f"{_timing.conditions(results)}\n")
+    print("| model | params (trainable / total) | GMACs/image | train img/s | img/s per core "
+          "| train GFLOP/s | predict img/s | predict GFLOP/s | first train step s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results["models"]:
-        print(f"| {r['model']} | {r['trainable_params']:,} / {r['params']:,} "
+        print(f"| {r['model']} | {r['trainable_params']:,} / {r['params']:,} | {r['gmacs']:.3f} "
               f"| {r['train_images_per_s']:.2f} | {r['train_images_per_s_core']:.2f} "
-              f"| {r['predict_images_per_s']:.2f} | {r['train_first_step_s']:.1f} |")
+              f"| {r['train_gflop_per_s']:.1f} | {r['predict_images_per_s']:.2f} "
+              f"| {r['predict_gflop_per_s']:.1f} | {r['train_first_step_s']:.1f} |")
+    print("\nGMACs per image counted from the architecture (projections, MLPs and attention "
+          "products); dual-MAE counts both networks' forward passes, its training step 3 x the "
+          "online network's forward + 1 x the target's. No keras.applications ViT exists: the "
+          "counterpart is our own supervised ViT.")
     return _timing.save(results, Path(args.out), "bench_dual_mae_pretrain")
 
 

@@ -15,7 +15,9 @@ Timing as in the other train benchmarks (:mod:`_timing`: ``train_on_batch`` then
 ``predict_on_batch``, models alternating step by step). GMACs per image are counted from the
 layers (:func:`cxr_keras.evaluation.flops.count_flops`; the paper's "4.29 GFLOPs" is this
 convention). Achieved rates: training GFLOP/s = 3 x 2 x MACs x images/s (forward + backward taken
-as three forward passes), inference GFLOP/s = 2 x MACs x images/s. Latency: ``predict_on_batch``
+as three forward passes), inference GFLOP/s = 2 x MACs x images/s. ``--blocks`` (e.g. 1,1,1,1)
+reduces every backbone alike (the keras counterpart through keras' ``ResNet`` class) for smoke
+tests. Latency: ``predict_on_batch``
 of one image, ``--latency-steps`` timed after two warm-up calls, median (paper, Table 8: 0.046 s
 on its GPU).
 
@@ -40,19 +42,19 @@ KINDS = ("mlrfnet", "mlrfnet_resnet50", "mlrfnet_densenet121", "keras_resnet50")
 PAPER = {"gflops": 4.29, "seconds_per_image": 0.046}
 
 
-def _build(kind: str, size: int):
+def _build(kind: str, size: int, blocks=None):
+    """One model; ``blocks`` (four ints) reduces every backbone alike (None: the full ones)."""
     import keras
 
     from cxr_keras.models import mlrfnet
 
     if kind == "keras_resnet50":
-        base = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
-                                           input_shape=(size, size, 3))
+        base = _timing.keras_resnet(blocks or (3, 4, 6, 3), (size, size, 3))
         return keras.Model(base.input, keras.layers.Dense(NUM_CLASSES)(base.output),
                            name="keras_resnet50")
     backbone = {"mlrfnet": "res2net50"}.get(kind, kind.replace("mlrfnet_", ""))
     return mlrfnet(NUM_CLASSES, backbone=backbone, weights=None, input_shape=(size, size, 3),
-                   name=kind)
+                   backbone_options={"blocks": tuple(blocks)} if blocks else None, name=kind)
 
 
 def main(argv=None) -> dict:
@@ -64,40 +66,48 @@ def main(argv=None) -> dict:
                     help="timed batch-1 predictions per model (default 10)")
     ap.add_argument("--only", default=",".join(KINDS),
                     help=f"comma-separated subset of {', '.join(KINDS)} (default all)")
+    ap.add_argument("--blocks", default=None,
+                    help="blocks per stage of every backbone, e.g. 1,1,1,1 for a smoke test "
+                         "(default: the full networks)")
     _timing.add_jit_out_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
+    blocks = _timing.parse_ints(args.blocks) if args.blocks else None
+    if blocks is not None and (len(blocks) != 4 or min(blocks) < 1):
+        ap.error(f"--blocks must be four positive integers, got {args.blocks!r}")
     if args.size < 32 or args.latency_steps < 1:
         ap.error("--size must be at least 32 and --latency-steps at least 1")
     only = {k.strip() for k in args.only.split(",") if k.strip()}
     wanted = [k for k in KINDS if k in only]
     if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; known: {', '.join(KINDS)}")
+        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
+                 f"known: {', '.join(KINDS)}")
 
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from cxr_keras.evaluation.flops import count_flops
     from cxr_keras.losses import BiasedFocalLoss
 
     out = Path(args.out)
     cores = _timing.cores()
     s, b = args.size, args.batch
     rng = np.random.default_rng(args.seed)
-    xs = [tf.constant(rng.standard_normal((b, s, s, 3)).astype(np.float32)) for _ in range(args.pool)]
-    ys = [tf.constant((rng.random((b, NUM_CLASSES)) < 0.1).astype(np.float32)) for _ in range(args.pool)]
+    xs = [tf.constant(rng.standard_normal((b, s, s, 3)).astype(np.float32))
+          for _ in range(args.pool)]
+    ys = [tf.constant((rng.random((b, NUM_CLASSES)) < 0.1).astype(np.float32))
+          for _ in range(args.pool)]
 
     keras.utils.set_random_seed(args.seed)
     models = {}
     for kind in wanted:
         t = time.perf_counter()
-        model = _build(kind, s)
+        model = _build(kind, s, blocks)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=BiasedFocalLoss(),
                       jit_compile=_timing.JIT[args.jit])
         models[kind] = {"kind": kind, "model": model, "targets": ys,
                         "build_s": time.perf_counter() - t,
-                        "gmacs": count_flops(model)["gflops"]}
+                        "flops": _timing.count_train_flops(model)}
 
     load = _timing.time_models(models, xs, args.steps, args.warmup)
     one = xs[0][:1]
@@ -115,18 +125,18 @@ def main(argv=None) -> dict:
                "pool": args.pool, "seed": args.seed, "num_classes": NUM_CLASSES,
                "latency_steps": args.latency_steps, "loss": "BiasedFocalLoss()",
                "optimizer": "Adam(1e-4)", "paper": PAPER,
+               "blocks": list(blocks) if blocks else None,
                **_timing.environment(cores, load), "models": []}
     for name, m in models.items():
         row = _timing.model_row(m, b, cores)
-        row.update(model=name, gmacs=round(m["gmacs"], 4),
-                   seconds_per_image_batch1=round(m["latency_s"], 4),
-                   train_gflop_per_s=round(6 * m["gmacs"] * row["train_images_per_s"], 2),
-                   predict_gflop_per_s=round(2 * m["gmacs"] * row["predict_images_per_s"], 2))
-        results["models"].append(row)
+        row.update(model=name, seconds_per_image_batch1=round(m["latency_s"], 4))
+        results["models"].append(_timing.flop_fields(row, m["flops"]["gmacs"],
+                                                     m["flops"]["train_gflop_per_image"]))
 
-    print(f"\nmlrfnet training and inference, {s}x{s}x3, batch {b}, {args.steps} timed steps after "
-          f"{args.warmup} warm-up, synthetic batches (seed {args.seed}), biased focal loss, "
-          f"Adam(1e-4), {_timing.conditions(results)}\n")
+    net = f", backbones reduced to {args.blocks} blocks per stage" if blocks else ""
+    print(f"\nmlrfnet training and inference{net}, {s}x{s}x3, batch {b}, {args.steps} timed "
+          f"steps after {args.warmup} warm-up, synthetic batches (seed {args.seed}), biased "
+          f"focal loss, Adam(1e-4), {_timing.conditions(results)}\n")
     print("| model | params (trainable / total) | GMACs/image | train img/s | train GFLOP/s "
           "| predict img/s | predict GFLOP/s | s/image at batch 1 |")
     print("|---|---|---|---|---|---|---|---|")

@@ -66,7 +66,7 @@ def _ensure_cache(out: Path, n: int, size: int, cache_size: int, workers) -> Pat
 def _run(ds, epochs: int) -> dict:
     """Iterate ``ds`` for ``epochs`` passes; time the first batch apart from the rest."""
     images, batches, shape = 0, 0, None
-    w0, c0 = time.perf_counter(), time.process_time()
+    w0 = time.perf_counter()
     first_s = None
     for _ in range(epochs):
         for x, _y in ds:
