@@ -126,3 +126,44 @@ def test_cli_run_distributed_two_processes(tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     losses = [read_history(chief / "logs" / f"history_{s}.csv")["loss"] for s in ("stage1", "stage2")]
     assert losses[1][-1] < losses[0][0], losses
+
+
+def test_recipes_without_distributed_support_refuse_it_by_name(capsys):
+    from cxr_keras.cli import main
+
+    assert main(["run", "mlrfnet", "--quick", "--distributed"]) == 2
+    err = capsys.readouterr().err
+    assert "--distributed is implemented for fzlpr" in err and "not mlrfnet" in err
+
+
+def test_training_rows_split_over_processes_as_one_process_would_batch_them(tmp_path, monkeypatch):
+    """Process p of P reads positions p, p + P, ... of the epoch's order in batches of B / P: the
+    P local batches of step s together are exactly the rows of the one-process batch s."""
+    from cxr_keras.data import load_table, write_phantom
+    from cxr_keras.data import pipeline
+    from cxr_keras.data.cache import build_cache
+
+    write_phantom("nih", tmp_path / "nih", n=45, size=32, seed=0, workers=1, progress=False)
+    cache = build_cache(load_table("nih", tmp_path / "nih"), tmp_path / "c", size=32, workers=1,
+                        progress=False)
+    kw = dict(training=True, batch_size=6, seed=3, normalization="unit", channels=1,
+              labels=["Effusion"])
+
+    def keys(ds):  # images identify rows: compare them as bytes
+        return [[x.tobytes() for x in np.asarray(b[0])] for b in ds]
+
+    monkeypatch.setattr(pipeline, "data_shard", lambda: (0, 1))
+    one = keys(pipeline.make_dataset(cache, None, **kw))
+    parts = []
+    for p in (0, 1, 2):
+        monkeypatch.setattr(pipeline, "data_shard", lambda p=p: (p, 3))
+        parts.append(keys(pipeline.make_dataset(cache, None, **kw)))
+    assert [len(b) for b in one] == [6] * 7 + [3]
+    assert all(len(part) == len(one) for part in parts)             # the same number of steps
+    for step, batch in enumerate(one):
+        merged = sorted(k for part in parts for k in part[step])
+        assert merged == sorted(batch), step
+    with pytest.raises(ValueError, match="batch_size=7 does not split over 3 processes"):
+        pipeline.make_dataset(cache, None, **dict(kw, batch_size=7))
+    evaluation = pipeline.make_dataset(cache, None, **dict(kw, training=False))
+    assert sum(len(b) for b in keys(evaluation)) == 45                # evaluation is not split
