@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_identical_weights(cache, tmp_path):
     model = small_cnn()
     model.set_weights(init)
     run = RunFolder(tmp_path / "killed")
-    # Kill is placed before BackupAndRestore in the list, so epoch 0's backup exists and
+    # Kill is placed before EpochBackup in the list, so epoch 0's backup exists and
     # epoch 1 ends without one: the resumed run repeats epoch 1.
     with pytest.raises(KeyboardInterrupt):
         stage(model, cache, run, epochs=3, callbacks=[Kill(at_epoch=1)])
@@ -88,6 +88,24 @@ def test_killed_run_resumes_to_identical_weights(cache, tmp_path):
     stage(again, cache, run, epochs=3)
     for a, b in zip(fresh.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_stage_after_a_resumed_stage_trains_all_its_epochs(cache, tmp_path):
+    """The resumed epoch is not carried into the next stage (Keras keeps it on the model)."""
+    run = RunFolder(tmp_path / "two")
+    model = small_cnn()
+    train, val = datasets(cache)
+    kw = dict(optimizer=keras.optimizers.Adam(1e-3), monitor="val_loss", mode="min", verbose=0,
+              loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(KeyboardInterrupt):
+        fit_stage(model, train, val, run, "a", epochs=3, callbacks=[Kill(at_epoch=1)], **kw)
+    fit_stage(model, train, val, run, "a", epochs=3, **kw)               # resumes at epoch 2
+    fit_stage(model, train, val, run, "b", epochs=3, **kw)
+    with open(run.file("logs", "history_a.csv")) as f:
+        assert [int(r.split(",")[0]) for r in f.readlines()[1:]] == [0, 1, 1, 2]
+    with open(run.file("logs", "history_b.csv")) as f:
+        assert [int(r.split(",")[0]) for r in f.readlines()[1:]] == [0, 1, 2]
+    assert not (run.checkpoints / "backup" / "a").exists()
 
 
 def test_nan_loss_stops_clearly_and_keeps_best_checkpoint(cache, tmp_path):

@@ -25,10 +25,6 @@ def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
     p.add_argument("--workers", type=int, default=None, help="processes for data preparation")
     p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host data parallel on the JAX backend: run the same command on "
-                        "every process with KERAS_BACKEND=jax, CXR_COORDINATOR=host:port, "
-                        "CXR_NUM_PROCESSES and CXR_PROCESS_ID set (fzlpr only, so far)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard logs (needs `pip install tensorboard`)")
     return p

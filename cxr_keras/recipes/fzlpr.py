@@ -76,6 +76,10 @@ def build_parser():
     p.add_argument("--stage2-epochs", type=int, default=None)
     p.add_argument("--val-by", choices=["image", "patient"], default=None)
     p.add_argument("--phantom-n", type=int, default=None)
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host data parallel on the JAX backend: run the same command on "
+                        "every process (one per device) with KERAS_BACKEND=jax, "
+                        "CXR_COORDINATOR=host:port, CXR_NUM_PROCESSES and CXR_PROCESS_ID set")
     return p
 
 
@@ -157,7 +161,7 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
     train_ds = make_dataset(cache, "train", training=True, **kw)
     val_ds = make_dataset(cache, "val", training=False, **kw)
     test_ds = make_dataset(cache, "test", training=False, **kw)
-    steps = -(-train_ds.num_rows // cfg.batch_size)
+    steps = int(train_ds.cardinality())  # per epoch (also when --distributed splits the rows)
 
     with rt.scope():
         model = build_model(cfg, len(labels))
@@ -187,12 +191,14 @@ def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
         # a resumed run trained only part of the epochs here: report no misleading rate
         train_s = None if resumed else time.perf_counter() - t0
 
-    if not multihost.is_chief():  # --distributed: process 0 evaluates and reports
+    if multihost.is_chief():  # --distributed: process 0 evaluates and reports
+        with multihost.local():
+            best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+            evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
+                     train_images=train_ds.num_rows)
+    multihost.barrier("fzlpr evaluated")  # the others wait: JAX's exit would not wait so long
+    if not multihost.is_chief():
         return run_dir
-    with multihost.local():
-        best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-        evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
-                 train_images=train_ds.num_rows)
     run_dir.mark_done()
     print(f"report: {run_dir.file('report.md')}")
     return run_dir

@@ -85,15 +85,24 @@ class EpochBackup(keras.callbacks.Callback):
         self.state_path = self.directory / "state.json"
 
     def on_train_begin(self, logs=None):
+        # fit starts at model._initial_epoch when set (what BackupAndRestore sets too). It
+        # outlives fit: cleared here and at the end, or the next stage would skip epochs.
+        self.model._initial_epoch = None
         for stale in self.directory.glob(".epoch-*"):  # temporaries of a killed write
             stale.unlink(missing_ok=True)
-        if not self.state_path.exists():
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
+        from .multihost import agree
+
+        agree("the epoch to resume from", state["epoch"] if state else 0)
+        if state is None:
             return
-        state = json.loads(self.state_path.read_text())
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(self.directory / state["weights"])
-        self.model._initial_epoch = int(state["epoch"])  # what BackupAndRestore sets, read by fit
+        self.model._initial_epoch = int(state["epoch"])
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
@@ -162,6 +171,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
     marker = run.checkpoints / f"{stage}.weights.h5"
     backup = run.checkpoints / "backup" / stage
     if marker.exists():
+        shutil.rmtree(backup, ignore_errors=True)  # left by a kill between marker and clean-up
         model.load_weights(marker)
         return read_history(run.file("logs", f"history_{stage}.csv"))
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)

@@ -21,6 +21,9 @@ Environment, read by :func:`initialize` when its arguments are not given:
 - ``CXR_PROCESS_ID``: this process's number, 0 .. N-1;
 - ``KERAS_BACKEND=jax`` (required).
 
+One process per device: a process that sees several devices is refused (on GPU hosts give each
+process its own ``CUDA_VISIBLE_DEVICES``); so any batch size splits over the processes.
+
 On CPUs the collectives go through gloo (``jax_cpu_collectives_implementation``); on GPUs JAX uses
 NCCL. Only process 0 should write run folders and reports (:func:`is_chief`). Every process must
 run the same number of steps: a process whose data runs out first leaves the others waiting in
@@ -70,6 +73,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
+    if len(jax.local_devices()) != 1:
+        raise RuntimeError(
+            f"process {process_id} sees {len(jax.local_devices())} devices; multi-host training "
+            "here runs one process per device (e.g. CUDA_VISIBLE_DEVICES=i for process i)")
     devices = jax.devices()
     # auto_shard_dataset=False: the pipelines split the data themselves (see the module docstring)
     keras.distribution.set_distribution(
@@ -90,15 +97,40 @@ def data_shard() -> tuple:
 @contextlib.contextmanager
 def local():
     """No distribution inside (evaluation after multi-host training): models built or loaded
-    here hold this process's own weights, and ``predict`` returns this process's outputs."""
+    here hold this process's own weights, ``predict`` returns this process's outputs, and
+    pipelines made here are not split."""
     import keras
 
-    previous = keras.distribution.distribution()
+    previous, joined = keras.distribution.distribution(), dict(_JOINED)
     keras.distribution.set_distribution(None)
+    _JOINED.clear()
     try:
         yield
     finally:
         keras.distribution.set_distribution(previous)
+        _JOINED.update(joined)
+
+
+def agree(what: str, value: int) -> None:
+    """Raise unless every process has the same integer ``value`` (no-op when not distributed):
+    e.g. the epoch each resumes from, which must match or the all-reduce would hang."""
+    if not _JOINED:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    values = np.asarray(multihost_utils.process_allgather(np.array(int(value)))).ravel().tolist()
+    if len(set(values)) > 1:
+        raise RuntimeError(f"the processes disagree on {what}: {values} (process 0 first); "
+                           "remove the backups of the stage on every process to restart it")
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op when not distributed)."""
+    if _JOINED:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def is_chief() -> bool:
