@@ -131,6 +131,26 @@ def parse_ints(text: str) -> tuple:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def parse_blocks(ap, text):
+    """``--blocks``: four positive integers (blocks per stage), or None when not given."""
+    if text is None:
+        return None
+    blocks = parse_ints(text)
+    if len(blocks) != 4 or min(blocks) < 1:
+        ap.error(f"--blocks must be four positive integers, got {text!r}")
+    return blocks
+
+
+def parse_only(ap, text: str, kinds) -> list:
+    """``--only``: the named subset of ``kinds``, in the order of ``kinds``."""
+    only = {k.strip() for k in text.split(",") if k.strip()}
+    wanted = [k for k in kinds if k in only]
+    if only - set(kinds) or not wanted:
+        ap.error(f"--only: unknown {sorted(only - set(kinds))} or none given; "
+                 f"known: {', '.join(kinds)}")
+    return wanted
+
+
 def keras_densenet(blocks, input_shape, name="densenet121"):
     """keras.applications' DenseNet (no top, average pooling) with ``blocks`` dense layers per
     stage: ``keras.applications.DenseNet121`` itself for (6, 12, 24, 16)."""

@@ -109,11 +109,7 @@ def main(argv=None) -> dict:
     patch = 8 if args.quick else 16
     if size % patch:
         ap.error(f"--size must be a multiple of the patch size {patch}")
-    only = {k.strip() for k in args.only.split(",") if k.strip()}
-    wanted = [k for k in KINDS if k in only]
-    if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
-                 f"known: {', '.join(KINDS)}")
+    wanted = _timing.parse_only(ap, args.only, KINDS)
 
     import keras
     import numpy as np

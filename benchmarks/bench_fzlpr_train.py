@@ -80,9 +80,7 @@ def main(argv=None) -> dict:
     _timing.add_jit_out_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
-    blocks = _timing.parse_ints(args.blocks)
-    if len(blocks) != 4 or min(blocks) < 1:
-        ap.error(f"--blocks must be four positive integers, got {args.blocks!r}")
+    blocks = _timing.parse_blocks(ap, args.blocks)
 
     import keras
     import numpy as np

@@ -72,16 +72,10 @@ def main(argv=None) -> dict:
     _timing.add_jit_out_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
-    blocks = _timing.parse_ints(args.blocks) if args.blocks else None
-    if blocks is not None and (len(blocks) != 4 or min(blocks) < 1):
-        ap.error(f"--blocks must be four positive integers, got {args.blocks!r}")
+    blocks = _timing.parse_blocks(ap, args.blocks)
     if args.size < 32 or args.latency_steps < 1:
         ap.error("--size must be at least 32 and --latency-steps at least 1")
-    only = {k.strip() for k in args.only.split(",") if k.strip()}
-    wanted = [k for k in KINDS if k in only]
-    if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
-                 f"known: {', '.join(KINDS)}")
+    wanted = _timing.parse_only(ap, args.only, KINDS)
 
     import keras
     import numpy as np

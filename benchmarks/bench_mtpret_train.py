@@ -111,16 +111,10 @@ def main(argv=None) -> dict:
     _timing.add_jit_out_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
-    blocks = _timing.parse_ints(args.blocks) if args.blocks else None
-    if blocks is not None and (len(blocks) != 4 or min(blocks) < 1):
-        ap.error(f"--blocks must be four positive integers, got {args.blocks!r}")
+    blocks = _timing.parse_blocks(ap, args.blocks)
     if args.queue < 1 or args.pool < 2:
         ap.error("--queue must be positive and --pool at least 2 (MoCo's two views)")
-    only = {k.strip() for k in args.only.split(",") if k.strip()}
-    wanted = [k for k in KINDS if k in only]
-    if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
-                 f"known: {', '.join(KINDS)}")
+    wanted = _timing.parse_only(ap, args.only, KINDS)
 
     import keras
     import numpy as np

@@ -145,11 +145,7 @@ def main(argv=None) -> dict:
                  f"got {args.size}")
     if not (0 < args.width <= 1.0 and 0 < args.depth <= 1.0) or args.members < 1:
         ap.error("--width and --depth must be in (0, 1] and --members at least 1")
-    only = {k.strip() for k in args.only.split(",") if k.strip()}
-    wanted = [k for k in KINDS if k in only]
-    if only - set(KINDS) or not wanted:
-        ap.error(f"--only: unknown {sorted(only - set(KINDS))} or none given; "
-                 f"known: {', '.join(KINDS)}")
+    wanted = _timing.parse_only(ap, args.only, KINDS)
 
     import keras
     import numpy as np
