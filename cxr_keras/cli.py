@@ -1,4 +1,4 @@
-"""The ``cxr-keras`` command line.
+"""The ``cxr-keras`` command line (``cxr-keras --version``; ``cxr-keras COMMAND --help``).
 
     cxr-keras phantom DATASET --out DIR [--n N] [--size S] [--seed K]
     cxr-keras data check DATASET --root DIR
@@ -16,11 +16,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import tempfile
+import traceback
 
+from ._argtypes import positive_int
+from . import __version__
 from .io import DataError
 
 PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret")
+EXIT_CODES = """exit codes:
+  0  done
+  1  `data check`: the dataset copy is not usable
+  2  usage or data error (a wrong option, a missing or malformed file; the message names it)
+  3  internal error (a bug): the traceback is written to a file that the message names
+  130 interrupted (Ctrl-C); run the same command again to resume"""
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 DISTRIBUTED = ("fzlpr",)  # recipes that take --distributed (multi-host, JAX)
 
 
@@ -115,59 +128,72 @@ def cmd_convert(args):
 def build_parser():
     from .convert import FROM_STATE_DICT
 
-    p = argparse.ArgumentParser(prog="cxr-keras", description=__doc__,
+    p = argparse.ArgumentParser(prog="cxr-keras", description=__doc__, epilog=EXIT_CODES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"cxr-keras {__version__}")
+    p.add_argument("--traceback", action="store_true",
+                   help="on an error, print the full Python traceback (also CXR_TRACEBACK=1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    ph = sub.add_parser("phantom", help="write a phantom dataset in its official layout")
-    ph.add_argument("dataset")
-    ph.add_argument("--out", required=True)
-    ph.add_argument("--n", type=int, default=200)
-    ph.add_argument("--size", type=int, default=256)
-    ph.add_argument("--seed", type=int, default=0)
-    ph.add_argument("--workers", type=int, default=None)
+    def command(name, help_, **kw):
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    ph = command("phantom", "write a phantom dataset in its official layout")
+    ph.add_argument("dataset", help="dataset whose layout to write (cxr-keras data list)")
+    ph.add_argument("--out", required=True, help="folder to write the dataset root into")
+    ph.add_argument("--n", type=positive_int, default=200, help="number of images (default 200)")
+    ph.add_argument("--size", type=positive_int, default=256, help="image side in pixels (default 256)")
+    ph.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ph.add_argument("--workers", type=positive_int, default=None,
+                    help="processes to render with (default: every core)")
     ph.set_defaults(func=cmd_phantom)
 
-    da = sub.add_parser("data", help="check a dataset copy against its manifest, or list manifests")
-    da.add_argument("action", choices=["check", "list"])
-    da.add_argument("dataset", nargs="?")
-    da.add_argument("--root")
+    da = command("data", "check a dataset copy against its manifest, or list manifests")
+    da.add_argument("action", choices=["check", "list"],
+                    help="check: verify a copy (exit 1 if unusable); list: the known datasets")
+    da.add_argument("dataset", nargs="?", help="dataset name, for check")
+    da.add_argument("--root", help="root folder of the copy, for check")
     da.set_defaults(func=cmd_data)
 
-    pr = sub.add_parser("prepare", help="build the resized image cache of a dataset")
-    pr.add_argument("dataset")
-    pr.add_argument("--root", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--size", type=int, default=256)
-    pr.add_argument("--shard-size", type=int, default=256)
-    pr.add_argument("--workers", type=int, default=None)
+    pr = command("prepare", "build the resized image cache of a dataset")
+    pr.add_argument("dataset", help="dataset name (cxr-keras data list)")
+    pr.add_argument("--root", required=True, help="root folder of the dataset copy")
+    pr.add_argument("--out", required=True, help="cache folder to write (resumable)")
+    pr.add_argument("--size", type=positive_int, default=256, help="cached image side (default 256)")
+    pr.add_argument("--shard-size", type=positive_int, default=256, help="images per shard (default 256)")
+    pr.add_argument("--workers", type=positive_int, default=None,
+                    help="decoding processes (default: every core)")
     pr.add_argument("--skip-bad", action="store_true", help="skip unreadable files, list them")
-    pr.add_argument("--overwrite", action="store_true")
-    pr.add_argument("--resize", choices=["squash", "pad"], default="squash")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="rebuild a cache that was built from other files or options")
+    pr.add_argument("--resize", choices=["squash", "pad"], default="squash",
+                    help="squash to a square (default) or pad to a square first")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="a reader option, e.g. --option val_by=patient (repeatable)")
     pr.set_defaults(func=cmd_prepare)
 
-    ru = sub.add_parser("run", help="run a paper's experiment", add_help=False)
+    ru = command("run", "run a paper's experiment (cxr-keras run PAPER --help)", add_help=False)
     ru.add_argument("paper", nargs="?", help=f"one of: {', '.join(PAPERS)}")
     ru.set_defaults(func=None)
 
-    ex = sub.add_parser("export", help="export a run's best model as a SavedModel")
-    ex.add_argument("run_dir")
-    ex.add_argument("--out", default=None)
+    ex = command("export", "export a run's best model as a SavedModel")
+    ex.add_argument("run_dir", help="a finished run folder")
+    ex.add_argument("--out", default=None, help="SavedModel folder (default: RUN_DIR/export)")
     ex.set_defaults(func=cmd_export)
 
-    pd_ = sub.add_parser("predict", help="predict a folder of images with a .keras or SavedModel")
-    pd_.add_argument("model")
-    pd_.add_argument("images")
-    pd_.add_argument("--out", required=True)
-    pd_.add_argument("--tta", action="store_true")
-    pd_.add_argument("--batch-size", type=int, default=16)
-    pd_.add_argument("--size", type=int, default=None, help="input side (default: the model's)")
+    pd_ = command("predict", "predict a folder of images with a .keras or SavedModel")
+    pd_.add_argument("model", help="a .keras file or an exported SavedModel folder")
+    pd_.add_argument("images", help="folder of images (PNG, JPEG, DICOM), searched recursively")
+    pd_.add_argument("--out", required=True, help="CSV file of per-image probabilities")
+    pd_.add_argument("--tta", action="store_true",
+                     help="average the test-time augmentation views (flip, zooms)")
+    pd_.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
+    pd_.add_argument("--size", type=positive_int, default=None, help="input side (default: the model's)")
     pd_.set_defaults(func=cmd_predict)
 
-    co = sub.add_parser("convert", help="convert a PyTorch checkpoint to Keras .weights.h5")
-    co.add_argument("arch", choices=sorted(FROM_STATE_DICT))
+    co = command("convert", "convert a PyTorch checkpoint to Keras .weights.h5")
+    co.add_argument("arch", choices=sorted(FROM_STATE_DICT), help="the checkpoint's architecture")
     co.add_argument("checkpoint", help=".safetensors, .npz or (with torch) .pth/.pt/.bin")
     co.add_argument("--out", required=True, help="the Keras weights file (name.weights.h5)")
     co.add_argument("--include-top", action="store_true", help="keep the fc classifier")
@@ -175,19 +201,41 @@ def build_parser():
     return p
 
 
+def _internal_error(exc) -> int:
+    """Keep the traceback of a bug in a file and say where, not on the user's screen."""
+    fd, path = tempfile.mkstemp(prefix="cxr-keras-traceback-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        traceback.print_exception(exc, file=f)
+    print(f"cxr-keras: internal error: {type(exc).__name__}: {exc}\n"
+          f"  the traceback is in {path} (or run with --traceback); please report it",
+          file=sys.stderr)
+    return 3
+
+
 def main(argv=None):
+    """Run the command line; returns the exit code (see ``EXIT_CODES``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    show_traceback = args.traceback or os.environ.get("CXR_TRACEBACK") == "1"
     try:
         if args.command == "run":
             return cmd_run(args, rest)
         if rest:
             parser.error(f"unrecognised arguments: {' '.join(rest)}")
         return args.func(args)
-    except DataError as e:
+    except KeyboardInterrupt:
+        print("cxr-keras: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if show_traceback:
+            raise
         print(f"cxr-keras: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a bug: keep the traceback, exit 3
+        if show_traceback:
+            raise
+        return _internal_error(e)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,23 @@
-"""Shared test hygiene: every test module starts from a clean Keras / TensorFlow state, so that
-one module's models, traced functions and global policy do not accumulate into the next (the
-whole suite runs in one process)."""
+"""Shared test hygiene.
+
+* The suite tests the **installed** package, never the checkout: the checkout's folder is taken
+  off ``sys.path`` (``python -m pytest`` puts the current folder first), the session and every
+  subprocess run from an empty temporary folder, and under CI (``CI`` set) an import of
+  ``cxr_keras`` from inside the checkout stops the run.
+* Every test module starts from a clean Keras / TensorFlow state, so that one module's models,
+  traced functions and global policy do not accumulate into the next.
+"""
 
 import gc
+import importlib.util
 import os
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
 
 # TensorFlow 2.21's oneDNN CPU kernels corrupt the heap when training our reduced test networks
 # (4-8 channels) on a batch of odd size (a short last batch): "corrupted double-linked list",
@@ -13,6 +25,28 @@ import pytest
 # crashed 4 of 5 fits of 25 images in batches of 8, none with oneDNN off or at full width. Set
 # before TensorFlow is first imported (subprocesses inherit it).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Python >= 3.11: subprocesses (python -c, python -m) do not put their folder on sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
+
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != REPO]
+_WORKDIR = tempfile.mkdtemp(prefix="cxr-keras-tests-")
+os.chdir(_WORKDIR)
+
+
+def _installed_copy() -> Path:
+    spec = importlib.util.find_spec("cxr_keras")
+    if spec is None or spec.origin is None:
+        pytest.exit("cxr_keras is not installed: run `pip install \".[test]\"` first "
+                    "(the tests check the installed package, not the checkout)", returncode=4)
+    return Path(spec.origin).resolve().parent
+
+
+INSTALLED = _installed_copy()
+if os.environ.get("CI") and INSTALLED.is_relative_to(REPO):
+    pytest.exit(f"CI: cxr_keras was imported from the checkout ({INSTALLED}), not from the "
+                "installed package; install it with `pip install \".[test]\"` (not editable)",
+                returncode=4)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -35,10 +35,10 @@ def _path(item):
 
 
 @pytest.mark.parametrize("group", sorted(GROUPS))
-def test_passes_on_jax(group):
+def test_passes_on_jax(group, tmp_path):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "-m", "not slow", "-W", "ignore", *map(_path, GROUPS[group])],
-                         capture_output=True, text=True, env=env, timeout=900, cwd=HERE.parent)
+                         capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert " passed" in out.stdout.strip().splitlines()[-1], out.stdout[-500:]

@@ -1,10 +1,6 @@
 """DenseNet121 + custom top (fzlpr paper, Sec. 3.2): parameter counts, structure, freezing, saving."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +13,7 @@ from cxr_keras.models import (
 )
 
 import _models  # noqa: E402  (tests/ is on sys.path under pytest)
-
-REPO = Path(__file__).resolve().parents[1]
+from _cli import python
 
 
 def _n_params(layers):
@@ -108,14 +103,12 @@ def test_keras_file_reloads_in_fresh_process(tmp_path):
     expected = model.predict_on_batch(x)
     script = textwrap.dedent(f"""
         import numpy as np, keras
-        import cxr_keras.losses  # registers the cxr_keras losses
+        import cxr_keras  # registers every cxr_keras serialisable
         m = keras.saving.load_model({str(tmp_path / "m.keras")!r}, safe_mode=True)
         assert type(m.loss).__name__ == "FZLPR" and m.loss.tau == 0.2, m.loss
         m.get_layer("relu")
         np.save({str(tmp_path / "y.npy")!r}, m.predict_on_batch(np.load({str(tmp_path / "x.npy")!r})))
     """)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = python(script, cwd=tmp_path, env={"TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6, atol=1e-6)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +21,10 @@ from cxr_keras.models import densenet121_fzlpr
 from cxr_keras.training import RunFolder
 
 import _models  # noqa: E402  (tests/ is on sys.path under pytest)
-
-REPO = Path(__file__).resolve().parents[1]
+from _cli import console_script
 LABELS = ["Atelectasis", "Effusion", "Nodule"]
 SIZE, CACHE = 28, 32
-ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def tiny_backbone(size=SIZE, channels=8):
@@ -187,7 +185,7 @@ def test_fresh_process_reload_and_cli(setup):
         m = keras.saving.load_model({str(run.checkpoints / "best.keras")!r}, safe_mode=True)
         np.save({str(root / "y.npy")!r}, m.predict_on_batch(np.load({str(root / "x.npy")!r})))
     """)
-    cli = [sys.executable, "-m", "cxr_keras.cli"]
+    cli = [console_script()]
     cmds = {
         "reload": [sys.executable, "-c", script],
         "export": cli + ["export", str(run.path), "--out", str(root / "cli_sm")],
@@ -195,7 +193,7 @@ def test_fresh_process_reload_and_cli(setup):
                           "--out", str(root / "cli.csv"), "--tta", "--batch-size", "2"],
         "missing": cli + ["export", str(root / "nowhere")],
     }
-    procs = {k: subprocess.Popen(c, env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+    procs = {k: subprocess.Popen(c, env=ENV, cwd=root, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True) for k, c in cmds.items()}
     for name, p in procs.items():
         out, err = p.communicate(timeout=180)

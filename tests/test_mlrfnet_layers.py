@@ -2,23 +2,18 @@
 independent NumPy references, plus gradients and .keras save/reload with safe_mode=True."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.special
 
 import keras
-from _models import value_and_grad  # tests/ is on sys.path under pytest
+from _cli import python  # tests/ is on sys.path under pytest
+from _models import value_and_grad
 
 from cxr_keras.layers import CSRA, ECA
 from cxr_keras.losses import BiasedFocalLoss, biased_focal_loss
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- NumPy references (float64)
@@ -232,8 +227,7 @@ _RELOAD = textwrap.dedent("""
     import sys
     import numpy as np
     import keras
-    import cxr_keras.layers  # registers ECA / CSRA
-    import cxr_keras.losses  # registers BiasedFocalLoss
+    import cxr_keras  # registers ECA, CSRA and BiasedFocalLoss
     path, x_path, out_path = sys.argv[1:4]
     model = keras.saving.load_model(path, safe_mode=True)
     np.save(out_path, keras.ops.convert_to_numpy(model(np.load(x_path))))
@@ -257,11 +251,7 @@ def test_keras_file_reload_safe_mode_fresh_process(tmp_path):
     path = tmp_path / "tiny.keras"
     model.save(path)
     np.save(tmp_path / "x.npy", x)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),
-                                                                    os.environ.get("PYTHONPATH")])),
-               TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", _RELOAD, str(path), str(tmp_path / "x.npy"),
-                             str(tmp_path / "out.npy")],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    result = python(_RELOAD, path, tmp_path / "x.npy", tmp_path / "out.npy", cwd=tmp_path,
+                    env={"TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 
+from _cli import console_script
+
 import numpy as np
 import pytest
 
@@ -101,7 +103,7 @@ def test_cli_run_distributed_two_processes(tmp_path):
     from cxr_keras.training import read_history
 
     port, out = _free_port(), tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cxr_keras.cli", "run", "fzlpr", "--dataset", "phantom", "--quick",
+    cmd = [console_script(), "run", "fzlpr", "--dataset", "phantom", "--quick",
            "--distributed", "--phantom-n", "160", "--stage1-epochs", "1", "--stage2-epochs", "2",
            "--batch-size", "16", "--verbose", "0", "--out", str(out)]
     procs = []
@@ -109,7 +111,7 @@ def test_cli_run_distributed_two_processes(tmp_path):
         env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
                    CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="3",
                    JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):

@@ -1,4 +1,6 @@
-"""Dataset manifests (``data_manifests/<name>.json``) and the check of a user's copy against one.
+"""Dataset manifests (``cxr_keras/data_manifests/<name>.json``, package data read through
+:mod:`importlib.resources`, so wheels and ``pip install --user`` find them) and the check of a
+user's copy against one.
 
 A manifest holds: ``name``, ``title``, ``citation``, ``licence``, ``download`` (list of URLs),
 ``layout`` (list of ``{"pattern": glob relative to the root, "required": bool, "expected_count":
@@ -11,35 +13,32 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from ..io import DataError
 
 
-def manifest_dirs() -> list[Path]:
-    """Where manifests are looked up: the source checkout, then the installed data files."""
-    here = Path(__file__).resolve().parents[2] / "data_manifests"
-    return [here, Path(sys.prefix) / "share" / "cxr-keras" / "data_manifests"]
+def _manifest_files():
+    """The installed package's manifest folder (a :class:`importlib.resources` traversable)."""
+    return resources.files("cxr_keras") / "data_manifests"
 
 
 def available() -> list[str]:
-    names = set()
-    for d in manifest_dirs():
-        names.update(p.stem for p in d.glob("*.json"))
-    return sorted(names)
+    """Names of the datasets that have a manifest."""
+    return sorted(p.name[:-5] for p in _manifest_files().iterdir() if p.name.endswith(".json"))
 
 
 def load_manifest(name: str) -> dict:
-    for d in manifest_dirs():
-        path = d / f"{name}.json"
-        if path.exists():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON: {e}") from e
-    raise DataError(f"no manifest for dataset {name!r}; known: {', '.join(available())}")
+    """The manifest of dataset ``name`` as a dict."""
+    path = _manifest_files() / f"{name}.json"
+    if name not in available():
+        raise DataError(f"no manifest for dataset {name!r}; known: {', '.join(available())}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"manifest {name}.json: invalid JSON: {e}") from e
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Model builders (keras.ops / keras.layers only)."""
 
+from cxr_keras.models._densenet import densenet
+from cxr_keras.models._efficientnet import efficientnet
 from cxr_keras.models.backbones import multiscale_backbone
 from cxr_keras.models.contrastive import MoCo, SimCLR
 from cxr_keras.models.densenet_fzlpr import (
@@ -18,7 +20,7 @@ from cxr_keras.models.resnet import resnet18, resnet34
 from cxr_keras.models.task_heads import task_model
 from cxr_keras.models.vit import copy_encoder, vit, vit_small
 
-__all__ = ["densenet121_fzlpr", "set_backbone_trainable", "top_layers", "backbone_layers",
+__all__ = ["densenet", "efficientnet", "densenet121_fzlpr", "set_backbone_trainable", "top_layers", "backbone_layers",
            "TOP_LAYER_NAMES", "FEATURE_LAYER", "efficientnet_unet", "efficientnet_classifier",
            "efficientnet_encoder", "model_level_ensemble", "DEEPEST_CONV", "ENSEMBLE_CONV",
            "mlrfnet", "build_backbone", "gradcam_layers", "BACKBONES", "res2net50", "resnet50",

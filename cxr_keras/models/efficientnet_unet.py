@@ -27,6 +27,8 @@ import os
 import keras
 from keras import layers
 
+from ._efficientnet import efficientnet
+
 # segmentation_models' default EfficientNet-B0 feature layers, deepest first (1/16, 1/8, 1/4, 1/2)
 SKIP_LAYERS = (
     "block6a_expand_activation",
@@ -77,12 +79,8 @@ def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_co
         encoder = keras.applications.EfficientNetB0(
             include_top=False, weights=keras_weights, input_shape=tuple(input_shape))
     else:
-        from keras.src.applications.efficientnet import EfficientNet
-
-        encoder = EfficientNet(
-            width_coefficient, depth_coefficient, 224, include_top=False, weights=None,
-            input_shape=tuple(input_shape),
-            name=f"efficientnet_w{width_coefficient:g}_d{depth_coefficient:g}")
+        encoder = efficientnet(width_coefficient, depth_coefficient, input_shape=input_shape,
+                               name=f"efficientnet_w{width_coefficient:g}_d{depth_coefficient:g}")
     if is_path:
         encoder.load_weights(os.fspath(weights))
     return encoder

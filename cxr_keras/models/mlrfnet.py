@@ -26,6 +26,7 @@ import keras
 from keras import layers
 
 from ..layers import CSRA, ECA
+from ._densenet import densenet
 from .res2net import res2net50, stage_outputs
 
 BACKBONES = ("res2net50", "resnet50", "densenet121")
@@ -38,11 +39,9 @@ def _densenet(weights, input_shape, blocks=(6, 12, 24, 16)):
         base = keras.applications.DenseNet121(include_top=False, weights=weights,
                                               input_shape=input_shape)
     else:  # reduced DenseNet for quick runs and tests (same design, fewer layers per block)
-        from keras.src.applications.densenet import DenseNet
-
         if weights is not None:
             raise ValueError("a reduced DenseNet has no pretrained weights: use weights=None")
-        base = DenseNet(list(blocks), include_top=False, weights=None, input_shape=input_shape)
+        base = densenet(blocks, input_shape=input_shape)
     names = (f"conv3_block{blocks[1]}_concat", f"conv4_block{blocks[2]}_concat", "relu")
     return base, names
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._argtypes import positive_int
 from ..io import DataError, write_text
 from ..training.run_folder import config_hash
 
 
 def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
+    from ..cli import EXIT_CODES
+
+    p.epilog = EXIT_CODES
     p.add_argument("--dataset", default="phantom",
                    help=f"'phantom' (synthetic {default_dataset} in its official layout) or "
                         f"'{default_dataset}' (the real data under --data-root)")
@@ -18,13 +22,15 @@ def add_standard_args(p: argparse.ArgumentParser, default_dataset: str):
     p.add_argument("--cache", default=None, help="cache folder (default: under --out/_data)")
     p.add_argument("--out", default="runs", help="folder under which the run folder is written")
     p.add_argument("--quick", action="store_true", help="a few-minute CPU run on small images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (data, weights, order)")
     p.add_argument("--deterministic", action="store_true", help="deterministic TF kernels")
-    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--xla", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "on", "off"],
+                   help="mixed float16 (auto: on with a GPU, off on CPU)")
+    p.add_argument("--xla", default="auto", choices=["auto", "on", "off"],
+                   help="XLA compilation (auto: on with a GPU, off on CPU)")
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
-    p.add_argument("--workers", type=int, default=None, help="processes for data preparation")
-    p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes for data preparation")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2], default=2, help="Keras fit verbosity (0, 1, 2)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard logs (needs `pip install tensorboard`)")
     return p

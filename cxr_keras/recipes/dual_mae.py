@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._argtypes import nonnegative_int, open_fraction, positive_int
 from ..io import DataError
 from . import dual_mae_paper as paper
 from .common import add_standard_args, apply_args, cached, dataset_root
@@ -118,13 +119,16 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run dual_mae", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_standard_args(p, "pedicxr")
-    p.add_argument("--stage", choices=STAGES, default="all")
+    p.add_argument("--stage", choices=STAGES, default="all",
+                   help="pretrain, finetune, all (pretrain then fine-tune), or baselines")
     p.add_argument("--method", choices=METHODS, default=None,
                    help="pretraining method for --stage all/pretrain (default dual_mae)")
-    p.add_argument("--backbone", choices=BACKBONES, default="vit_s")
+    p.add_argument("--backbone", choices=BACKBONES, default="vit_s",
+                   help="fine-tuned network (default vit_s)")
     p.add_argument("--init", choices=INITS, default=None,
                    help="fine-tuning initialisation (default: --method)")
-    p.add_argument("--mask-ratio", type=float, default=None)
+    p.add_argument("--mask-ratio", type=open_fraction, default=None,
+                   help="fraction of patches masked in pretraining (paper: 0.75)")
     p.add_argument("--label-fraction", type=float, default=1.0, help="1%%/10%%/50%%/100%% runs")
     p.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds, e.g. 0,1,2")
     p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (pretraining)")
@@ -132,9 +136,9 @@ def build_parser():
     p.add_argument("--imagenet-weights", default=None,
                    help="local ImageNet weights for --init imagenet (default: download): FILE, or "
                         "vit_s=FILE,resnet34=FILE for --stage baselines")
-    p.add_argument("--pretrain-epochs", type=int, default=None)
-    p.add_argument("--finetune-epochs", type=int, default=None)
-    p.add_argument("--phantom-n", type=int, default=None)
+    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None, help="pretraining epochs")
+    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None, help="fine-tuning epochs")
+    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom PediCXR")
     return p
 
 

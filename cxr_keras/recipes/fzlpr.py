@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .._argtypes import nonnegative_int, positive_float, positive_int
 from ..io import DataError, atomic_path
 from . import fzlpr_paper as paper
 from .common import add_standard_args, prepare_data, start_distributed, switch
@@ -67,15 +68,18 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run fzlpr", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_standard_args(p, "nih")
-    p.add_argument("--loss", choices=LOSSES, default="fzlpr")
-    p.add_argument("--tau", type=float, default=0.2, help="FZLPR temperature (1.0 = ZLPR)")
+    p.add_argument("--loss", choices=LOSSES, default="fzlpr", help="training loss (default fzlpr)")
+    p.add_argument("--tau", type=positive_float, default=0.2, help="FZLPR temperature (1.0 = ZLPR)")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (default), 'none', or a local backbone weights file")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--stage1-epochs", type=int, default=None)
-    p.add_argument("--stage2-epochs", type=int, default=None)
-    p.add_argument("--val-by", choices=["image", "patient"], default=None)
-    p.add_argument("--phantom-n", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size (paper: 64)")
+    p.add_argument("--stage1-epochs", type=nonnegative_int, default=None,
+                   help="epochs of stage 1, the new top only (paper: 5)")
+    p.add_argument("--stage2-epochs", type=nonnegative_int, default=None,
+                   help="epochs of stage 2, all layers (paper: 20)")
+    p.add_argument("--val-by", choices=["image", "patient"], default=None,
+                   help="hold the validation set out by image or by patient")
+    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom dataset")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host data parallel on the JAX backend: run the same command on "
                         "every process (one per device) with KERAS_BACKEND=jax, "
@@ -109,9 +113,9 @@ def build_model(cfg: Config, num_classes: int):
     if tuple(cfg.backbone_blocks) == (6, 12, 24, 16):
         return densenet121_fzlpr(num_classes, weights=cfg.weights, input_shape=shape)
     # A reduced DenseNet (same design, fewer layers per block) for quick CPU runs and tests.
-    from keras.src.applications.densenet import DenseNet
+    from ..models import densenet
 
-    base = DenseNet(list(cfg.backbone_blocks), include_top=False, weights=None, input_shape=shape)
+    base = densenet(cfg.backbone_blocks, input_shape=shape)
     model = densenet121_fzlpr(num_classes, weights=None, base=base)
     # A quick run has ~100 steps: with Keras' BN momentum 0.99 the moving statistics would still
     # be near their initial values at evaluation. 0.9 lets them settle (quick runs only).

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .._argtypes import nonnegative_int, positive_int
 from ..io import DataError
 from . import mlrfnet_paper as paper
 from .common import add_standard_args, cached, dataset_root, switch
@@ -121,9 +122,9 @@ def build_parser():
                    help="NIH: official lists (default) or a 70/10/20 patient split (Table 2)")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (default), 'none', or a local backbone weights file")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--phantom-n", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    p.add_argument("--epochs", type=nonnegative_int, default=None, help="training epochs")
+    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom dataset")
     return p
 
 

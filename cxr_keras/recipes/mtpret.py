@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._argtypes import nonnegative_int, positive_int
 from ..io import DataError
 from . import mtpret_paper as paper
 from .common import add_standard_args, apply_args, cached, dataset_root
@@ -140,11 +141,13 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run mtpret", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_standard_args(p, "<dataset>")
-    p.add_argument("--stage", choices=STAGES, default="all")
+    p.add_argument("--stage", choices=STAGES, default="all",
+                   help="pretrain, multitask, finetune, all (in turn), or baselines")
     p.add_argument("--init", choices=INITS, default=None,
                    help="pretraining (stage pretrain), multitask variant (stage multitask) or "
                         "fine-tuning initialisation (stage finetune)")
-    p.add_argument("--backbone", choices=BACKBONES, default="resnet18")
+    p.add_argument("--backbone", choices=BACKBONES, default="resnet18",
+                   help="shared backbone (default resnet18)")
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated fine-tuning tasks (default: {','.join(FINETUNE_TASKS)})")
     p.add_argument("--roots", default=None,
@@ -153,8 +156,9 @@ def build_parser():
     p.add_argument("--imagenet-weights", default=None,
                    help="local ImageNet weights for the ImageNet-initialised runs "
                         "(default: download)")
-    for name in ("pretrain_epochs", "rounds", "finetune_epochs"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None, help="contrastive pretraining epochs")
+    p.add_argument("--rounds", type=positive_int, default=None, help="multitask continual-learning rounds")
+    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None, help="fine-tuning epochs per task")
     return p
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._argtypes import nonnegative_float, nonnegative_int
 from ..io import DataError
 from . import multiloss_paper as paper
 from .common import add_standard_args, cached, dataset_root, switch
@@ -107,7 +108,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run multiloss", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_standard_args(p, "kermany")
-    p.add_argument("--stage", choices=STAGES + ("all",), default="all")
+    p.add_argument("--stage", choices=STAGES + ("all",), default="all",
+                   help="segment, classify, ensemble, or all in turn (default)")
     p.add_argument("--lungmask-root", default=None, help="Kaggle 'Chest X-ray Masks and Labels'")
     p.add_argument("--montgomery-root", default=None, help="the folder holding MontgomerySet")
     p.add_argument("--weights", default=None,
@@ -116,12 +118,12 @@ def build_parser():
                    + ", ".join(SEGMENTATION_LOSSES))
     p.add_argument("--cls-losses", default=None, help="comma-separated subset of: "
                    + ", ".join(CLASSIFICATION_LOSSES))
-    p.add_argument("--seg-epochs", type=int, default=None)
-    p.add_argument("--cls-epochs", type=int, default=None)
+    p.add_argument("--seg-epochs", type=nonnegative_int, default=None, help="U-Net training epochs")
+    p.add_argument("--cls-epochs", type=nonnegative_int, default=None, help="classifier training epochs")
     p.add_argument("--select-on", choices=["val", "test"], default=None,
                    help="pick the top-K (and the AND-ed masks) on validation (default) or on "
                         "test as the paper did")
-    p.add_argument("--crop-margin", type=float, default=None,
+    p.add_argument("--crop-margin", type=nonnegative_float, default=None,
                    help="widen the lung box by this fraction per side (original code: 0.05)")
     p.add_argument("--original-optimizer", action="store_true",
                    help="the original code's SGD: lr 1e-4, Nesterov momentum 0.9")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 # Datasets with a phantom writer and a reader. Others (shenzhen, indiana, rsna_boneage, deepcovid)
-# have a manifest in data_manifests/ only.
+# have a manifest in cxr_keras/data_manifests/ only.
 NAMES = ("nih", "chexpert", "pedicxr", "kermany", "montgomery", "lungmasks", "mura", "tbx11k")
 
 
