@@ -247,3 +247,76 @@ def test_verify_finds_a_flipped_byte(nih, built, tmp_path):
     assert len(problems) == 1 and "shard-00002.images.npy" in problems[0]
     with pytest.raises(DataError, match="shard-00002.images.npy"):
         Cache(out, verify=True)
+
+
+# ----------------------------------------------------------------------------- hand-computed pixels
+#
+# OpenCV's INTER_CUBIC (what the cache uses for images) samples destination pixel d at source
+# coordinate s = (d + 0.5) * scale - 0.5 with Keys' cubic kernel, a = -0.75, clamping indices at
+# the border (replicate). A 2x downscale samples s = 0.5, 2.5, ...: fraction t = 0.5, where the
+# four weights are (-3/32, 19/32, 19/32, -3/32), exact in OpenCV's 11-bit fixed point (-192, 1216,
+# 1216, -192 / 2048), so the uint8 results below are exact. A 1-D step [a, a, b, b] gives
+#   d=0 (s=0.5, taps clamp(-1..2) = a, a, a, b): (35a - 3b) / 32
+#   d=1 (s=2.5, taps 1..clamp(4)   = a, b, b, b): (35b - 3a) / 32
+# i.e. a = 64, b = 96 -> 61, 99 (bicubic overshoot; INTER_AREA would give 64, 96). An image that is
+# a sum of a row profile and a column profile resizes to the sum of the two 1-D results (the
+# kernel is separable and its weights sum to 1); a constant image stays constant.
+# INTER_NEAREST (masks) takes source index floor(d * scale): rows/columns 0, 2, 4, ... at 2x.
+
+def _cv2_png(path, img):
+    assert cv2.imwrite(str(path), img)  # plain OpenCV, not our writer
+    return str(path)
+
+
+def test_squash_cache_pixels_are_hand_computed_bicubic_and_nearest(tmp_path):
+    step = np.array([0, 0, 32, 32])
+    separable = (64 + step[:, None] + step[None, :]).astype(np.uint8)   # 64 64 96 96 / ... / 96 96 128 128
+    wide_step = np.tile(np.array([64, 64, 64, 96, 96, 96, 96, 96], np.uint8), (4, 1))  # 4 x 8
+    constant = np.full((5, 7), 173, np.uint8)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 2], mask[1, 1], mask[2, 0], mask[3, 3] = 255, 255, 1, 255
+    empty = np.zeros((4, 8), np.uint8)
+    table = pd.DataFrame({
+        "path": [_cv2_png(tmp_path / f"{k}.png", im) for k, im in
+                 (("separable", separable), ("wide", wide_step), ("constant", constant))],
+        "split": ["train", "val", "test"],
+        "mask": [_cv2_png(tmp_path / "mask.png", mask), _cv2_png(tmp_path / "empty.png", empty),
+                 float("nan")]})
+    table.attrs = {"dataset": "hand", "mask_columns": ["mask"]}
+    cache = Cache(build_cache(table, tmp_path / "c", size=2, shard_size=2, workers=1, progress=False))
+    images, masks = cache.load(cache.rows())
+    # separable: 64 + {-3, 35} (rows) + {-3, 35} (columns), from (35*0 - 3*32)/32 = -3 and
+    # (35*32 - 3*0)/32 = 35
+    np.testing.assert_array_equal(images[0], [[58, 96], [96, 134]])
+    # 4 x 8 squashed to 2 x 2: x scale 4, s = 1.5 (taps 0..3 = 64, 64, 64, 96 -> 61) and
+    # s = 5.5 (taps 4..7 = 96 -> 96); y is constant
+    np.testing.assert_array_equal(images[1], [[61, 96], [61, 96]])
+    np.testing.assert_array_equal(images[2], [[173, 173], [173, 173]])
+    # nearest keeps source (0, 0), (0, 2), (2, 0), (2, 2): mask[0, 2] and mask[2, 0] (value 1:
+    # any non-zero is foreground); mask[1, 1] and mask[3, 3] fall between the samples
+    np.testing.assert_array_equal(masks[0], [[0, 1], [1, 0]])
+    np.testing.assert_array_equal(masks[1], [[0, 0], [0, 0]])
+    np.testing.assert_array_equal(masks[2], [[0, 0], [0, 0]])  # no mask file: empty
+    assert cache.index[["orig_h", "orig_w"]].values.tolist() == [[4, 4], [4, 8], [5, 7]]
+
+
+def test_pad_cache_pixels_are_hand_computed(tmp_path):
+    # 4 x 8 (h x w) into 4 x 4: longer side 8 -> 4, so 2 x 4, rows 1..2 (top = (4 - 2) // 2).
+    # Columns 64 64 96 96 96 96 64 64 at 2x: s = 0.5 (64, 64, 64, 96 -> 61), 2.5 (64, 96, 96, 96
+    # -> 99), 4.5 (96, 96, 96, 64 -> 99), 6.5 (96, 64, 64, clamp 64 -> 61).
+    wide = np.tile(np.array([64, 64, 96, 96, 96, 96, 64, 64], np.uint8), (4, 1))
+    tall = np.full((8, 4), 200, np.uint8)  # 8 x 4 -> 4 x 2, columns 1..2
+    mask = np.zeros((4, 8), np.uint8)      # nearest at 2x keeps rows 0, 2 and columns 0, 2, 4, 6
+    mask[0, 2], mask[2, 6], mask[1, 1], mask[3, 7] = 255, 255, 255, 255
+    table = pd.DataFrame({"path": [_cv2_png(tmp_path / "wide.png", wide),
+                                   _cv2_png(tmp_path / "tall.png", tall)],
+                          "split": ["train", "test"],
+                          "mask": [_cv2_png(tmp_path / "mask.png", mask), float("nan")]})
+    table.attrs = {"mask_columns": ["mask"]}
+    cache = Cache(build_cache(table, tmp_path / "c", size=4, resize="pad", workers=1, progress=False))
+    images, masks = cache.load(cache.rows())
+    np.testing.assert_array_equal(images[0], [[0, 0, 0, 0], [61, 99, 99, 61], [61, 99, 99, 61], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(images[1], [[0, 200, 200, 0]] * 4)
+    np.testing.assert_array_equal(masks[0], [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 0]])
+    assert resize_geometry(4, 8, 4, "pad") == (0.5, 0.5, 0.0, 1.0)
+    assert resize_geometry(8, 4, 4, "pad") == (0.5, 0.5, 1.0, 0.0)

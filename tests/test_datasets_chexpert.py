@@ -230,3 +230,89 @@ def test_manifest_check_on_phantom(root, tmp_path):
     next((dst2 / FOLDER / "train").glob("patient*/study*/*.jpg")).unlink()
     res = manifests.check("chexpert", dst2)
     assert not res.usable and "missing" in res.reader_error
+
+
+# ----------------------------------------------------------------------------- literal official lines
+
+LITERAL_HEADER = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,"
+                  "Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,"
+                  "Pleural Effusion,Pleural Other,Fracture,Support Devices")
+LITERAL_TRAIN = [
+    "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg,Female,68,Frontal,AP,1.0,,,,,,,,,0.0,,,,1.0",
+    "CheXpert-v1.0-small/train/patient00002/study2/view1_frontal.jpg,Female,87,Frontal,AP,,,-1.0,1.0,,-1.0,-1.0,,-1.0,,-1.0,,1.0,",
+    "CheXpert-v1.0-small/train/patient00002/study1/view2_lateral.jpg,Female,83,Lateral,,,,,1.0,,,-1.0,,,,,,1.0,",
+    "CheXpert-v1.0-small/train/patient00005/study1/view1_frontal.jpg,Male,33,Frontal,PA,1.0,,0.0,,,,,,,,0.0,,,1.0",
+]
+LITERAL_VALID = [
+    "CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,0.0,1.0,1.0,1.0,0.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0",
+]
+# Raw values of the lines above, by hand: label -> value; every other label is blank (None).
+LITERAL_RAW = [
+    {"No Finding": 1.0, "Pneumothorax": 0.0, "Support Devices": 1.0},
+    {"Cardiomegaly": -1.0, "Lung Opacity": 1.0, "Edema": -1.0, "Consolidation": -1.0,
+     "Atelectasis": -1.0, "Pleural Effusion": -1.0, "Fracture": 1.0},
+    {"Lung Opacity": 1.0, "Consolidation": -1.0, "Fracture": 1.0},
+    {"No Finding": 1.0, "Cardiomegaly": 0.0, "Pleural Effusion": 0.0, "Support Devices": 1.0},
+    {"No Finding": 0.0, "Enlarged Cardiomediastinum": 1.0, "Cardiomegaly": 1.0, "Lung Opacity": 1.0,
+     "Lung Lesion": 0.0, "Edema": 1.0, "Consolidation": 0.0, "Pneumonia": 0.0, "Atelectasis": 0.0,
+     "Pneumothorax": 0.0, "Pleural Effusion": 0.0, "Pleural Other": 0.0, "Fracture": 0.0,
+     "Support Devices": 0.0},
+]
+LITERAL_META = [  # path, split, patient, study, sex, age, view, projection
+    ("train/patient00001/study1/view1_frontal.jpg", "train", "patient00001", "patient00001/study1", "Female", 68, "Frontal", "AP"),
+    ("train/patient00002/study2/view1_frontal.jpg", "train", "patient00002", "patient00002/study2", "Female", 87, "Frontal", "AP"),
+    ("train/patient00002/study1/view2_lateral.jpg", "train", "patient00002", "patient00002/study1", "Female", 83, "Lateral", ""),
+    ("train/patient00005/study1/view1_frontal.jpg", "train", "patient00005", "patient00005/study1", "Male", 33, "Frontal", "PA"),
+    ("valid/patient64541/study1/view1_frontal.jpg", "test", "patient64541", "patient64541/study1", "Male", 73, "Frontal", "AP"),
+]
+
+
+def _write_literal(base, folder="CheXpert-v1.0-small", path_prefix="CheXpert-v1.0-small/", eol="\n", bom=""):
+    ds = base / folder
+    for name, rows in (("train.csv", LITERAL_TRAIN), ("valid.csv", LITERAL_VALID)):
+        rows = [path_prefix + r[len("CheXpert-v1.0-small/"):] for r in rows]
+        ds.mkdir(parents=True, exist_ok=True)
+        (ds / name).write_bytes((bom + eol.join([LITERAL_HEADER] + rows) + eol).encode("utf-8"))
+    for rel, *_ in LITERAL_META:
+        (ds / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ds / rel).write_bytes(b"placeholder")  # the reader checks existence, never decodes
+    return ds
+
+
+def _literal_expected(uncertain, blank):
+    unc = {"ones": 1.0, "zeros": 0.0, "ignore": np.nan}[uncertain]
+    out = np.full((len(LITERAL_RAW), len(OBS)), np.nan)
+    for i, raw in enumerate(LITERAL_RAW):
+        for j, k in enumerate(OBS):
+            v = raw.get(k)
+            out[i, j] = (0.0 if blank == "zeros" else np.nan) if v is None else (unc if v == -1.0 else v)
+    return out
+
+
+@pytest.mark.parametrize("layout", ["small", "full_paths_in_small_folder", "small_paths_in_full_folder",
+                                    "bom_crlf"])
+@pytest.mark.parametrize("uncertain,blank", [("ones", "zeros"), ("zeros", "ignore"), ("ignore", "ignore")])
+def test_literal_official_lines(tmp_path, layout, uncertain, blank):
+    """Literal lines of train.csv / valid.csv; Path prefixes of the -small and full downloads
+    are resolved against whichever folder holds the CSV; BOM and CRLF line ends are read too."""
+    kw = {"small": {}, "full_paths_in_small_folder": {"path_prefix": "CheXpert-v1.0/"},
+          "small_paths_in_full_folder": {"folder": "CheXpert-v1.0"},
+          "bom_crlf": {"eol": "\r\n", "bom": "\ufeff"}}[layout]
+    ds = _write_literal(tmp_path, **kw)
+    df = chexpert.load_table(tmp_path, uncertain=uncertain, blank=blank, val_fraction=0.0)
+    assert len(df) == 5 and df.attrs["labels"] == OBS
+    order = [list(df["path"]).index(str((ds / m[0]).resolve())) for m in LITERAL_META]
+    np.testing.assert_array_equal(df.loc[order, OBS].to_numpy(np.float64),
+                                  _literal_expected(uncertain, blank))
+    got = df.loc[order, ["split", "patient_id", "study_id", "sex", "age", "view", "projection"]]
+    assert [tuple(r) for r in got.itertuples(index=False)] == [m[1:] for m in LITERAL_META]
+
+
+def test_literal_lines_frontal_only_and_subset(tmp_path):
+    _write_literal(tmp_path)
+    df = chexpert.load_table(tmp_path, frontal_only=True, labels=["Edema", "Fracture"],
+                             uncertain="ones", blank="ignore", val_fraction=0.0)
+    assert df.attrs["labels"] == ["Edema", "Fracture"]
+    # rows 0, 1, 3, 4 of LITERAL_META (row 2 is the lateral view), labels by hand
+    np.testing.assert_array_equal(df[["Edema", "Fracture"]].to_numpy(np.float64),
+                                  [[np.nan, np.nan], [1.0, 1.0], [np.nan, np.nan], [1.0, 0.0]])

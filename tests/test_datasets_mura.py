@@ -175,3 +175,83 @@ def test_manifest_check(root, tmp_path):
     (r / "MURA-v1.1" / "train_labeled_studies.csv").unlink()
     res = manifests.check("mura", r)
     assert not res.usable and any("train_labeled_studies.csv" in m for m in res.missing)
+
+
+# ----------------------------------------------------------------------------- literal official lines
+
+LITERAL = {
+    "train_image_paths.csv": [
+        "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image1.png",
+        "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image2.png",
+        "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image3.png",
+        "MURA-v1.1/train/XR_HUMERUS/patient02544/study1_negative/image1.png",
+        "MURA-v1.1/train/XR_HUMERUS/patient02544/study2_positive/image1.png",
+    ],
+    "train_labeled_studies.csv": [
+        "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/,1",
+        "MURA-v1.1/train/XR_HUMERUS/patient02544/study1_negative/,0",
+        "MURA-v1.1/train/XR_HUMERUS/patient02544/study2_positive/,1",
+    ],
+    "valid_image_paths.csv": [
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png",
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image2.png",
+    ],
+    "valid_labeled_studies.csv": [
+        "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/,1",
+    ],
+}
+# By hand: image (as in the CSV) -> label, patient number, body part, official split.
+LITERAL_EXPECTED = {
+    "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image1.png": (1, 1, "XR_SHOULDER", "train"),
+    "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image2.png": (1, 1, "XR_SHOULDER", "train"),
+    "MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/image3.png": (1, 1, "XR_SHOULDER", "train"),
+    "MURA-v1.1/train/XR_HUMERUS/patient02544/study1_negative/image1.png": (0, 2544, "XR_HUMERUS", "train"),
+    "MURA-v1.1/train/XR_HUMERUS/patient02544/study2_positive/image1.png": (1, 2544, "XR_HUMERUS", "train"),
+    "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image1.png": (1, 11185, "XR_WRIST", "valid"),
+    "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/image2.png": (1, 11185, "XR_WRIST", "valid"),
+}
+
+
+def _write_literal(base, eol="\n", bom="", final_eol=True):
+    for name, lines in LITERAL.items():
+        path = base / "MURA-v1.1" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((bom + eol.join(lines) + (eol if final_eol else "")).encode("utf-8"))
+    for rel in LITERAL_EXPECTED:
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"placeholder")  # the reader checks existence, never decodes
+    return base
+
+
+@pytest.mark.parametrize("eol,bom,final_eol", [("\n", "", True), ("\r\n", "\ufeff", True), ("\n", "", False)],
+                         ids=["lf", "bom_crlf", "no_final_newline"])
+def test_literal_headerless_csv_lines(tmp_path, eol, bom, final_eol):
+    """Literal lines of the four headerless CSVs (study dirs with their trailing slash), also with
+    a BOM and CRLF line ends, and without a final newline."""
+    root = _write_literal(tmp_path, eol, bom, final_eol)
+    df = mura.load_table(root, val_fraction=0.0)
+    assert df.attrs["classes"] == ["normal", "abnormal"]
+    assert sorted(df["image"]) == sorted(LITERAL_EXPECTED)
+    for row in df.itertuples():
+        label, pid, part, official = LITERAL_EXPECTED[row.image]
+        assert (row.label, row.patient_id, row.body_part, row.official_split) == (label, pid, part, official)
+        assert row.split == ("test" if official == "valid" else "train")
+        assert row.study == row.image.rsplit("/", 1)[0] + "/"
+        assert row.path == str((tmp_path / row.image).resolve())
+    studies = mura.load_table(root, val_fraction=0.0, level="study")
+    got = {r.study: (r.n_images, r.label) for r in studies.itertuples()}
+    assert got == {"MURA-v1.1/train/XR_SHOULDER/patient00001/study1_positive/": (3, 1),
+                   "MURA-v1.1/train/XR_HUMERUS/patient02544/study1_negative/": (1, 0),
+                   "MURA-v1.1/train/XR_HUMERUS/patient02544/study2_positive/": (1, 1),
+                   "MURA-v1.1/valid/XR_WRIST/patient11185/study1_positive/": (2, 1)}
+
+
+def test_literal_lines_bad_label_names_file_and_line(tmp_path):
+    root = _write_literal(tmp_path)
+    path = root / "MURA-v1.1" / "train_labeled_studies.csv"
+    lines = list(LITERAL["train_labeled_studies.csv"])
+    lines[1] = "MURA-v1.1/train/XR_HUMERUS/patient02544/study1_negative/,negative"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="line 2") as err:
+        mura.load_table(root)
+    assert "train_labeled_studies.csv" in str(err.value) and "'negative'" in str(err.value)

@@ -231,3 +231,71 @@ def test_bare_file_names_in_json_and_absent_tb_image(root, tmp_path):
     with pytest.warns(UserWarning, match=re.escape(gone["file_name"])):
         df = tbx11k.load_table(r, subset="tb")
     assert not df["image"].str.endswith("/" + gone["file_name"]).any()
+
+
+# ----------------------------------------------------------------------------- literal official files
+
+# COCO JSON text as the release has it: images with file_name relative to imgs/, width, height,
+# id; annotations with id, image_id, category_id, bbox [x, y, w, h], area, iscrowd; the three
+# categories (3 = PulmonaryTuberculosis, unused by the released boxes).
+LITERAL_CATEGORIES = ('"categories": ['
+                      '{"supercategory": "Tuberculosis", "id": 1, "name": "ActiveTuberculosis"}, '
+                      '{"supercategory": "Tuberculosis", "id": 2, "name": "ObsoletePulmonaryTuberculosis"}, '
+                      '{"supercategory": "Tuberculosis", "id": 3, "name": "PulmonaryTuberculosis"}]')
+LITERAL_TRAIN_JSON = (
+    '{"images": [{"file_name": "health/h0001.png", "width": 512, "height": 512, "id": 0}, '
+    '{"file_name": "sick/s0002.png", "width": 512, "height": 512, "id": 1}, '
+    '{"file_name": "tb/tb0003.png", "width": 512, "height": 512, "id": 2}, '
+    '{"file_name": "tb/tb0004.png", "width": 512, "height": 512, "id": 3}], '
+    '"annotations": [{"id": 0, "image_id": 2, "category_id": 1, "bbox": [259.0, 147.0, 83.0, 109.0], '
+    '"area": 9047.0, "iscrowd": 0}, '
+    '{"id": 1, "image_id": 2, "category_id": 2, "bbox": [136.5, 120.25, 60.5, 48.0], '
+    '"area": 2904.0, "iscrowd": 0}, '
+    '{"id": 2, "image_id": 3, "category_id": 1, "bbox": [300, 200, 57, 91], "area": 5187, "iscrowd": 0}], '
+    + LITERAL_CATEGORIES + '}')
+LITERAL_VAL_JSON = (
+    '{"images": [{"file_name": "health/h0005.png", "width": 512, "height": 512, "id": 0}, '
+    '{"file_name": "tb/tb0006.png", "width": 512, "height": 512, "id": 1}], '
+    '"annotations": [{"id": 0, "image_id": 1, "category_id": 2, "bbox": [100.0, 110.0, 40.0, 42.0], '
+    '"area": 1680.0, "iscrowd": 0}], ' + LITERAL_CATEGORIES + '}')
+LITERAL_LISTS = {"TBX11K_train.txt": ["health/h0001.png", "sick/s0002.png", "tb/tb0003.png", "tb/tb0004.png"],
+                 "TBX11K_val.txt": ["health/h0005.png", "tb/tb0006.png"]}
+# By hand: image -> (label, boxes [x, y, w, h, class_index 0 active / 1 latent], official split).
+LITERAL_EXPECTED = {
+    "health/h0001.png": (0, [], "train"),
+    "sick/s0002.png": (1, [], "train"),
+    "tb/tb0003.png": (2, [[259.0, 147.0, 83.0, 109.0, 0], [136.5, 120.25, 60.5, 48.0, 1]], "train"),
+    "tb/tb0004.png": (2, [[300.0, 200.0, 57.0, 91.0, 0]], "train"),
+    "health/h0005.png": (0, [], "val"),
+    "tb/tb0006.png": (2, [[100.0, 110.0, 40.0, 42.0, 1]], "val"),
+}
+
+
+def _write_literal(base, bom="", eol="\n"):
+    tbx = base / "TBX11K"
+    (tbx / "annotations/json").mkdir(parents=True)
+    (tbx / "lists").mkdir()
+    for name, text in (("TBX11K_train.json", LITERAL_TRAIN_JSON), ("TBX11K_val.json", LITERAL_VAL_JSON)):
+        (tbx / "annotations/json" / name).write_bytes((bom + text).encode("utf-8"))
+    for name, lines in LITERAL_LISTS.items():
+        (tbx / "lists" / name).write_bytes((bom + eol.join(lines) + eol).encode("utf-8"))
+    for rel in LITERAL_EXPECTED:
+        (tbx / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tbx / "imgs" / rel).write_bytes(b"placeholder")  # the reader checks existence, never decodes
+    return base
+
+
+@pytest.mark.parametrize("bom,eol", [("", "\n"), ("\ufeff", "\r\n")], ids=["plain", "bom_crlf"])
+def test_literal_coco_json_and_lists(tmp_path, bom, eol):
+    root = _write_literal(tmp_path, bom, eol)
+    df = tbx11k.load_table(root, test_fraction=0.0)
+    assert df.attrs["classes"] == ["healthy", "sick_non_tb", "tb"]
+    assert df.attrs["box_classes"] == ["ActiveTuberculosis", "ObsoletePulmonaryTuberculosis"]
+    assert sorted(df["image"]) == sorted(LITERAL_EXPECTED)
+    for row in df.itertuples():
+        label, boxes, official = LITERAL_EXPECTED[row.image]
+        assert (row.label, row.official_split, row.split) == (label, official, official)
+        assert sorted(row.boxes) == sorted(boxes), row.image
+        assert row.path == str((tmp_path / "TBX11K/imgs" / row.image).resolve())
+    tb = tbx11k.load_table(root, subset="tb", test_fraction=0.0)
+    assert sorted(tb["image"]) == ["tb/tb0003.png", "tb/tb0004.png", "tb/tb0006.png"]

@@ -63,8 +63,11 @@ def decode_bytes(data, path) -> np.ndarray:
 def read_dicom(path) -> np.ndarray:
     """Decode a DICOM file to grey ``uint8``.
 
-    Applies Rescale Slope/Intercept, then the file's first Window Center/Width if present (else
-    the full min-max range), and inverts MONOCHROME1 so that air is dark as in MONOCHROME2.
+    Takes the first frame of a multi-frame file, applies Rescale Slope/Intercept, then the file's
+    first Window Center/Width if present with its VOI LUT Function (LINEAR, LINEAR_EXACT or
+    SIGMOID, DICOM PS3.3 C.11.2.1.2-3; a LINEAR width of 1 is a threshold), else the full min-max
+    range, scaled to 0..255; and inverts MONOCHROME1 so that air is dark as in MONOCHROME2. A
+    Modality or VOI LUT Sequence is not applied (rescale / window attributes only).
     """
     path = Path(path)
     return _decode_dicom(str(path), path)
@@ -78,20 +81,45 @@ def _decode_dicom(source, path) -> np.ndarray:
         arr = ds.pixel_array.astype(np.float64)
     except Exception as e:  # pydicom raises a variety of errors for broken files
         raise DataError(f"cannot read DICOM file {path}: {e}") from e
-    if arr.ndim == 3:  # multi-frame or colour: take the first frame / the grey of RGB
-        arr = arr[0] if arr.shape[-1] not in (3, 4) else arr[..., :3].mean(axis=-1)
+    # pydicom gives (frames, rows, cols[, samples]) when NumberOfFrames > 1, and a samples axis
+    # last when SamplesPerPixel > 1: decide by those attributes, not by the array's shape.
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]  # the first frame
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
+        arr = arr[..., :3].mean(axis=-1)  # the grey of RGB
+    if arr.ndim != 2:
+        raise DataError(f"cannot read DICOM file {path}: pixel data of shape {arr.shape} is not one "
+                        f"grey image")
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     arr = arr * slope + intercept
     center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
-    if center is not None and width is not None and width > 1:
-        lo, hi = center - 0.5 - (width - 1) / 2.0, center - 0.5 + (width - 1) / 2.0
-    else:
+    function = str(getattr(ds, "VOILUTFunction", "") or "LINEAR").strip().upper()
+    if center is not None and width is not None and (width >= 1 if function not in _VOI_NONLINEAR
+                                                     else width > 0):
+        scaled = _voi_window(arr, center, width, function) * 255.0
+    else:  # no (valid) window: the full range
         lo, hi = float(arr.min()), float(arr.max())
-    scaled = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
+        scaled = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         scaled = 255.0 - scaled
     return np.round(scaled).astype(np.uint8)
+
+
+_VOI_NONLINEAR = ("LINEAR_EXACT", "SIGMOID")
+
+
+def _voi_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """The VOI window of DICOM PS3.3 C.11.2.1.2.1 (LINEAR, the default and any unknown value),
+    C.11.2.1.3.2 (LINEAR_EXACT) and C.11.2.1.3.1 (SIGMOID), as a fraction 0..1 of the output."""
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width == 1:  # LINEAR with width 1 is a threshold: x <= c - 0.5 -> ymin, else ymax
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
 
 
 def _first(value):
@@ -160,5 +188,9 @@ def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id:
     ds.WindowCenter, ds.WindowWidth = (maxval + 1) / 2.0, float(maxval + 1)
     ds.PixelData = pix.tobytes()
     with atomic_path(path) as tmp:
-        pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
+        else:  # pydicom 2.4 (setup.cfg's lower bound): no enforce_file_format, encoding by hand
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            pydicom.dcmwrite(str(tmp), ds, write_like_original=False)
     return Path(path)

@@ -48,9 +48,10 @@ def read_csv_checked(path, required_columns=(), **kwargs) -> pd.DataFrame:
 
 
 def read_list(path) -> list[str]:
-    """Read a one-name-per-line list; tolerates a missing trailing newline and blank lines."""
+    """Read a one-name-per-line list; tolerates a missing trailing newline, blank lines, CRLF line
+    ends and a UTF-8 byte-order mark (which ``str.strip`` would keep on the first name)."""
     path = require_file(path, "split list")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
 
 
 def split_off_validation(df: pd.DataFrame, fraction: float, seed: int, by: str = "image",

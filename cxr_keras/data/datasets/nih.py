@@ -112,13 +112,19 @@ def _image_paths(root: Path) -> dict:
     return found
 
 
-def read_entries(root) -> pd.DataFrame:
-    """Parse Data_Entry_2017(_v2020).csv into one row per image with the 14 label columns."""
-    root = Path(root)
+def _entry_path(root: Path) -> Path:
     path = root / ENTRY_FILE
     if not path.exists() and (root / "Data_Entry_2017.csv").exists():
         path = root / "Data_Entry_2017.csv"  # the 2017 file: same columns plus a trailing comma
-    df = read_csv_checked(path, ["Image Index", "Finding Labels", "Patient ID"])
+    return path
+
+
+def read_entries(root) -> pd.DataFrame:
+    """Parse Data_Entry_2017(_v2020).csv into one row per image with the 14 label columns."""
+    path = _entry_path(Path(root))
+    # index_col=False: rows with one more (trailing, empty) field than the header must not turn
+    # the first column into the index and shift every value one column to the left.
+    df = read_csv_checked(path, ["Image Index", "Finding Labels", "Patient ID"], index_col=False)
     df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed")]]
     mat = np.zeros((len(df), len(LABELS)), np.float32)
     col = {k: i for i, k in enumerate(LABELS)}
@@ -153,6 +159,8 @@ def load_table(root, split: str = "official", val_fraction: float = 0.1, val_by:
     rows whose PNG is absent instead of raising.
     """
     root = Path(root)
+    if missing not in ("error", "drop"):
+        raise DataError(f"nih: missing must be 'error' or 'drop', got {missing!r}")
     df = read_entries(root)
     paths = _image_paths(root)
     df["path"] = [str(paths[n].resolve()) if n in paths else "" for n in df["image"]]
@@ -160,8 +168,8 @@ def load_table(root, split: str = "official", val_fraction: float = 0.1, val_by:
     if absent.any():
         if missing == "error":
             names = df.loc[absent, "image"].head(5).tolist()
-            raise DataError(f"{root}: {int(absent.sum())} image(s) listed in {ENTRY_FILE} are missing "
-                            f"under images_*/images/, e.g. {names}")
+            raise DataError(f"{root}: {int(absent.sum())} image(s) listed in {_entry_path(root).name} "
+                            f"are missing under images_*/images/, e.g. {names}")
         df = df.loc[~absent]
     if split == "official":
         test = set(read_list(root / "test_list.txt"))
@@ -180,10 +188,31 @@ def load_boxes(root) -> pd.DataFrame:
     """Read BBox_List_2017.csv: columns image, label (as in the file), finding (Data_Entry
     spelling), x, y, w, h in pixels of the 1024x1024 PNG."""
     path = Path(root) / BBOX_FILE
-    df = read_csv_checked(path, header=None, skiprows=1, usecols=range(6))
+    # The header "Image Index,Finding Label,Bbox [x,y,w,h],,," has 9 fields for 6 values: skip it
+    # after checking its first two names, and read the rows by position.
+    header = read_csv_checked(path, nrows=0, index_col=False)
+    for i, name in enumerate(("Image Index", "Finding Label")):
+        found = str(header.columns[i]).strip() if len(header.columns) > i else None
+        if found != name:
+            raise DataError(f"{path}: column {i + 1} of the header must be {name!r}, found {found!r}")
+    df = read_csv_checked(path, header=None, skiprows=1, usecols=range(6), dtype=str,
+                          keep_default_na=False)
     df.columns = ["image", "label", "x", "y", "w", "h"]
+    df["image"] = df["image"].str.strip()
+    for col in ("x", "y", "w", "h"):
+        values = pd.to_numeric(df[col].str.strip(), errors="coerce")
+        if values.isna().any():
+            i = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(f"{path}: line {i + 2} (image {df['image'].iloc[i]}): box {col} "
+                            f"{df[col].iloc[i]!r} is not a number")
+        df[col] = values.astype(np.float64)
+    df["label"] = df["label"].str.strip()
     df["finding"] = df["label"].map(lambda s: BBOX_LABELS.get(s, s))
-    unknown = sorted(set(df["finding"]) - set(LABELS))
-    if unknown:
-        raise DataError(f"{path}: unknown label(s) {unknown} in column 'Finding Label'")
+    bad = ~df["finding"].isin(LABELS).to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: line {i + 2} (image {df['image'].iloc[i]}): unknown label "
+                        f"{df['label'].iloc[i]!r} in column 'Finding Label' ({int(bad.sum())} such "
+                        f"row(s), labels {sorted(set(df.loc[bad, 'label']))}); known: {list(LABELS)} "
+                        f"and the BBox spelling(s) {list(BBOX_LABELS)}")
     return df

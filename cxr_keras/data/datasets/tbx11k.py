@@ -163,7 +163,7 @@ def read_coco(path, uncertain: str = "drop") -> dict:
     if not path.exists():
         raise DataError(f"missing COCO annotation file: {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM is not JSON
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: invalid JSON: {e}") from e
     images = _field(data, "images", path, "the top level")
