@@ -57,3 +57,20 @@ def _fresh_keras_state():
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
     gc.collect()
+
+
+@pytest.fixture
+def restore_runtime():
+    """Put back what ``cxr_keras.training.runtime.configure`` changes process-wide: TensorFlow's
+    op determinism (as it was; TensorFlow has no public switch to turn it off, hence the
+    internal module) and the global dtype policy ("float32")."""
+    from tensorflow.python.framework import config as tf_config
+
+    was = tf_config.is_op_determinism_enabled()
+    try:
+        yield
+    finally:
+        (tf_config.enable_op_determinism if was else tf_config.disable_op_determinism)()
+        import keras
+
+        keras.mixed_precision.set_global_policy("float32")

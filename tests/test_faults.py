@@ -23,10 +23,10 @@ import os, signal, sys
 import keras, numpy as np
 from cxr_keras.data.cache import Cache
 from cxr_keras.data.pipeline import make_dataset
-from cxr_keras.training import RunFolder, fit_stage
+from cxr_keras.training import RunFolder, configure, fit_stage
 
 cache, run_dir, kill = Cache(sys.argv[1]), sys.argv[2], sys.argv[3]
-keras.utils.set_random_seed(0)
+configure(0, deterministic=True, mixed_precision=False, xla=False)  # bit-equality across processes
 L = keras.layers
 inp = keras.Input((None, None, 1))
 x = inp

@@ -1,13 +1,23 @@
 """Multi-host data parallelism (JAX backend, gloo CPU collectives): two worker processes on
 loopback train one of our networks from a phantom cache through the tf.data pipeline, and end
-with identical weights and a falling loss."""
+with identical weights and a falling loss.
+
+The workers ask for determinism (``configure(deterministic=True)``: seeds, TensorFlow op
+determinism for the tf.data pipeline; XLA's CPU kernels are deterministic) rather than relying on
+it. The coordinator's port: JAX's coordinator binds it itself (on every interface), in another
+process, so it cannot be held for it; the OS picks a free port, and a launch whose coordinator
+could not bind it (another program took it in between) is recognised in process 0's log and
+started again on a new port.
+"""
 
 import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from _cli import console_script
 
@@ -23,7 +33,8 @@ info = initialize()
 import keras, numpy as np
 from cxr_keras.data.pipeline import make_dataset
 from cxr_keras.models import resnet18
-keras.utils.set_random_seed(0)
+from cxr_keras.training.runtime import configure
+configure(0, deterministic=True, mixed_precision=False, xla=False)
 ds = make_dataset(sys.argv[1], "train", training=True, batch_size=16, seed=0,
                   labels=["Effusion", "Cardiomegaly"], drop_remainder=True)
 base = resnet18(include_top=False, pooling="avg", input_shape=(64, 64, 3), widths=(8, 8, 16, 16))
@@ -39,9 +50,56 @@ print(json.dumps({**info, "chief": is_chief(), "loss": hist.history["loss"],
 
 
 def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+    """A port the OS reports free on every interface (where the coordinator binds it)."""
+    if socket.has_dualstack_ipv6():
+        with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as s:
+            return s.getsockname()[1]
+    with socket.create_server(("", 0)) as s:
         return s.getsockname()[1]
+
+
+# gRPC's message when the coordinator cannot bind its port (process 0 then dies, SIGSEGV); it is
+# an ERROR log line, so the workers run with TF_CPP_MIN_LOG_LEVEL=2, not 3.
+BIND_FAILED = re.compile(r"Failed to add port to server|Address already in use")
+
+
+def _wait_all(procs, timeout):
+    """Every process's (stdout, stderr); as soon as one fails, the others are killed (they would
+    wait for it in initialize or in the all-reduce until JAX's own timeout)."""
+    def communicate(p):
+        try:
+            return p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            return p.communicate()
+
+    with ThreadPoolExecutor(len(procs)) as pool:
+        futures = [pool.submit(communicate, p) for p in procs]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            if any(procs[futures.index(f)].returncode != 0 for f in done):
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+        return [f.result() for f in futures]
+
+
+def run_two_processes(argv, timeout=600, attempts=3, **popen_kw):
+    """Run ``argv`` as processes 0 and 1 of a loopback JAX job; ``[(returncode, stdout, stderr)]``
+    of the first launch whose coordinator could bind its port."""
+    for attempt in range(1, attempts + 1):
+        port = _free_port()
+        procs = []
+        for pid in (0, 1):
+            env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
+                       CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="2",
+                       JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+            procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, **popen_kw))
+        logs = _wait_all(procs, timeout)
+        if procs[0].returncode == 0 or not BIND_FAILED.search(logs[0][1]) or attempt == attempts:
+            return [(p.returncode, out, err) for p, (out, err) in zip(procs, logs)]
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
@@ -52,18 +110,9 @@ def test_two_processes_on_loopback_end_with_identical_weights(tmp_path):
     write_phantom("nih", tmp_path / "nih", n=160, size=64, seed=0, workers=1, progress=False)
     table = load_table("nih", tmp_path / "nih")
     cache = build_cache(table, tmp_path / "cache", size=64, workers=1, progress=False)
-    port = _free_port()
-    procs = []
-    for pid in (0, 1):
-        env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
-                   CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="3",
-                   JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(cache)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
-    for p in procs:
-        out, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
+    for rc, out, err in run_two_processes([sys.executable, "-c", WORKER, str(cache)]):
+        assert rc == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     a, b = results
     assert (a["num_processes"], a["devices"]) == (2, 2)
@@ -71,6 +120,38 @@ def test_two_processes_on_loopback_end_with_identical_weights(tmp_path):
     assert a["chief"] != b["chief"]
     assert a["checksum"] == b["checksum"] and a["moved"] > 0       # the same weights, trained
     assert a["loss"] == b["loss"] and a["loss"][-1] < a["loss"][0], a["loss"]
+
+
+INIT_ONLY = r"""
+import json, os
+import jax
+jax.distributed.initialize(os.environ["CXR_COORDINATOR"], int(os.environ["CXR_NUM_PROCESSES"]),
+                           int(os.environ["CXR_PROCESS_ID"]))
+print(json.dumps({"process_id": jax.process_index(), "processes": jax.process_count()}))
+"""
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+def test_a_coordinator_port_taken_in_between_is_recognised_and_retried(monkeypatch):
+    """The race itself, forced: the first port handed out is held by another socket; process 0
+    cannot bind it, the other process is stopped, and the second launch joins."""
+    family = socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET
+    with socket.create_server(("", 0), family=family,
+                              dualstack_ipv6=family == socket.AF_INET6) as held:
+        handed = []
+        free = _free_port
+
+        def port():
+            handed.append(held.getsockname()[1] if not handed else free())
+            return handed[-1]
+
+        monkeypatch.setattr(sys.modules[__name__], "_free_port", port)
+        results = run_two_processes([sys.executable, "-c", INIT_ONLY], timeout=120)
+    assert len(handed) == 2 and handed[0] != handed[1]
+    for rc, out, err in results:
+        assert rc == 0, err[-3000:]
+    joined = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+    assert joined == [{"process_id": 0, "processes": 2}, {"process_id": 1, "processes": 2}]
 
 
 def test_initialize_names_what_is_missing(monkeypatch):
@@ -102,20 +183,14 @@ def test_cli_run_distributed_two_processes(tmp_path):
     weights, only process 0 reports. The library-level test above runs in CI."""
     from cxr_keras.training import read_history
 
-    port, out = _free_port(), tmp_path / "runs"
+    out = tmp_path / "runs"
     cmd = [console_script(), "run", "fzlpr", "--dataset", "phantom", "--quick",
-           "--distributed", "--phantom-n", "160", "--stage1-epochs", "1", "--stage2-epochs", "2",
-           "--batch-size", "16", "--verbose", "0", "--out", str(out)]
-    procs = []
-    for pid in (0, 1):
-        env = dict(os.environ, KERAS_BACKEND="jax", CXR_COORDINATOR=f"127.0.0.1:{port}",
-                   CXR_NUM_PROCESSES="2", CXR_PROCESS_ID=str(pid), TF_CPP_MIN_LOG_LEVEL="3",
-                   JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-        procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+           "--distributed", "--deterministic", "--phantom-n", "160", "--stage1-epochs", "1",
+           "--stage2-epochs", "2", "--batch-size", "16", "--verbose", "0", "--out", str(out)]
+    logs = []
+    for rc, stdout, stderr in run_two_processes(cmd, timeout=900, cwd=tmp_path):
+        assert rc == 0, (stdout + stderr)[-4000:]
+        logs.append(stdout + stderr)
     assert "process 0 of 2" in logs[0] and "process 1 of 2" in logs[1]
     [chief] = [d for d in out.glob("fzlpr-*") if d.is_dir()]
     [worker] = list((out / "_workers" / "process1").glob("fzlpr-*"))

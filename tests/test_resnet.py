@@ -152,3 +152,97 @@ def test_outputs_match_torch():
         with torch.no_grad():
             expected = ref(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
         np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-4)
+
+
+# -- a torch-free reference: the BasicBlock network in plain NumPy (float64, NHWC / HWIO) -------
+# Written from torchvision's ``resnet.py`` (``conv3x3``: padding=1, ``conv1``: 7x7 stride 2
+# padding 3, ``maxpool``: 3x3 stride 2 padding 1, ``BasicBlock``: relu(bn2(conv2(relu(bn1(conv1(x)))))
+# + downsample(x)), downsample = 1x1 conv with the block's stride + BN when stride or channels
+# change), reading the Keras weights by layer name.
+
+def _np_conv(x, w, stride, pad):
+    """Cross-correlation of an NHWC batch with an HWIO kernel, zero padding ``pad`` on every
+    side (PyTorch's ``Conv2d(padding=pad)``), accumulated tap by tap."""
+    x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    kh, kw = w.shape[:2]
+    oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, w.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+            out += patch @ w[i, j]
+    return out
+
+
+def _np_maxpool(x):
+    """``nn.MaxPool2d(3, stride=2, padding=1)``: the padding never wins the max."""
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    oh, ow = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    return np.max([x[:, i:i + 2 * oh - 1:2, j:j + 2 * ow - 1:2] for i in range(3)
+                   for j in range(3)], axis=0)
+
+
+def _np_resnet(model, x, arch):
+    """Stage outputs {1..4} and logits of ``model`` (include_top) recomputed from its weights."""
+    w = {v.path: keras.ops.convert_to_numpy(v).astype(np.float64) for v in model.weights}
+
+    def conv(h, name, stride, pad):
+        return _np_conv(h, w[f"{name}/kernel"], stride, pad)
+
+    def bn(h, name):  # inference: moving statistics, PyTorch's epsilon 1e-5
+        return ((h - w[f"{name}/moving_mean"]) / np.sqrt(w[f"{name}/moving_variance"] + 1e-5)
+                * w[f"{name}/gamma"] + w[f"{name}/beta"])
+
+    relu = lambda h: np.maximum(h, 0.0)
+    h = relu(bn(conv(x.astype(np.float64), "conv1", 2, 3), "bn1"))
+    h = _np_maxpool(h)
+    feats = {}
+    for i, n in enumerate(DEPTHS[arch], start=1):
+        for j in range(n):
+            p = f"layer{i}_{j}_"
+            stride = 2 if (i > 1 and j == 0) else 1
+            y = relu(bn(conv(h, p + "conv1", stride, 1), p + "bn1"))
+            y = bn(conv(y, p + "conv2", 1, 1), p + "bn2")
+            planes = w[p + "conv1/kernel"].shape[-1]
+            if stride != 1 or h.shape[-1] != planes:
+                assert f"{p}downsample_conv/kernel" in w, f"{p}: projection shortcut missing"
+                shortcut = bn(conv(h, p + "downsample_conv", stride, 0), p + "downsample_bn")
+            else:
+                assert f"{p}downsample_conv/kernel" not in w, f"{p}: unexpected projection"
+                shortcut = h
+            h = relu(y + shortcut)
+        feats[i] = h
+    logits = h.mean(axis=(1, 2)) @ w["fc/kernel"] + w["fc/bias"]
+    return feats, logits
+
+
+@pytest.mark.parametrize("builder,widths", [(resnet18, (8, 8, 16, 16)),
+                                            (resnet34, (4, 8, 8, 16))])
+def test_reduced_network_matches_numpy_basic_blocks(builder, widths):
+    """Both builders at reduced width (layer1 keeps the stem's width for resnet18, changes it
+    for resnet34: projection in layer1_0) against the NumPy BasicBlock network above, in
+    inference mode with random BN statistics, at an odd input size (37) where the padding
+    convention decides every spatial size and border value."""
+    arch = builder.__name__
+    keras.utils.set_random_seed(3)
+    model = builder(include_top=True, classes=3, widths=widths, input_shape=(37, 37, 3))
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, c).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.2, c).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.2, c).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c).astype("float32"))
+    x = rng.normal(size=(2, 37, 37, 3)).astype("float32")
+    feats, logits = _np_resnet(model, x, arch)
+    assert [feats[i].shape[1] for i in (1, 2, 3, 4)] == [10, 5, 3, 2]  # torchvision's sizes
+    names = stage_outputs(model)
+    sub = keras.Model(model.input, [model.get_layer(names[i]).output for i in (1, 2, 3, 4)]
+                      + [model.output])
+    *outs, got = sub.predict_on_batch(x)
+    for i, out in enumerate(outs, start=1):
+        assert out.shape == feats[i].shape, f"stage {i}"
+        np.testing.assert_allclose(out, feats[i], rtol=1e-4, atol=1e-4, err_msg=f"stage {i}")
+    np.testing.assert_allclose(got, logits, rtol=1e-4, atol=1e-4)
+    assert np.abs(logits).max() > 1e-2 and np.ptp(logits) > 1e-3  # not a degenerate output

@@ -3,6 +3,9 @@
 centres), cut into ``output_size`` x ``output_size`` bins, each bin the mean of
 ``sampling_ratio`` x ``sampling_ratio`` bilinear samples at regularly spaced points; a sample
 more than one pixel outside the map is 0, one within a pixel is clamped to the border.
+
+Under mixed precision the sampling runs in float32 (box coordinates in half precision would be
+off by up to 4 pixels above 1024 in bfloat16) and the result has the features' dtype.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ def _bilinear_1d(coord, size):
 
 def roi_align(features, boxes, output_size: int = 7, spatial_scale: float = 1.0 / 16,
               sampling_ratio: int = 2, aligned: bool = True):
-    """``features`` (B, H, W, C), ``boxes`` (B, R, 4) as (x1, y1, x2, y2) -> (B, R, S, S, C)."""
+    """``features`` (B, H, W, C), ``boxes`` (B, R, 4) as (x1, y1, x2, y2) -> (B, R, S, S, C),
+    in the features' dtype (computed in float32)."""
     features = ops.convert_to_tensor(features)
+    out_dtype = features.dtype
     b = ops.shape(features)[0]
     c = features.shape[3] if features.shape[3] is not None else ops.shape(features)[3]
     h_, w_ = int(features.shape[1]), int(features.shape[2])
@@ -49,7 +54,7 @@ def roi_align(features, boxes, output_size: int = 7, spatial_scale: float = 1.0 
     xs = _axis_samples(x1, x2, output_size, sampling_ratio)
     y_lo, y_hi, wy_lo, wy_hi, y_ok = _bilinear_1d(ys, h_)
     x_lo, x_hi, wx_lo, wx_hi, x_ok = _bilinear_1d(xs, w_)
-    flat = ops.reshape(features, (-1, c))
+    flat = ops.reshape(ops.cast(features, "float32"), (-1, c))
     base = ops.reshape(ops.arange(b, dtype="int32") * (h_ * w_), (-1, 1, 1, 1))
 
     def gather(yi, xi):
@@ -63,23 +68,26 @@ def roi_align(features, boxes, output_size: int = 7, spatial_scale: float = 1.0 
     ok = ops.cast(y_ok[..., :, None] & x_ok[..., None, :], out.dtype)[..., None]
     out = out * ok
     out = ops.reshape(out, (b, r, output_size, sampling_ratio, output_size, sampling_ratio, c))
-    return ops.mean(out, axis=(3, 5))
+    return ops.cast(ops.mean(out, axis=(3, 5)), out_dtype)
 
 
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class RoIAlign(keras.layers.Layer):
-    """Layer form of :func:`roi_align`: ``call([features, boxes])``."""
+    """Layer form of :func:`roi_align`: ``call([features, boxes])``; the output is in the
+    layer's compute dtype. Inputs are not autocast, so that a mixed-precision policy does not
+    round the box coordinates to half precision."""
 
     def __init__(self, output_size=7, spatial_scale=1.0 / 16, sampling_ratio=2, aligned=True,
                  **kwargs):
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.output_size, self.spatial_scale = int(output_size), float(spatial_scale)
         self.sampling_ratio, self.aligned = int(sampling_ratio), bool(aligned)
 
     def call(self, inputs):
         features, boxes = inputs
-        return roi_align(features, boxes, self.output_size, self.spatial_scale,
-                         self.sampling_ratio, self.aligned)
+        return ops.cast(roi_align(features, boxes, self.output_size, self.spatial_scale,
+                                  self.sampling_ratio, self.aligned), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         f, bx = input_shape

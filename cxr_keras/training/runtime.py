@@ -47,16 +47,29 @@ def configure(seed: int = 0, deterministic: bool = False, mixed_precision="auto"
               multi_gpu: bool = True) -> Runtime:
     """Seed every generator; switch mixed precision and XLA on by default on GPU only.
 
-    ``deterministic=True`` asks TensorFlow for deterministic kernels (slower on GPU).
+    Process-wide and not undone (call it once, at the start of a run):
+
+    * ``keras.utils.set_random_seed(seed)``: Python's ``random``, NumPy's global generator,
+      TensorFlow's global seed and the backend's (Keras' default seed generators).
+    * ``deterministic=True``: ``tf.config.experimental.enable_op_determinism()`` (deterministic
+      TensorFlow kernels, slower on GPU), on every backend, since the ``tf.data`` input pipelines
+      run on TensorFlow; JAX's CPU kernels need nothing more (on GPU JAX also needs
+      ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` set before it starts).
+    * The global dtype policy is **set** either way: ``"mixed_float16"`` (``mixed_precision``
+      true, or "auto" with a GPU) or ``"float32"``, replacing any policy set before.
+
     ``multi_gpu``: on TensorFlow with several GPUs visible, build a MirroredStrategy.
     """
     backend = keras.backend.backend()
     keras.utils.set_random_seed(seed)
     gpus = _gpu_count(backend)
-    if deterministic and backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
+    if deterministic:
+        try:
+            import tensorflow as tf
+        except ImportError:  # JAX without TensorFlow: no tf.data pipeline to make deterministic
+            tf = None
+        if tf is not None:
+            tf.config.experimental.enable_op_determinism()
     mp = gpus > 0 if mixed_precision == "auto" else bool(mixed_precision)
     keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
     jit = gpus > 0 if xla == "auto" else bool(xla)
