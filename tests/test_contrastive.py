@@ -1,5 +1,6 @@
 """MoCo v2 and SimCLR: InfoNCE and NT-Xent against NumPy, the queue and the momentum update exact
-after a training step (TF and JAX), reload, and a contrastive task learnt well above chance."""
+after a training step (TF and JAX), reload, and a contrastive task learnt well above an untrained
+encoder and chance."""
 
 import importlib.util
 
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from cxr_keras.models.contrastive import MoCo, SimCLR, info_nce_logits, nt_xent
+from cxr_keras.models.contrastive import (
+    MoCo, SimCLR, cross_entropy_first, info_nce_logits, nt_xent,
+)
 from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
@@ -30,7 +33,6 @@ def _encoder(seed=0, width=6):
 def test_info_nce_against_numpy():
     rng = np.random.default_rng(0)
     q, k, queue = (_unit(rng.normal(size=s)).astype("float32") for s in ((4, 8), (4, 8), (10, 8)))
-    from cxr_keras.models.contrastive import cross_entropy_first
     loss, acc = cross_entropy_first(info_nce_logits(q, k, queue, 0.2))
     pos = (q * k).sum(1) / 0.2
     neg = q @ queue.T / 0.2
@@ -102,30 +104,81 @@ def test_contrastive_models_reload_with_safe_mode(tmp_path):
             assert int(again.queue_ptr) == int(model.queue_ptr)
 
 
-def _pairs_dataset(n=256, seed=0):
-    """Two noisy views of n distinct random images: the positive is findable only by content."""
+BATCH = 16
+
+
+def _views(x, seed):
+    """A view of images ``x``: channels 0-1 with a little noise (what identifies the image),
+    channel 2 replaced by strong noise (a nuisance that dominates an untrained encoder's features,
+    so the positive is found only once the encoder has learnt to ignore it)."""
     import tensorflow as tf
 
-    rng = np.random.default_rng(seed)
-    base = rng.normal(size=(n, 8, 8, 3)).astype("float32")
-    ds = tf.data.Dataset.from_tensor_slices(base).repeat().shuffle(n, seed=seed).batch(16)
+    content = x[..., :2] + tf.random.normal(tf.shape(x[..., :2]), stddev=0.1, seed=seed)
+    return tf.concat([content, tf.random.normal(tf.shape(x[..., :1]), stddev=3.0, seed=seed + 10)],
+                     axis=-1)
 
-    def views(x):
-        return ((x + tf.random.normal(tf.shape(x), stddev=0.3, seed=1),
-                 x + tf.random.normal(tf.shape(x), stddev=0.3, seed=2)),)
-    return ds.map(views)
+
+def _pairs_dataset(n=256, seed=0):
+    """Two views of n distinct random images: the positive is findable only by content."""
+    import tensorflow as tf
+
+    base = np.random.default_rng(seed).normal(size=(n, 8, 8, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(base).repeat().shuffle(n, seed=seed).batch(BATCH)
+    return ds.map(lambda x: ((_views(x, 1), _views(x, 2)),))
+
+
+def _retrieval_accuracy(encoder, a, b):
+    """Fraction of images whose view ``a`` has its own view ``b`` as nearest neighbour (cosine of
+    the encoder's features) among all the ``b`` views; chance is 1 / len(a)."""
+    fa, fb = (np.array(encoder(v, training=False), np.float64) for v in (a, b))
+    fa, fb = _unit(fa), _unit(fb)
+    return float(np.mean((fa @ fb.T).argmax(axis=1) == np.arange(len(fa))))
+
+
+def test_accuracy_counts_a_tie_as_a_miss():
+    # a collapsed encoder gives equal logits: no hits (argmax would credit the first column)
+    loss, acc = cross_entropy_first(np.zeros((4, 7), "float32"))
+    assert float(acc) == 0.0 and float(loss) == pytest.approx(np.log(7))
+    z = np.ones((3, 4), "float32") / 2
+    assert float(nt_xent(z, z, 0.5)[1]) == 0.0
+    rng = np.random.default_rng(4)
+    z1, z2 = (_unit(rng.normal(size=(5, 8))).astype("float32") for _ in range(2))
+    sim = np.concatenate([z1, z2]) @ np.concatenate([z1, z2]).T
+    np.fill_diagonal(sim, -np.inf)
+    pos = (np.arange(10) + 5) % 10
+    others = sim.copy()
+    others[np.arange(10), pos] = -np.inf
+    assert float(nt_xent(z1, z2, 0.5)[1]) == pytest.approx(
+        np.mean(sim[np.arange(10), pos] > others.max(axis=1)))
 
 
 @pytest.mark.parametrize("kind", ["moco", "simclr"])
 def test_contrastive_pretraining_finds_the_positive_well_above_chance(kind):
+    """Held-out retrieval with the encoder's features, against the same encoder before training
+    (which the nuisance channel keeps near chance) and against chance; the logged training
+    accuracy against its chance from the configuration."""
+    import tensorflow as tf
+
+    queue = 32
     encoder = _encoder(width=32)
-    model = (MoCo(encoder, dim=16, hidden=32, queue_size=32, momentum=0.9, seed=0)
+    model = (MoCo(encoder, dim=16, hidden=32, queue_size=queue, momentum=0.9, seed=0)
              if kind == "moco" else SimCLR(encoder, dim=16, hidden=32, temperature=0.2))
+    held_out = tf.constant(np.random.default_rng(100).normal(size=(64, 8, 8, 3)), "float32")
+    a, b = _views(held_out, 3), _views(held_out, 4)
+    untrained = _retrieval_accuracy(encoder, a, b)
     model.compile(keras.optimizers.Adam(3e-3))
     hist = model.fit(_pairs_dataset(), epochs=6, steps_per_epoch=20, verbose=0).history
-    chance = 1 / 33 if kind == "moco" else 1 / 31
-    assert hist["contrast_acc"][-1] > 10 * chance, hist["contrast_acc"]
-    assert hist["loss"][-1] < hist["loss"][0], hist["loss"]
+    trained = _retrieval_accuracy(encoder, a, b)
+    chance, margin = 1 / len(a), 0.3
+    assert trained > untrained + margin and trained > 10 * chance, (
+        f"held-out retrieval {trained:.3f}: not {margin} above the untrained encoder's "
+        f"{untrained:.3f}, or not 10 x chance (1/{len(a)})")
+    # the logged top-1 and loss: the positive among 1 + queue keys (MoCo), 2 x batch - 1 views
+    # (SimCLR); logits that carry nothing give accuracy 1 / candidates and loss log(candidates).
+    # (Not loss[0]: MoCo's first epoch starts on a queue of random keys, which are easy.)
+    candidates = 1 + queue if kind == "moco" else 2 * BATCH - 1
+    assert hist["contrast_acc"][-1] > 10 / candidates, (hist["contrast_acc"], candidates)
+    assert hist["loss"][-1] < np.log(candidates), (hist["loss"], np.log(candidates))
 
 
 JAX_CHECK = r"""

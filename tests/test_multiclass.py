@@ -125,9 +125,24 @@ def test_bootstrap_interval_option():
     y, proba = _data(n=200)
     m = multiclass_metrics(y, proba, n_boot=60, seed=1)
     lo, hi = m["mcc_interval"]["bootstrap"]
-    assert lo < m["mcc"] < hi
+    # independent: the percentile bootstrap in NumPy + sklearn, rows drawn with default_rng(seed)
+    rng = np.random.default_rng(1)
+    stats = [matthews_corrcoef(y[idx], proba[idx].argmax(axis=1))
+             for idx in (rng.integers(0, 200, 200) for _ in range(60))]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(stats, [2.5, 97.5])), abs=1e-12)
     est, lo2, hi2 = mcc_bootstrap_interval(y, proba, n_boot=60, seed=1)
     assert (est, lo2, hi2) == pytest.approx((m["mcc"], lo, hi))
+
+
+def test_bootstrap_interval_shrinks_like_one_over_root_n():
+    """Four times the cases halve the interval's width (measured 1.66-2.47 over 20 seeds at 100
+    resamples)."""
+    width = {}
+    for n in (200, 800):
+        y, proba = _data(seed=1, n=n)
+        _, lo, hi = mcc_bootstrap_interval(y, proba, n_boot=100, seed=1)
+        width[n] = hi - lo
+    assert 1.4 < width[200] / width[800] < 2.9, width
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,15 +50,19 @@ def test_task_models_share_the_backbone():
 
 
 def test_deeplab_learns_a_disc_mask():
+    """Discs placed and sized at random: a model must find each one. The baselines, fitted on the
+    training masks, ignore the image: the thresholded mean training mask and the best centred
+    disc (on the earlier, centred version of this task the disc prior scored 0.71 Dice)."""
     from cxr_keras.losses.segmentation import dice_loss
+    from _baselines import centred_disc_dice, dice, mean_mask_dice
 
     rng = np.random.default_rng(0)
-    n, s = 48, 128  # large discs: the logits come at stride 32 (4 x 4 here)
+    n, n_train, s = 56, 40, 128  # radius 14-30 px: the logits come at stride 32 (4 x 4)
     yy, xx = np.mgrid[:s, :s]
     x = rng.normal(scale=0.3, size=(n, s, s, 3)).astype("float32")
     y = np.zeros((n, s, s, 1), "float32")
     for i in range(n):
-        cy, cx, r = rng.uniform(45, 83), rng.uniform(45, 83), rng.uniform(25, 40)
+        cy, cx, r = rng.uniform(30, 98), rng.uniform(30, 98), rng.uniform(14, 30)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
         y[i, ..., 0] = disc
         x[i][disc] += 1.0
@@ -67,8 +71,11 @@ def test_deeplab_learns_a_disc_mask():
     seg = task_model(b, "segmentation", 1, "seg", filters=32)
     seg.compile(keras.optimizers.Adam(3e-3),
                 loss=lambda t, logits: dice_loss(t, keras.ops.sigmoid(logits)))
-    seg.fit(x[:40], y[:40], epochs=25, batch_size=8, verbose=0)
-    p = 1 / (1 + np.exp(-np.asarray(seg.predict(x[40:], verbose=0)))) > 0.5
-    t = y[40:] > 0.5
-    dice = 2 * (p & t).sum() / (p.sum() + t.sum())
-    assert dice > 0.7, dice
+    seg.fit(x[:n_train], y[:n_train], epochs=25, batch_size=8, verbose=0)
+    observed = dice(np.asarray(seg.predict(x[n_train:], verbose=0)) > 0, y[n_train:] > 0.5)
+    priors = {"mean training mask": mean_mask_dice(y[:n_train], y[n_train:]),
+              "centred disc": centred_disc_dice(y[:n_train], y[n_train:])}
+    margin = 0.3
+    assert observed > max(priors.values()) + margin, (
+        f"Dice {observed:.3f} on {n - n_train} test masks, not {margin} above the image-blind "
+        f"priors fitted on the training masks: {priors}")

@@ -41,10 +41,11 @@ def info_nce_logits(q, k, queue, temperature):
 
 
 def cross_entropy_first(logits):
-    """Mean over rows of -log softmax(logits)[0] (the positive is column 0), and top-1 hits."""
+    """Mean over rows of -log softmax(logits)[0] (the positive is column 0), and top-1 hits (a
+    tie with a negative is a miss, so a collapsed encoder scores 0, not 1)."""
     logits = ops.cast(logits, "float32")
     loss = ops.mean(ops.logsumexp(logits, axis=1) - logits[:, 0])
-    acc = ops.mean(ops.cast(ops.argmax(logits, axis=1) == 0, "float32"))
+    acc = ops.mean(ops.cast(logits[:, 0] > ops.max(logits[:, 1:], axis=1), "float32"))
     return loss, acc
 
 
@@ -58,7 +59,8 @@ def nt_xent(z1, z2, temperature):
     positive = (idx + n) % (2 * n)
     pos_logit = ops.take_along_axis(sim, positive[:, None], axis=1)[:, 0]
     loss = ops.mean(ops.logsumexp(sim, axis=1) - pos_logit)
-    acc = ops.mean(ops.cast(ops.argmax(sim, axis=1) == positive, "float32"))
+    others = sim - 1e9 * ops.one_hot(positive, 2 * n, dtype="float32")
+    acc = ops.mean(ops.cast(pos_logit > ops.max(others, axis=1), "float32"))  # ties are misses
     return loss, acc
 
 
