@@ -54,9 +54,9 @@ def _build(name: str, size: int, blocks: tuple):
             if blocks == FULL:
                 model = densenet121_fzlpr(num_classes=NUM_CLASSES, weights=None, input_shape=shape)
             else:  # the reduced DenseNet of `cxr-keras run fzlpr --quick` (recipes.fzlpr)
-                from keras.src.applications.densenet import DenseNet
+                from cxr_keras.models import densenet
 
-                base = DenseNet(list(blocks), include_top=False, weights=None, input_shape=shape)
+                base = densenet(blocks, input_shape=shape)
                 model = densenet121_fzlpr(num_classes=NUM_CLASSES, weights=None, base=base)
         except ValueError as e:
             raise SystemExit(f"densenet121_fzlpr cannot be built at {size}x{size} (its top needs a "

@@ -88,9 +88,10 @@ def cmd_prepare(args):
 
 def cmd_run(args, rest):
     if args.paper is None:
+        asked = rest in (["-h"], ["--help"])
         print(f"usage: cxr-keras run PAPER [options]; PAPER is one of: {', '.join(PAPERS)}; "
-              "see cxr-keras run PAPER --help")
-        return 0 if rest in ([], ["-h"], ["--help"]) else 2
+              "see cxr-keras run PAPER --help", file=sys.stdout if asked else sys.stderr)
+        return 0 if asked else 2
     if args.paper not in PAPERS:
         raise DataError(f"unknown paper {args.paper!r}; known: {', '.join(PAPERS)}")
     if "--distributed" in rest and args.paper not in DISTRIBUTED:

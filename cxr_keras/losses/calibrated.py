@@ -170,17 +170,25 @@ class NegativeEntropyCrossentropy(keras.losses.Loss):
         return config
 
 
+def keras_divides_activity_losses() -> bool:
+    """Whether this Keras divides a layer's activity-regulariser loss by the batch size: Keras 3.14
+    and later do (keras-team/keras#22021, as its documentation always said); 3.0-3.13 add the
+    regulariser's value as it is."""
+    major, minor = (int(part) for part in keras.version().split(".")[:2])
+    return (major, minor) >= (3, 14)
+
+
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class EntropyRegularizer(keras.regularizers.Regularizer):
     """Entropy activity regulariser for a softmax output (paper eq. 24): ``-beta * H(p)``.
 
-    Attach it as ``activity_regularizer`` of the final ``Dense(K, activation="softmax")``.
-    ``__call__`` returns ``beta * sum_{batch, k} p log p`` (a **batch sum**): keras 3 layers
-    divide activity-regularisation losses by the batch size, so the penalty added to the training
-    loss is ``beta * mean_batch(sum_k p log p) = -beta * mean_batch(H(p))``. A positive ``beta``
-    penalises confident outputs. (The original code's regulariser factory returns ``None``, so its
-    "beta 2" model trained without it: see ``entropy_regularizer=False`` in
-    :func:`get_classification_loss`.)
+    Attach it as ``activity_regularizer`` of the final ``Dense(K, activation="softmax")``. The
+    penalty added to the training loss is ``-beta * mean_batch(H(p))`` on every Keras version:
+    ``__call__`` returns the batch sum ``beta * sum_{batch, k} p log p`` where Keras divides
+    activity losses by the batch size (3.14 and later), and the batch mean where it does not.
+    A positive ``beta`` penalises confident outputs. (The original code's regulariser factory
+    returns ``None``, so its "beta 2" model trained without it: see
+    ``entropy_regularizer=False`` in :func:`get_classification_loss`.)
     """
 
     def __init__(self, beta=2.0):
@@ -188,7 +196,10 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
 
     def __call__(self, x):
         x = ops.convert_to_tensor(x)
-        return -ops.cast(self.beta, x.dtype) * ops.sum(entropy(x))
+        total = -ops.cast(self.beta, x.dtype) * ops.sum(entropy(x))
+        if keras_divides_activity_losses() or len(x.shape) == 0:
+            return total
+        return total / ops.cast(ops.shape(x)[0], x.dtype)
 
     def get_config(self):
         return {"beta": self.beta}
