@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -511,7 +511,9 @@ def multitask(cfg: Config, args, variant: str):
         model = build_task_model(name, backbone, cfg, n_out)
         loss, metrics, _, _ = loss_and_metrics(name, cfg, n_out)
         batch = cfg.detection_batch if TASKS[name].kind == "detection" else cfg.multitask_batch
-        ds = datasets_for(name, cfg, cache, batch, model=model, splits=("train",))["train"]
+        # seed 0 as the run's config says (not --seed): one multitask run serves every seed
+        ds = datasets_for(name, replace(cfg, seed=0), cache, batch, model=model,
+                          splits=("train",))["train"]
         tasks.append(Task(name, model, ds, loss, metrics=metrics))
     state_path = run_dir.file("checkpoints", "rounds.json")
     records = json.loads(state_path.read_text()) if state_path.exists() else []
