@@ -12,7 +12,6 @@ import gc
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,8 +29,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["PYTHONSAFEPATH"] = "1"
 
 sys.path[:] = [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != REPO]
-_WORKDIR = tempfile.mkdtemp(prefix="cxr-keras-tests-")
-os.chdir(_WORKDIR)
 
 
 def _installed_copy() -> Path:
@@ -47,6 +44,16 @@ if os.environ.get("CI") and INSTALLED.is_relative_to(REPO):
     pytest.exit(f"CI: cxr_keras was imported from the checkout ({INSTALLED}), not from the "
                 "installed package; install it with `pip install \".[test]\"` (not editable)",
                 returncode=4)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_from_an_empty_folder(tmp_path_factory):
+    """Tests and their subprocesses run from an empty folder, as a user outside the checkout
+    (after collection: pytest-xdist workers resolve the test paths against the first folder)."""
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
 
 
 @pytest.fixture(autouse=True, scope="module")

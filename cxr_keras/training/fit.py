@@ -162,6 +162,16 @@ def read_history(path) -> dict:
     return {k: v for k, v in hist.items() if not all(math.isnan(x) for x in v)}
 
 
+def compile_built(model, optimizer, **compile_kwargs):
+    """``model.compile`` and build the optimizer's slots now: built lazily, inside the first
+    traced train step, they make TensorFlow trace the step twice (measured: the first fit of the
+    quick U-Net 11.7 s -> 6.1 s CPU)."""
+    model.compile(optimizer=optimizer, **compile_kwargs)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimizer, loss,
               metrics=(), monitor="val_auc", mode="max", seed: int = 0, jit_compile=False,
               steps_per_epoch=None, callbacks=(), tensorboard: bool = False, verbose="auto") -> dict:
@@ -174,7 +184,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
         shutil.rmtree(backup, ignore_errors=True)  # left by a kill between marker and clean-up
         model.load_weights(marker)
         return read_history(run.file("logs", f"history_{stage}.csv"))
-    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)
+    compile_built(model, optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)
     nan_stop = StopOnNaN()
     cbs = [EpochCallback(train_ds), EpochReseed(seed), nan_stop,
            BestCheckpoint(run.checkpoints, monitor, mode, stage),

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..regularizers import L2SP
 from .cyclic_cosine import CyclicCosine
+from .fit import compile_built
 
 VARIANTS = ("mtpret", "mtpret--")
 
@@ -130,7 +131,7 @@ def continual_learning(backbone, tasks, rounds: int = 3, epochs: int = 1, max_lr
                 shared, head = shared_and_head_variables(task.model, backbone)
                 model = PenalisedModel(task.model, lambda s=shared, h=head, g=reg: g(s, h),
                                        own_loss=task.loss is None)
-            model.compile(optimizer=opt, loss=task.loss, metrics=list(task.metrics))
+            compile_built(model, opt, loss=task.loss, metrics=list(task.metrics))
             hist = model.fit(task.train, validation_data=task.val, epochs=epochs,
                              steps_per_epoch=task.steps_per_epoch, verbose=verbose)
             done += steps
