@@ -52,8 +52,10 @@ def _mean_auc(y, p):
 
 
 def test_run_folder_has_every_artefact(main_job):
-    _, _, run, res = main_job
-    assert f"report: {run / 'report.md'}" in res.stdout
+    folder, _, run, res = main_job
+    (printed,) = [line[len("report: "):] for line in res.stdout.splitlines()
+                  if line.startswith("report: ")]
+    assert (folder / printed).resolve() == (run / "report.md").resolve(), printed
     for rel in ("config.json", "metrics.json", "report.md", "DONE", "checkpoints/best.keras",
                 "predictions/val.npz", "predictions/test.npz", "plots/roc_test.png",
                 "plots/gradcam.png", "plots/training_curves.png", "logs/history_stage2.csv"):
