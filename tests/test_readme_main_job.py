@@ -115,8 +115,10 @@ def test_report_cells_are_the_metrics_beside_the_papers(main_job):
 
 
 def test_running_it_again_says_it_is_finished(main_job):
+    """Finished is a state of the run folder: the same command again returns it untouched."""
     folder, argv, run, _ = main_job
     mtime = (run / "checkpoints" / "best.keras").stat().st_mtime
     res = cli(*argv[1:], cwd=folder, timeout=600)
-    assert res.returncode == 2 and "--force" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"finished earlier: {Path('runs') / run.name}" in res.stdout, res.stdout[-2000:]
     assert (run / "checkpoints" / "best.keras").stat().st_mtime == mtime

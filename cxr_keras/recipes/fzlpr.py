@@ -12,16 +12,35 @@ and the tau ablation (Table 4, Fig. 6) through :func:`run` and :func:`compare_ru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 
+import keras
 import numpy as np
+from scipy.special import expit
 
 from .._argtypes import nonnegative_int, positive_float, positive_int
+from ..data.augment import PRESETS
+from ..data.cache import Cache
+from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_dataset
+from ..evaluation import metrics as M
+from ..evaluation.delong import delong_test
+from ..evaluation.metrics import mean_of
+from ..evaluation.report import comparison_table
+from ..explain.gradcam import grad_cam, overlay
+from ..inference.batches import gather_rows, predict_dataset
+from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
 from ..io import DataError, atomic_path
+from ..losses import get_loss
+from ..models import densenet, densenet121_fzlpr
+from ..models.densenet_fzlpr import set_backbone_trainable
+from ..training import RunFolder, fit_stage, read_history
 from . import fzlpr_paper as paper
-from .common import add_standard_args, prepare_data, start_distributed, switch
+from . import lifecycle
+from .common import prepared_cache
+from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
+                        options_from_args)
 
 LOSSES = ("bce", "focal", "zlpr", "fzlpr")
 
@@ -64,57 +83,59 @@ QUICK = dict(weights=None, backbone_blocks=(1, 2, 2, 1), bn_momentum=0.9, cache_
              lr_floor=1e-5, bootstrap=200, phantom_n=700, phantom_size=256)
 
 
+SHORTCUTS = ("loss", "tau", "weights", "batch_size", "stage1_epochs", "stage2_epochs", "val_by",
+             "phantom_n")
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run fzlpr", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_standard_args(p, "nih")
-    p.add_argument("--loss", choices=LOSSES, default="fzlpr", help="training loss (default fzlpr)")
-    p.add_argument("--tau", type=positive_float, default=0.2, help="FZLPR temperature (1.0 = ZLPR)")
+    add_run_args(p, "nih")
+    p.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default fzlpr)")
+    p.add_argument("--tau", type=positive_float, default=None,
+                   help="FZLPR temperature (default 0.2; 1.0 = ZLPR)")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (default), 'none', or a local backbone weights file")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size (paper: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="global batch size (paper: 64)")
     p.add_argument("--stage1-epochs", type=nonnegative_int, default=None,
                    help="epochs of stage 1, the new top only (paper: 5)")
     p.add_argument("--stage2-epochs", type=nonnegative_int, default=None,
                    help="epochs of stage 2, all layers (paper: 20)")
     p.add_argument("--val-by", choices=["image", "patient"], default=None,
                    help="hold the validation set out by image or by patient")
-    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom dataset")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host data parallel on the JAX backend: run the same command on "
-                        "every process (one per device) with KERAS_BACKEND=jax, "
-                        "CXR_COORDINATOR=host:port, CXR_NUM_PROCESSES and CXR_PROCESS_ID set")
+    p.add_argument("--phantom-n", type=positive_int, default=None,
+                   help="images in the phantom dataset")
     return p
 
 
-def config_from_args(args) -> Config:
-    cfg = Config(**(QUICK if args.quick else {}))
-    cfg.loss, cfg.tau, cfg.dataset, cfg.seed = args.loss, args.tau, args.dataset, args.seed
-    cfg.deterministic = args.deterministic
-    cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
-    if args.weights is not None:
-        cfg.weights = None if args.weights.lower() == "none" else args.weights
-        if args.quick and cfg.weights is not None:
-            raise DataError("--quick trains a reduced DenseNet from scratch: it takes no --weights")
-    for name in ("batch_size", "stage1_epochs", "stage2_epochs", "val_by", "phantom_n"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if cfg.loss != "fzlpr":
-        cfg.tau = 1.0 if cfg.loss == "zlpr" else None  # tau only applies to (F)ZLPR
-    return cfg
+def resolve(cfg: Config) -> Config:
+    """The configuration as it runs: tau only applies to (F)ZLPR (ZLPR is tau 1), checked."""
+    if cfg.loss not in LOSSES:
+        raise DataError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.loss == "fzlpr":
+        if cfg.tau is None or cfg.tau <= 0:
+            raise DataError(f"tau must be > 0 for the FZLPR loss, got {cfg.tau!r}")
+        tau = cfg.tau
+    else:
+        tau = 1.0 if cfg.loss == "zlpr" else None
+    if cfg.weights is not None and tuple(cfg.backbone_blocks) != (6, 12, 24, 16):
+        raise DataError("a reduced DenseNet (--quick) is trained from scratch: it takes no weights")
+    return replace(cfg, tau=tau, backbone_blocks=tuple(cfg.backbone_blocks))
+
+
+def from_command_line(argv=None) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of a ``cxr-keras run fzlpr`` command line."""
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
+    return resolve(cfg), options_from_args(args)
 
 
 def build_model(cfg: Config, num_classes: int):
-    import keras
-
-    from ..models import densenet121_fzlpr
-
     shape = (cfg.crop, cfg.crop, 3)
     if tuple(cfg.backbone_blocks) == (6, 12, 24, 16):
         return densenet121_fzlpr(num_classes, weights=cfg.weights, input_shape=shape)
     # A reduced DenseNet (same design, fewer layers per block) for quick CPU runs and tests.
-    from ..models import densenet
-
     base = densenet(cfg.backbone_blocks, input_shape=shape)
     model = densenet121_fzlpr(num_classes, weights=None, base=base)
     # A quick run has ~100 steps: with Keras' BN momentum 0.99 the moving statistics would still
@@ -125,99 +146,83 @@ def build_model(cfg: Config, num_classes: int):
     return model
 
 
-def _predict(model, ds):
-    """Logits and targets of a whole (unshuffled) dataset."""
-    from ..inference.batches import predict_dataset
-
-    return predict_dataset(model, ds, np.float64)
+def run_tag(cfg: Config) -> str:
+    return f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
 
 
-def run(cfg: Config, args) -> "RunFolder":  # noqa: F821
-    """Train and evaluate one configuration; returns its run folder."""
-    import keras
-
-    from ..data.cache import Cache
-    from ..data.pipeline import make_dataset
-    from ..losses import get_loss
-    from ..models.densenet_fzlpr import set_backbone_trainable
-    from ..training import RunFolder, configure, fit_stage, multihost
-
-    tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
+def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptions | None = None,
+        **options) -> RunFolder:
+    """Train and evaluate one configuration (phantom NIH when ``data_root`` is None); returns
+    its run folder (a finished one as it is). ``options``: see :class:`RunOptions`."""
+    opts = opts or lifecycle.options(out, data_root, **options)
+    cfg = resolve(cfg or Config())
+    if cfg.dataset == "phantom" and opts.data_root is not None:
+        cfg = replace(cfg, dataset="nih")
+    check_dataset(cfg, opts, ("nih",))
     if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
-        cfg.extra = dict(cfg.extra, data_root=str(args.data_root), cache=str(args.cache))
-    run_dir = RunFolder.for_config(args.out, tag, asdict(cfg), force=args.force)
-    print(f"run folder: {run_dir.path}")
-    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    cache_path = prepare_data("nih", args, phantom_n=cfg.phantom_n, phantom_size=cfg.phantom_size,
-                              cache_size=cfg.cache_size,
-                              table_options={"val_fraction": cfg.val_fraction, "val_by": cfg.val_by,
-                                             "seed": cfg.seed})
+        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
+                                      cache=str(opts.cache)))
+    return execute(run_tag(cfg), cfg, opts, prepare=_prepare, train=_train, evaluate=_evaluate)
+
+
+def _prepare(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    """The NIH cache and its three pipelines (random crop for training, centre crop else)."""
+    cache_path = prepared_cache("nih", cfg, opts, phantom_n=cfg.phantom_n,
+                                phantom_size=cfg.phantom_size, cache_size=cfg.cache_size,
+                                table_options={"val_fraction": cfg.val_fraction,
+                                               "val_by": cfg.val_by, "seed": cfg.seed})
     cache = Cache(cache_path)
-    labels = cache.labels
     if cache.size < cfg.crop:
         raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
                         f"{cfg.crop}px crop; prepare it with --size {cfg.cache_size}")
-    crop = cfg.crop / cache.size
-    from ..data.augment import PRESETS
-
-    preset = dataclasses.replace(PRESETS["fzlpr"], crop=crop)
+    preset = replace(PRESETS["fzlpr"], crop=cfg.crop / cache.size)
     kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
-    train_ds = make_dataset(cache, "train", training=True, **kw)
-    val_ds = make_dataset(cache, "val", training=False, **kw)
-    test_ds = make_dataset(cache, "test", training=False, **kw)
-    steps = int(train_ds.cardinality())  # per epoch (also when --distributed splits the rows)
+    return SimpleNamespace(labels=cache.labels,
+                           train=make_dataset(cache, "train", training=True, **kw),
+                           val=make_dataset(cache, "val", training=False, **kw),
+                           test=make_dataset(cache, "test", training=False, **kw))
 
-    with rt.scope():
-        model = build_model(cfg, len(labels))
-        loss = get_loss(cfg.loss, **({"tau": cfg.tau} if cfg.loss == "fzlpr" else {}))
 
-        def auc():
-            return keras.metrics.AUC(multi_label=True, num_labels=len(labels), from_logits=True,
-                                     name="auc")
+def _train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    """Sec. 4.2: stage 1 the new top alone (backbone frozen), stage 2 all layers with cosine
+    decay; returns the training seconds (None for a resumed run: no misleading rate)."""
+    steps = int(data.train.cardinality())  # per epoch (also when --distributed splits the rows)
+    model = build_model(cfg, len(data.labels))
+    loss = get_loss(cfg.loss, **({"tau": cfg.tau} if cfg.loss == "fzlpr" else {}))
 
-        t0 = time.perf_counter()
-        resumed = any(run_dir.checkpoints.iterdir())  # anything there: an earlier process trained
-        set_backbone_trainable(model, False)
-        fit_stage(model, train_ds, val_ds, run_dir, "stage1", epochs=cfg.stage1_epochs,
-                  optimizer=keras.optimizers.AdamW(cfg.stage1_lr, weight_decay=cfg.weight_decay),
-                  loss=loss, metrics=[auc()], monitor=cfg.monitor, seed=cfg.seed,
-                  jit_compile=rt.jit_compile, verbose=args.verbose,
-                  tensorboard=args.tensorboard)
-        set_backbone_trainable(model, True)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            cfg.stage2_lr, decay_steps=max(1, steps * cfg.stage2_epochs),
-            alpha=cfg.lr_floor / cfg.stage2_lr)
-        fit_stage(model, train_ds, val_ds, run_dir, "stage2", epochs=cfg.stage2_epochs,
-                  optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-                  loss=loss, metrics=[auc()], monitor=cfg.monitor, seed=cfg.seed,
-                  jit_compile=rt.jit_compile, verbose=args.verbose,
-                  tensorboard=args.tensorboard)
-        # a resumed run trained only part of the epochs here: report no misleading rate
-        train_s = None if resumed else time.perf_counter() - t0
+    def auc():
+        return keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
+                                 name="auc")
 
-    if multihost.is_chief():  # --distributed: process 0 evaluates and reports
-        with multihost.local():
-            best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-            evaluate(best, cfg, run_dir, labels, val_ds, test_ds, train_seconds=train_s,
-                     train_images=train_ds.num_rows)
-    multihost.barrier("fzlpr evaluated")  # the others wait: JAX's exit would not wait so long
-    if not multihost.is_chief():
-        return run_dir
-    run_dir.mark_done()
-    print(f"report: {run_dir.file('report.md')}")
-    return run_dir
+    common = dict(loss=loss, monitor=cfg.monitor, seed=cfg.seed, jit_compile=runtime.jit_compile,
+                  verbose=opts.verbose, tensorboard=opts.tensorboard)
+    t0 = time.perf_counter()
+    resumed = any(run_dir.checkpoints.iterdir())  # anything there: an earlier process trained
+    set_backbone_trainable(model, False)
+    fit_stage(model, data.train, data.val, run_dir, "stage1", epochs=cfg.stage1_epochs,
+              optimizer=keras.optimizers.AdamW(cfg.stage1_lr, weight_decay=cfg.weight_decay),
+              metrics=[auc()], **common)
+    set_backbone_trainable(model, True)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        cfg.stage2_lr, decay_steps=max(1, steps * cfg.stage2_epochs),
+        alpha=cfg.lr_floor / cfg.stage2_lr)
+    fit_stage(model, data.train, data.val, run_dir, "stage2", epochs=cfg.stage2_epochs,
+              optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
+              metrics=[auc()], **common)
+    return None if resumed else time.perf_counter() - t0
+
+
+def _evaluate(cfg: Config, run_dir: RunFolder, data, train_seconds, opts: RunOptions):
+    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    evaluate(best, cfg, run_dir, data.labels, data.val, data.test, train_seconds=train_seconds,
+             train_images=data.train.num_rows)
 
 
 def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, train_images=None):
     """Every number, plot and table of one run."""
-    from scipy.special import expit
-
-    from ..evaluation import metrics as M
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
-    from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
-    from ..training import read_history
 
-    val_logits, val_y = _predict(model, val_ds)
+    val_logits, val_y = predict_dataset(model, val_ds, np.float64)
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
     tta = TTAPredictor(model, zoom=cfg.tta_zoom)
     views = tta.predict_views(test_ds)
@@ -240,10 +245,10 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
             history.setdefault(k, []).extend(v)
     metrics = run_dir.update_metrics(
         loss=cfg.loss, tau=cfg.tau,
-        val_auc=val_auc, val_mean_auc=_mean(val_auc),
-        test_auc=test_auc, test_mean_auc=_mean(test_auc),
+        val_auc=val_auc, val_mean_auc=mean_of(val_auc),
+        test_auc=test_auc, test_mean_auc=mean_of(test_auc),
         test_mean_auc_ci95=[lo, hi],
-        tta_auc={k: {"per_class": v, "mean": _mean(v)} for k, v in tta_auc.items()},
+        tta_auc={k: {"per_class": v, "mean": mean_of(v)} for k, v in tta_auc.items()},
         test_threshold_metrics=thr,
         train_seconds=train_seconds, train_images=train_images)
     plot_roc_curves(test_y, test_prob, labels, run_dir.file("plots", "roc_test.png"),
@@ -255,12 +260,6 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
     return metrics
 
 
-def _mean(per_class: dict) -> float:
-    from ..evaluation.metrics import mean_of
-
-    return mean_of(per_class)
-
-
 def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     """Fig. 7: Grad-CAM of the top predicted label on conv5, blended over test images."""
     import matplotlib
@@ -268,9 +267,6 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD
-    from ..explain.gradcam import grad_cam, overlay
-    from ..inference.batches import gather_rows
 
     # prefer images with findings, as the paper's figure does; keep only those rows in memory
     order = np.argsort(-np.nansum(test_y, axis=1), kind="stable")[:n]
@@ -297,8 +293,6 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
 
 
 def report(cfg: Config, m: dict) -> str:
-    from ..evaluation.report import comparison_table
-
     loss = cfg.loss
     lines = [f"# fzlpr run: loss {loss}" + (f", tau {cfg.tau:g}" if loss == "fzlpr" else ""), ""]
     if cfg.dataset == "phantom":
@@ -339,34 +333,13 @@ def report(cfg: Config, m: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    start_distributed(args)
-    run(config_from_args(args), args)
+    cfg, opts = from_command_line(argv)
+    run(cfg, opts=opts)
     return 0
-
-
-def run_many(argv, variants):
-    """Run one configuration per ``variants`` entry (dict of Config overrides); returns the run
-    folders (finished ones are reused, not rerun)."""
-    from .common import run_or_reuse
-
-    args = build_parser().parse_args(argv)
-    runs = []
-    for overrides in variants:
-        cfg = config_from_args(args)
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
-        if cfg.loss != "fzlpr":
-            cfg.tau = 1.0 if cfg.loss == "zlpr" else None
-        tag = f"fzlpr-{cfg.loss}" + (f"-tau{cfg.tau:g}" if cfg.loss == "fzlpr" else "")
-        runs.append(run_or_reuse(run, cfg, args, tag))
-    return runs, args
 
 
 def losses_report(runs) -> str:
     """Tables 1 and 2 over runs of the four losses."""
-    from ..evaluation.report import comparison_table
-
     lines = ["# fzlpr: the four losses (Tables 1 and 2)", ""]
     for r in runs:
         m = r.metrics()
@@ -383,8 +356,6 @@ def losses_report(runs) -> str:
 
 def delong_section(runs) -> list:
     """DeLong's paired test, per label, of FZLPR against every other loss on the same test set."""
-    from ..evaluation.delong import delong_test
-
     preds = {r.metrics()["loss"]: r.load_predictions("test") for r in runs}
     if "fzlpr" not in preds:
         return []
@@ -412,12 +383,10 @@ def delong_section(runs) -> list:
 def tau_report(runs, plot_path) -> str:
     """Table 4 and Fig. 6 over runs with several tau."""
     from ..evaluation.plots import plot_auc_differences
-    from ..evaluation.report import comparison_table
-
     by_tau = {r.metrics()["tau"]: r.metrics()["test_auc"] for r in runs}
     lines = ["# fzlpr: tau ablation (Table 4, Fig. 6)", ""]
     for tau, auc in sorted(by_tau.items()):
-        ours = dict(auc, Average=_mean(auc))
+        ours = dict(auc, Average=mean_of(auc))
         lines += [comparison_table(ours, paper.TABLE4_TAU_AUC.get(tau, {}), title=f"tau = {tau:g}"), ""]
     if 1.0 in by_tau:
         plot_auc_differences(by_tau, plot_path, reference_tau=1.0)

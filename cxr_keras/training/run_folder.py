@@ -39,11 +39,9 @@ class RunFolder:
 
     @classmethod
     def for_config(cls, out, name: str, config: dict, force: bool = False) -> "RunFolder":
-        """The run folder ``out/<name>-<hash of config>``; refuses a finished one unless ``force``."""
+        """The run folder ``out/<name>-<hash of config>``: new, partly done (it resumes) or
+        finished (:attr:`finished`, returned as it is); ``force`` empties it first."""
         path = Path(out) / f"{name}-{config_hash(config)}"
-        if (path / "DONE").exists() and not force:
-            raise DataError(f"{path} holds a finished run of this configuration; pass --force to "
-                            "run it again or choose another --out")
         if force and path.exists():  # start over: checkpoints, stage markers, logs, results
             import shutil
 
@@ -55,8 +53,14 @@ class RunFolder:
         old = path / "config.json"
         if old.exists() and json.loads(old.read_text()) != json.loads(json.dumps(config, default=str)):
             raise DataError(f"{old} differs from this configuration; choose another --out")
-        run.write_json("config.json", config)
+        if not run.finished:
+            run.write_json("config.json", config)
         return run
+
+    @property
+    def finished(self) -> bool:
+        """The run finished (``DONE`` written last)."""
+        return (self.path / "DONE").exists()
 
     # paths
     def file(self, *parts) -> Path:

@@ -8,13 +8,15 @@ the combined Tables 1 and 2 are written to --out/fzlpr_losses.md.
 """
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cxr_keras.io import write_text
 from cxr_keras.recipes import fzlpr
 
 if __name__ == "__main__":
-    runs, args = fzlpr.run_many(sys.argv[1:], [{"loss": loss} for loss in fzlpr.LOSSES])
-    out = Path(args.out) / "fzlpr_losses.md"
+    cfg, opts = fzlpr.from_command_line(sys.argv[1:])
+    runs = [fzlpr.run(replace(cfg, loss=loss), opts=opts) for loss in fzlpr.LOSSES]
+    out = Path(opts.out) / "fzlpr_losses.md"
     write_text(out, fzlpr.losses_report(runs))
     print(f"wrote {out}")

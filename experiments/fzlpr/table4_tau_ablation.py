@@ -7,6 +7,7 @@ Writes --out/fzlpr_tau.md and --out/fzlpr_tau_fig6.png (per-label AUC minus tau 
 """
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from cxr_keras.io import write_text
@@ -15,7 +16,8 @@ from cxr_keras.recipes import fzlpr
 TAUS = (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 if __name__ == "__main__":
-    runs, args = fzlpr.run_many(sys.argv[1:], [{"loss": "fzlpr", "tau": t} for t in TAUS])
-    out = Path(args.out)
+    cfg, opts = fzlpr.from_command_line(sys.argv[1:])
+    runs = [fzlpr.run(replace(cfg, loss="fzlpr", tau=tau), opts=opts) for tau in TAUS]
+    out = Path(opts.out)
     write_text(out / "fzlpr_tau.md", fzlpr.tau_report(runs, out / "fzlpr_tau_fig6.png"))
     print(f"wrote {out / 'fzlpr_tau.md'}")

@@ -1,0 +1,323 @@
+"""The one run lifecycle every paper recipe goes through, and the command line over it.
+
+A recipe holds what its paper says (a ``Config`` dataclass, its models, losses, evaluation and
+report); this module holds the rest, once:
+
+1. **configure** the runtime (seeds, determinism, mixed precision, XLA) and, with
+   ``distributed=True``, join the processes (multi-host data parallel on JAX);
+2. **open or resume** the run folder named after the configuration (``out/<tag>-<hash>``): a
+   finished folder (``DONE``) is returned as it is, unless ``force``;
+3. **prepare** the data (phantom or a real copy on disk -> a resized cache, reused);
+4. **train** the stages (each resumable);
+5. **evaluate and report** on process 0 only, the others waiting;
+6. **mark done**.
+
+Python::
+
+    from cxr_keras.recipes import fzlpr
+    run = fzlpr.run(fzlpr.Config(loss="fzlpr", tau=0.2), out="runs")   # phantom data
+    run.metrics()["test_mean_auc"]
+
+Command line: every ``Config`` field can be set, ``--set stage2_lr=3e-5 --set crop=224`` or
+``--config FILE`` (JSON or TOML: a mapping of fields; a run folder's ``config.json`` reproduces
+that run), besides the recipe's own shortcut options. Unknown fields and values of the wrong type
+are errors naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._argtypes import positive_int
+from ..io import DataError
+from ..training import RunFolder
+
+
+@dataclass
+class RunOptions:
+    """How a run is executed; nothing here changes its numbers (the ``Config`` does).
+
+    ``data_root``: the dataset's folder (``None``: phantom data); ``roots``: folders of further
+    datasets, by reader name (papers that read several); ``cache``: where the resized cache goes
+    (default under ``out/_data``); ``force``: rerun a finished configuration; ``workers``:
+    processes for data preparation; ``distributed``: multi-host data parallel (JAX).
+    """
+    out: str | Path = "runs"
+    data_root: str | Path | None = None
+    roots: dict = field(default_factory=dict)
+    cache: str | Path | None = None
+    force: bool = False
+    workers: int | None = None
+    verbose: int = 2
+    tensorboard: bool = False
+    distributed: bool = False
+    progress: bool = True
+
+    def root(self, reader: str) -> Path | None:
+        """The folder of dataset ``reader``: its own ``roots`` entry, else ``data_root``."""
+        found = self.roots.get(reader, self.data_root)
+        return None if found is None else Path(found)
+
+
+def options(out="runs", data_root=None, **kwargs) -> RunOptions:
+    """A :class:`RunOptions` from keyword arguments (unknown ones are named)."""
+    known = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown run option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return RunOptions(out=out, data_root=data_root, **kwargs)
+
+
+# ------------------------------------------------------------------ configuration from data
+
+
+def _allows_none(hint) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def _coerce(key: str, value, hint):
+    """``value`` as the field's type, or a DataError naming ``key``."""
+    if hint in (object, typing.Any):
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if _allows_none(hint):
+                return None
+        errors = []
+        for option in typing.get_args(hint):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except DataError as e:
+                errors.append(str(e))
+        raise DataError(f"setting {key!r}: {value!r} is not {hint}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is tuple or typing.get_origin(hint) is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    elif hint is dict or typing.get_origin(hint) is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise DataError(f"setting {key!r}: {value!r} is not a valid {name}")
+
+
+def with_settings(cfg, settings: dict, source: str = "--set"):
+    """A copy of the dataclass ``cfg`` with ``settings`` (field -> value) applied, each value
+    checked against the field's type (JSON lists become tuples where the field is a tuple)."""
+    hints = typing.get_type_hints(type(cfg))
+    unknown = sorted(k for k in settings if k not in hints)
+    if unknown:
+        raise DataError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))} for "
+                        f"{type(cfg).__module__.rsplit('.', 1)[-1]}; known: {', '.join(hints)}")
+    return dataclasses.replace(cfg, **{k: _coerce(k, v, hints[k]) for k, v in settings.items()})
+
+
+def parse_set(pairs) -> dict:
+    """``["KEY=VALUE", ...]`` -> dict; a value is JSON when it parses as JSON, else a string."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+def read_config_file(path) -> dict:
+    """A mapping of Config fields from a JSON or TOML file (by its suffix)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                try:
+                    import tomli as tomllib
+                except ImportError:
+                    raise DataError(f"--config {path}: reading TOML needs Python 3.11 or "
+                                    "`pip install tomli`; or give the settings as JSON") from None
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"--config {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.ArgumentParser:
+    """The options every recipe takes: data, run folder, runtime, and any Config field."""
+    from ..cli import EXIT_CODES
+
+    p.epilog = EXIT_CODES
+    p.add_argument("--dataset", default=None,
+                   help=f"'phantom' (default: synthetic {default_dataset} in its official layout, "
+                        f"written under --out/_data) or '{default_dataset}' (the real data under "
+                        "--data-root)")
+    p.add_argument("--data-root", default=None, help="root folder of the real dataset")
+    p.add_argument("--root", action="append", default=[], metavar="READER=DIR",
+                   help="root folder of a further dataset the paper reads, e.g. --root "
+                        "chexpert=/data (repeatable)")
+    p.add_argument("--cache", default=None, help="cache folder (default: under --out/_data)")
+    p.add_argument("--out", default="runs", help="folder under which run folders are written")
+    p.add_argument("--quick", action="store_true",
+                   help="the paper's reduced CPU preset (small images, networks and epochs)")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="settings from a JSON or TOML file (e.g. a run folder's config.json)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", dest="settings",
+                   help="set any Config field, e.g. --set stage2_lr=3e-5 (repeatable; JSON "
+                        "values: --set backbone_blocks=[1,2,2,1])")
+    p.add_argument("--seed", type=int, default=None, help="random seed (data, weights, order)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic kernels (bit-identical reruns; slower on GPU)")
+    p.add_argument("--mixed-precision", default=None, choices=["auto", "on", "off"],
+                   help="mixed float16 (auto: on with a GPU, off on CPU)")
+    p.add_argument("--xla", default=None, choices=["auto", "on", "off"],
+                   help="XLA compilation (auto: on with a GPU, off on CPU)")
+    p.add_argument("--force", action="store_true", help="rerun a finished configuration")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="processes for data preparation (default: every core)")
+    p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
+                   help="Keras fit verbosity")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard logs (needs `pip install tensorboard`)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host data parallel on the JAX backend: the same command on every "
+                        "process, with KERAS_BACKEND=jax and CXR_COORDINATOR / "
+                        "CXR_NUM_PROCESSES / CXR_PROCESS_ID (or Keras' KERAS_DISTRIBUTION_* "
+                        "variables, or a cluster JAX detects)")
+    return p
+
+
+_SWITCH = {"auto": "auto", "on": True, "off": False}
+
+
+def config_from_args(config_cls, args, quick: dict | None = None, shortcuts=()):
+    """The Config a command line asks for: defaults, then the ``--quick`` preset, then
+    ``--config FILE``, then the recipe's shortcut options given (``shortcuts``: argparse dests
+    that are Config fields), the standard ones (``--dataset``, ``--seed``, ...), then ``--set``."""
+    cfg = config_cls()
+    if args.quick and quick:
+        cfg = with_settings(cfg, quick, "--quick")
+    if args.config:
+        cfg = with_settings(cfg, read_config_file(args.config), f"--config {args.config}")
+    given = {name: getattr(args, name) for name in shortcuts if getattr(args, name) is not None}
+    for name in ("dataset", "seed", "deterministic"):
+        if getattr(args, name) is not None:
+            given[name] = getattr(args, name)
+    for name in ("mixed_precision", "xla"):
+        if getattr(args, name) is not None:
+            given[name] = _SWITCH[getattr(args, name)]
+    cfg = with_settings(cfg, given, "the command line")
+    return with_settings(cfg, parse_set(args.settings), "--set")
+
+
+def options_from_args(args) -> RunOptions:
+    """The :class:`RunOptions` of a command line."""
+    roots = {}
+    for pair in args.root:
+        reader, sep, folder = pair.partition("=")
+        if not sep or not reader or not folder:
+            raise DataError(f"--root expects READER=DIR, got {pair!r}")
+        roots[reader] = folder
+    return RunOptions(out=args.out, data_root=args.data_root, roots=roots, cache=args.cache,
+                      force=args.force, workers=args.workers, verbose=args.verbose,
+                      tensorboard=args.tensorboard, distributed=args.distributed)
+
+
+# ------------------------------------------------------------------ the lifecycle
+
+
+def join_processes(opts: RunOptions) -> RunOptions:
+    """With ``distributed``: join the processes; process i > 0 writes its own copy of the data
+    and run folders under ``out/_workers/process<i>`` (nothing there is needed afterwards)."""
+    if not opts.distributed:
+        return opts
+    from ..training import multihost
+
+    info = multihost.initialize()
+    if info["process_id"] > 0:
+        opts = dataclasses.replace(opts, out=Path(opts.out) / "_workers" / f"process{info['process_id']}")
+    print(f"distributed: process {info['process_id']} of {info['num_processes']}, "
+          f"{info['devices']} devices in all; writing under {opts.out}", flush=True)
+    return opts
+
+
+def open_run(out, tag: str, config: dict, force: bool = False) -> RunFolder:
+    """The run folder ``out/<tag>-<hash of config>``: new, resumed, or finished (check
+    ``run.finished``); ``force`` empties a finished or partial one first."""
+    return RunFolder.for_config(out, tag, config, force=force)
+
+
+def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config: dict | None = None):
+    """Run one configuration through the lifecycle (module docstring); returns its RunFolder.
+
+    ``prepare(cfg, opts) -> data``; ``train(cfg, run, data, runtime, opts) -> state`` (inside the
+    runtime's scope, every process); ``evaluate(cfg, run, data, state, opts)`` (process 0 only,
+    without distribution: load checkpoints there). ``config``: what names the run folder
+    (default: every field of ``cfg``).
+    """
+    from ..training import configure, multihost
+
+    opts = join_processes(opts)
+    config = dataclasses.asdict(cfg) if config is None else config
+    run = open_run(opts.out, tag, config, force=opts.force)
+    if run.finished:
+        print(f"finished earlier: {run.path} (--force to run it again)", flush=True)
+        return run
+    print(f"run folder: {run.path}", flush=True)
+    runtime = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    data = prepare(cfg, opts)
+    with runtime.scope():
+        state = train(cfg, run, data, runtime, opts)
+    if multihost.is_chief():
+        with multihost.local():
+            evaluate(cfg, run, data, state, opts)
+    multihost.barrier(f"{tag} evaluated")  # the others wait: JAX's exit would not wait so long
+    if multihost.is_chief():
+        run.mark_done()
+        print(f"report: {run.file('report.md')}", flush=True)
+    return run
+
+
+def check_dataset(cfg, opts: RunOptions, real: tuple) -> None:
+    """``cfg.dataset`` is "phantom" (no data root needed) or one of ``real`` (needs one)."""
+    if cfg.dataset == "phantom" or cfg.dataset.startswith("phantom-"):
+        return
+    if cfg.dataset not in real:
+        raise DataError(f"dataset must be 'phantom' or one of {', '.join(real)}, got {cfg.dataset!r}")
+    if opts.data_root is None and not opts.roots:
+        raise DataError(f"dataset {cfg.dataset!r} needs its folder: data_root (--data-root)")

@@ -1,0 +1,102 @@
+"""The one recipe lifecycle (cxr_keras.recipes.lifecycle): a paper runs from Python with a Config,
+every Config field is reachable from the command line (--set, --config JSON/TOML), the run folder's
+config.json reproduces the run, and "finished" is a state of the run folder."""
+
+import json
+from dataclasses import asdict, replace
+
+import pytest
+
+from cxr_keras.io import DataError
+from cxr_keras.recipes import fzlpr, lifecycle
+
+TINY = dict(fzlpr.QUICK, phantom_n=48, phantom_size=192, cache_size=168, crop=160,
+            backbone_blocks=(1, 1, 1, 1), batch_size=16, stage1_epochs=1, stage2_epochs=1,
+            bootstrap=20, gradcam_images=2)
+
+
+def test_every_config_field_is_reachable_from_the_command_line():
+    cfg, opts = fzlpr.from_command_line(
+        ["--quick", "--set", "stage2_lr=3e-5", "--set", "crop=224", "--set", "weights=null",
+         "--set", "backbone_blocks=[2,2,2,2]", "--set", "val_by=patient", "--tau", "0.4",
+         "--out", "elsewhere", "--root", "chexpert=/data"])
+    assert (cfg.stage2_lr, cfg.crop, cfg.weights) == (3e-5, 224, None)
+    assert cfg.backbone_blocks == (2, 2, 2, 2) and cfg.val_by == "patient" and cfg.tau == 0.4
+    assert cfg.stage1_epochs == fzlpr.QUICK["stage1_epochs"]          # the preset stands
+    assert str(opts.out) == "elsewhere" and opts.roots == {"chexpert": "/data"}
+    # every field can be set
+    for name, value in asdict(fzlpr.Config()).items():
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = fzlpr.from_command_line(["--set", f"{name}={text}"])
+        if name not in ("tau", "backbone_blocks"):                   # resolve() adjusts these
+            assert getattr(got, name) == value, name
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "stage3_lr=1"], "unknown setting(s) 'stage3_lr'"),
+    (["--set", "crop=big"], "setting 'crop': 'big' is not a valid int"),
+    (["--set", "stage2_lr=[1]"], "setting 'stage2_lr'"),
+    (["--set", "noequals"], "--set expects KEY=VALUE"),
+    (["--set", "loss=l2"], "loss must be one of"),
+    (["--root", "nih"], "--root expects READER=DIR"),
+])
+def test_bad_settings_name_the_key(argv, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        fzlpr.from_command_line(argv)
+
+
+def test_config_files_json_and_toml(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"stage2_lr": 2e-5, "backbone_blocks": [1, 2, 2, 1],
+                                                  "weights": None}))
+    (tmp_path / "b.toml").write_text('stage2_lr = 4e-5\nloss = "bce"\ncrop = 176\n')
+    (tmp_path / "c.json").write_text("[1, 2]")
+    (tmp_path / "d.json").write_text("{not json")
+    a, _ = fzlpr.from_command_line(["--config", str(tmp_path / "a.json")])
+    assert a.stage2_lr == 2e-5 and a.backbone_blocks == (1, 2, 2, 1) and a.weights is None
+    b, _ = fzlpr.from_command_line(["--config", str(tmp_path / "b.toml"), "--set", "crop=192"])
+    assert (b.stage2_lr, b.loss, b.tau, b.crop) == (4e-5, "bce", None, 192)
+    with pytest.raises(DataError, match="reduced DenseNet .* takes no weights"):
+        fzlpr.from_command_line(["--set", "backbone_blocks=[1,1,1,1]"])
+    with pytest.raises(DataError, match="expected a mapping"):
+        fzlpr.from_command_line(["--config", str(tmp_path / "c.json")])
+    with pytest.raises(DataError, match="d.json: not valid json"):
+        fzlpr.from_command_line(["--config", str(tmp_path / "d.json")])
+    with pytest.raises(DataError, match="no such file"):
+        fzlpr.from_command_line(["--config", str(tmp_path / "nope.json")])
+
+
+def test_options_are_named_and_checked():
+    with pytest.raises(TypeError, match="unknown run option"):
+        lifecycle.options("runs", None, epochs=3)
+    opts = lifecycle.options("runs", "/data/nih", roots={"chexpert": "/data"})
+    assert str(opts.root("nih")) == "/data/nih" and str(opts.root("chexpert")) == "/data"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("api")
+    cfg = fzlpr.Config(**TINY)
+    return out, cfg, fzlpr.run(cfg, out=out, workers=1, verbose=0)
+
+
+def test_python_api_runs_a_paper_with_a_config(tiny_run):
+    out, cfg, run = tiny_run
+    assert run.finished and run.path.parent == out
+    m = run.metrics()
+    assert m["loss"] == "fzlpr" and 0 <= m["test_mean_auc"] <= 1
+    for name in ("config.json", "report.md", "checkpoints/best.keras", "predictions/test.npz"):
+        assert run.file(name).exists(), name
+
+
+def test_finished_is_a_state_and_config_json_reproduces_the_run(tiny_run, capsys):
+    out, cfg, run = tiny_run
+    mtime = run.file("report.md").stat().st_mtime
+    again = fzlpr.run(cfg, out=out, workers=1, verbose=0)
+    assert again.path == run.path and run.file("report.md").stat().st_mtime == mtime
+    assert "finished earlier" in capsys.readouterr().out
+    # the run folder's config.json, given back, names the same folder
+    back, opts = fzlpr.from_command_line(["--config", str(run.file("config.json")),
+                                          "--out", str(out)])
+    assert back == replace(cfg, backbone_blocks=tuple(cfg.backbone_blocks))
+    assert fzlpr.run(back, opts=replace(opts, workers=1, verbose=0)).path == run.path
