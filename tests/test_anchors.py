@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pytest
 
 from cxr_keras.models.anchors import (assign_targets, decode, encode, generate_anchors, nms,
                                       smooth_l1)

@@ -30,7 +30,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .mae import _LossTermsModel, train_step_then_ema
+from ._ema_step import train_step_then_ema
+from ._loss_terms_model import LossTermsModel
 
 
 def info_nce_logits(q, k, queue, temperature):
@@ -83,7 +84,7 @@ def _views(inputs):
                      "{'query': ..., 'key': ...}")
 
 
-class _Contrastive(_LossTermsModel):
+class _Contrastive(LossTermsModel):
     total_key = "loss_value"
 
     def __init__(self, encoder, dim, hidden, temperature, **kwargs):

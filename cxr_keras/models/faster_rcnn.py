@@ -35,7 +35,7 @@ from keras import layers, ops
 
 from ..layers.roi_align import roi_align
 from .anchors import assign_targets, decode, generate_anchors, nms, smooth_l1
-from .mae import _LossTermsModel
+from ._loss_terms_model import LossTermsModel
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -75,7 +75,7 @@ def rpn_targets(anchors, gt_boxes, image_size, rng=None, **kwargs):
 
 
 @keras.saving.register_keras_serializable(package="cxr_keras")
-class FasterRCNN(_LossTermsModel):
+class FasterRCNN(LossTermsModel):
     """See the module docstring. ``backbone``: image -> [C2, C3, C4, C5] (any list of maps);
     ``level``: which map (default 2, C4) with its ``stride``."""
 

@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from ._ema_step import train_step_then_ema
+from ._loss_terms_model import LossTermsModel
 from .vit import LN_EPSILON, TransformerBlock, encoder_layers, gather_tokens, sincos_2d, vit
 
 L1_REGIONS = ("all", "masked")
@@ -91,26 +93,8 @@ def masked_mse(pred, target, mask):
     return ops.sum(per_patch * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-class _LossTermsModel(keras.Model):
-    """A model whose ``call`` returns its loss terms: the loss is ``y_pred[total_key]`` (plus any
-    added losses) and every tracker in ``self.loss_trackers`` logs ``y_pred[name]``."""
-
-    total_key = "total"
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = y_pred[self.total_key]
-        if self.losses:
-            loss = loss + ops.sum(self.losses)
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for k, tracker in self.loss_trackers.items():
-            tracker.update_state(y_pred[k])
-        return super().compute_metrics(x, y, y_pred, sample_weight)
-
-
 @keras.saving.register_keras_serializable(package="cxr_keras")
-class MaskedAutoencoder(_LossTermsModel):
+class MaskedAutoencoder(LossTermsModel):
     """MAE with a ViT encoder (``self.encoder``, a functional :func:`~cxr_keras.models.vit.vit`
     without head whose weights a classifier takes over) and a transformer decoder.
 
@@ -225,34 +209,8 @@ class MaskedAutoencoder(_LossTermsModel):
                 "norm_pix_loss": self.norm_pix_loss, "seed": self.seed}
 
 
-def ema(target, online, tau: float):
-    """Eq. (2): tau * target + (1 - tau) * online."""
-    return tau * target + (1.0 - tau) * online
-
-
-def train_step_then_ema(model, step, pairs, tau: float, *args, **kwargs):
-    """Run ``step`` (a Keras ``train_step``), then ``target <- ema(target, source, tau)`` for every
-    ``(target, source)`` variable pair, with the sources' post-step values: in place on
-    TensorFlow; on JAX, where the step is a pure function of the state, in the returned state
-    (each target must be a non-trainable variable of ``model``)."""
-    if keras.backend.backend() != "jax":
-        logs = step(*args, **kwargs)
-        for t, o in pairs:
-            t.assign(ema(t, ops.cast(o, t.dtype), tau))
-        return logs
-    logs, (trainable, non_trainable, opt_vars, metric_vars) = step(*args, **kwargs)
-    values = {id(v): x for v, x in zip(model.trainable_variables, trainable)}
-    values.update({id(v): x for v, x in zip(model.non_trainable_variables, non_trainable)})
-    index = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
-    non_trainable = list(non_trainable)
-    for t, o in pairs:
-        i = index[id(t)]
-        non_trainable[i] = ema(non_trainable[i], values[id(o)].astype(non_trainable[i].dtype), tau)
-    return logs, (trainable, non_trainable, opt_vars, metric_vars)
-
-
 @keras.saving.register_keras_serializable(package="cxr_keras")
-class DualMaskedAutoencoder(_LossTermsModel):
+class DualMaskedAutoencoder(LossTermsModel):
     """Dual-MAE: an online and a target :class:`MaskedAutoencoder` with independent masks.
 
     ``self.online`` is trained by gradient; ``self.target`` (not trainable) starts as a copy of the

@@ -17,20 +17,19 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .res2net import _bn, _conv, _finish, _load_weights, _resolve_weights
+from ._resnet_blocks import bn, conv, finish, load_state_dict, load_weights, resolve_weights
 
 DEPTHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 WIDTHS = (64, 128, 256, 512)
-URL = "https://huggingface.co/timm/{arch}.tv_in1k/resolve/main/model.safetensors"
 
 
 def _basic_block(x, planes, stride, prefix):
-    y = _conv(x, planes, 3, stride, 1, f"{prefix}conv1")
-    y = layers.ReLU(name=f"{prefix}relu1")(_bn(y, f"{prefix}bn1"))
-    y = _bn(_conv(y, planes, 3, 1, 1, f"{prefix}conv2"), f"{prefix}bn2")
+    y = conv(x, planes, 3, stride, 1, f"{prefix}conv1")
+    y = layers.ReLU(name=f"{prefix}relu1")(bn(y, f"{prefix}bn1"))
+    y = bn(conv(y, planes, 3, 1, 1, f"{prefix}conv2"), f"{prefix}bn2")
     shortcut = x
     if stride != 1 or x.shape[-1] != planes:
-        shortcut = _bn(_conv(x, planes, 1, stride, 0, f"{prefix}downsample_conv"),
+        shortcut = bn(conv(x, planes, 1, stride, 0, f"{prefix}downsample_conv"),
                        f"{prefix}downsample_bn")
     y = layers.Add(name=f"{prefix}residual")([y, shortcut])
     return layers.ReLU(name=f"{prefix}out")(y)
@@ -47,18 +46,17 @@ def _resnet(arch, include_top, weights, input_shape, pooling, classes, widths, n
         raise ValueError(f"{arch}: input_shape must be (height, width, channels), got "
                          f"{input_shape!r}")
     standard = widths == WIDTHS
-    path = _resolve_weights(weights, arch, URL.format(arch=arch), f"{arch}.tv_in1k.safetensors",
-                            standard, include_top, classes, input_shape)
+    path = resolve_weights(weights, arch, standard, include_top, classes, input_shape)
     inp = keras.Input(tuple(input_shape), name="image")
-    x = _conv(inp, widths[0], 7, 2, 3, "conv1")
-    x = layers.ReLU(name="relu")(_bn(x, "bn1"))
+    x = conv(inp, widths[0], 7, 2, 3, "conv1")
+    x = layers.ReLU(name="relu")(bn(x, "bn1"))
     x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)  # = -inf padding after the ReLU
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="maxpool")(x)
     for i, (n, planes) in enumerate(zip(DEPTHS[arch], widths), start=1):
         for j in range(n):
             x = _basic_block(x, planes, 2 if (i > 1 and j == 0) else 1, f"layer{i}_{j}_")
-    model = _finish(inp, x, include_top, pooling, classes, classifier_activation, name or arch)
-    return _load_weights(model, path, arch, include_top)
+    model = finish(inp, x, include_top, pooling, classes, classifier_activation, name or arch)
+    return load_weights(model, path, arch, include_top, FROM_STATE_DICT[arch])
 
 
 def resnet18(include_top=False, weights=None, input_shape=(224, 224, 3), pooling=None,
@@ -80,3 +78,16 @@ def resnet34(include_top=False, weights=None, input_shape=(224, 224, 3), pooling
     ``resnet34.tv_in1k``)."""
     return _resnet("resnet34", include_top, weights, input_shape, pooling, classes, widths, name,
                    classifier_activation)
+
+
+def resnet18_from_state_dict(state_dict, model, source=None):
+    """Load a torchvision / timm ResNet-18 state dict into a :func:`resnet18` model (in place)."""
+    return load_state_dict(state_dict, model, "resnet18", torchvision=True, source=source)
+
+
+def resnet34_from_state_dict(state_dict, model, source=None):
+    """Load a torchvision / timm ResNet-34 state dict into a :func:`resnet34` model (in place)."""
+    return load_state_dict(state_dict, model, "resnet34", torchvision=True, source=source)
+
+
+FROM_STATE_DICT = {"resnet18": resnet18_from_state_dict, "resnet34": resnet34_from_state_dict}

@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import keras
 import numpy as np
 from keras import layers, ops
+
+from .. import weights as pretrained
+from ..io import DataError
+from ..state_dict import assign, read_state_dict
 
 LN_EPSILON = 1e-6
 SMALL = {"width": 384, "depth": 12, "num_heads": 6, "mlp_ratio": 4.0, "patch_size": 16}
@@ -319,16 +324,13 @@ def load_vit_weights(model, weights):
     encoder and leaves the model's head as initialised."""
     from pathlib import Path
 
-    from .. import convert
-    from ..io import DataError
-
     path = Path(weights) if not (isinstance(weights, str) and weights == "imagenet") else None
     if path is None:
-        return convert.vit_imagenet(model)
+        return vit_imagenet(model)
     if not path.is_file():
         raise DataError(f"{model.name}: weights file not found: {path}")
     if not path.name.endswith(".weights.h5"):
-        return convert.vit_from_state_dict(convert.read_state_dict(path), model, source=path)
+        return vit_from_state_dict(read_state_dict(path), model, source=path)
     blocks, file_has_head = _weights_file_layout(path)
     depth = sum(isinstance(l, TransformerBlock) for l in model.layers)
     if blocks != depth:
@@ -353,8 +355,6 @@ def _weights_file_layout(path) -> tuple[int, bool]:
     names its groups by layer class: ``transformer_block_<i>``, ``dense``)."""
     import h5py
 
-    from ..io import DataError
-
     try:
         with h5py.File(path, "r") as f:
             names = list(f["layers"]) if "layers" in f else []
@@ -373,3 +373,80 @@ def _headless_twin(model):
     return vit(input_shape=tuple(model.input_shape[1:]), patch_size=pe.patch_size, width=pe.width,
                depth=len(blocks), num_heads=blocks[0].num_heads, mlp_ratio=blocks[0].mlp_ratio,
                include_top=False, pooling=None, positional=emb.positional)
+
+
+# ---------------------------------------------------- PyTorch checkpoints (timm / DeiT / MAE keys)
+
+# keys of an MAE pretraining checkpoint that a classifier does not use
+_VIT_IGNORED = ("decoder_", "mask_token")
+
+
+def _resize_positions(pos, grid_hw, source):
+    """(1, 1 + n, D) positional embedding -> (1, 1 + gh * gw, D), bicubic over the patch grid
+    (the CLS position is kept), for a model at another input size than the checkpoint."""
+    n = pos.shape[1] - 1
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise DataError(f"{source}: pos_embed has {n} patch positions, not a square grid")
+    grid = pos[0, 1:].reshape(side, side, -1).astype(np.float32)
+    out = cv2.resize(grid, (grid_hw[1], grid_hw[0]), interpolation=cv2.INTER_CUBIC)
+    return np.concatenate([pos[:, :1], out.reshape(1, -1, pos.shape[-1])], axis=1)
+
+
+def vit_from_state_dict(state_dict, model, source=None):
+    """Load a timm / DeiT / MAE ViT state dict into a :func:`cxr_keras.models.vit` model (in place).
+
+    Keys: ``cls_token``, ``pos_embed`` (resized bicubic when the model's patch grid differs),
+    ``patch_embed.proj``, ``blocks.{i}.norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2``,
+    ``norm`` and ``head`` (used only when the model has one). An MAE pretraining checkpoint's
+    decoder and mask token are ignored. Every missing key, unexpected key and shape mismatch is
+    named in one DataError. Returns ``model``.
+    """
+
+    where = f"{source}: " if source is not None else ""
+    sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    targets = []  # (key, variable, transform)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name == "patch_embed":
+            targets += [("patch_embed.proj.weight", layer.proj.kernel, lambda a: a.transpose(2, 3, 1, 0)),
+                        ("patch_embed.proj.bias", layer.proj.bias, None)]
+        elif layer.name == "embedding":
+            if "pos_embed" in sd and sd["pos_embed"].shape != tuple(layer.pos_embed.shape):
+                sd["pos_embed"] = _resize_positions(sd["pos_embed"], layer.grid_hw, source)
+            targets += [("cls_token", layer.cls_token, None), ("pos_embed", layer.pos_embed, None)]
+        elif isinstance(layer, TransformerBlock) and layer.name.startswith("block_"):
+            i = layer.name.split("_")[1]
+            for sub, key in ((layer.norm1, "norm1"), (layer.qkv, "attn.qkv"),
+                             (layer.proj, "attn.proj"), (layer.norm2, "norm2"),
+                             (layer.fc1, "mlp.fc1"), (layer.fc2, "mlp.fc2")):
+                targets += _vit_targets(sub, f"blocks.{i}.{key}")
+        elif layer.name in ("norm", "head"):
+            targets += _vit_targets(layer, layer.name)
+        else:
+            raise DataError(f"{where}vit: model {model.name!r} has layer {layer.name!r} with "
+                            "weights that is not part of a ViT")
+    ignored = {k for k in sd if k.startswith(_VIT_IGNORED)}
+    if not any(layer.name == "head" for layer in model.layers):
+        ignored |= {"head.weight", "head.bias"}
+    return assign(sd, targets, model, "vit", source, ignored)
+
+def _vit_targets(layer, module):
+    if isinstance(layer, keras.layers.LayerNormalization):
+        return [(f"{module}.weight", layer.gamma, None), (f"{module}.bias", layer.beta, None)]
+    return [(f"{module}.weight", layer.kernel, lambda a: a.T), (f"{module}.bias", layer.bias, None)]
+
+
+def vit_imagenet(model):
+    """Download DeiT-S (timm's ``deit_small_patch16_224.fb_in1k``, ImageNet-1k supervised, the
+    "ImageNet" ViT-S) and load it into ``model`` (ViT-S/16 configuration, any input size)."""
+    blocks = [l for l in model.layers if isinstance(l, TransformerBlock)]
+    pe = model.get_layer("patch_embed")
+    config = {"width": pe.width, "depth": len(blocks), "num_heads": blocks[0].num_heads,
+              "mlp_ratio": blocks[0].mlp_ratio, "patch_size": pe.patch_size}
+    if config != SMALL:
+        raise ValueError(f"{model.name}: weights='imagenet' needs the ViT-S/16 configuration "
+                         f"{SMALL}, got {config}; use weights=None for a reduced network")
+    path = pretrained.download("vit_small", " and pass weights='FILE.safetensors'")
+    return vit_from_state_dict(read_state_dict(path), model, source=path)
