@@ -24,7 +24,8 @@ def _as_2d(y_true, y_score):
     return y_true, y_score
 
 
-def _labels(labels, n):
+def column_names(labels, n):
+    """``labels`` checked to name ``n`` columns, or 0..n-1 when None."""
     if labels is None:
         return list(range(n))
     labels = list(labels)
@@ -41,7 +42,7 @@ def per_class_auc(y_true, y_score, labels=None) -> dict:
     """
     y_true, y_score = _as_2d(y_true, y_score)
     out = {}
-    for j, label in enumerate(_labels(labels, y_true.shape[1])):
+    for j, label in enumerate(column_names(labels, y_true.shape[1])):
         keep = ~np.isnan(y_true[:, j])
         t = y_true[keep, j] >= 0.5
         if t.all() or not t.any():
@@ -82,7 +83,7 @@ def threshold_metrics(y_true, y_score, threshold, labels=None) -> dict:
     """
     y_true, y_score = _as_2d(y_true, y_score)
     per_class = {}
-    for j, label in enumerate(_labels(labels, y_true.shape[1])):
+    for j, label in enumerate(column_names(labels, y_true.shape[1])):
         keep = ~np.isnan(y_true[:, j])
         t = y_true[keep, j] >= 0.5
         p = y_score[keep, j] > threshold

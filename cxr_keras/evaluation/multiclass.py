@@ -24,7 +24,7 @@ from sklearn.metrics import (
 )
 
 from cxr_keras.evaluation.delong import delong_test
-from cxr_keras.evaluation.metrics import _labels, bootstrap_ci
+from cxr_keras.evaluation.metrics import column_names, bootstrap_ci
 
 INTERVAL_METHODS = ("clopper-pearson", "wald")
 
@@ -184,7 +184,7 @@ def multiclass_metrics(y_true, proba, labels=None, alpha=0.05, n_boot=0, seed=0)
     """
     y_true, proba = _check(y_true, proba)
     n, k = proba.shape
-    labels = _labels(labels, k)
+    labels = column_names(labels, k)
     classes = np.arange(k)
     pred = np.argmax(proba, axis=1)
     onehot = y_true[:, None] == classes[None, :]
@@ -305,7 +305,7 @@ def delong_ovr(y_true, proba_a, proba_b, labels=None) -> dict:
         raise ValueError(f"proba_a {proba_a.shape} and proba_b {proba_b.shape} differ in shape")
     k = proba_a.shape[1]
     out = {}
-    for j, label in enumerate(_labels(labels, k)):
+    for j, label in enumerate(column_names(labels, k)):
         t = (y_true == j).astype(np.float64)
         if min(t.sum(), len(t) - t.sum()) < 2:
             nan = float("nan")

@@ -1,7 +1,7 @@
 """Figures of the ``multiloss`` paper: confusion matrices and one-vs-rest ROC / PR curves
 (Figs. 5, 7, 8), polar coordinates plots of metrics per model (Figs. 3, 4, 6) and lung-mask
 overlays for segmentation examples. Matplotlib with the Agg backend; files are written atomically
-through :func:`cxr_keras.evaluation.plots._save`."""
+through :func:`cxr_keras.evaluation.plots.save_figure`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sklearn.metrics import (  # noqa: E402
     average_precision_score, precision_recall_curve, roc_auc_score, roc_curve,
 )
 
-from cxr_keras.evaluation.plots import _save  # noqa: E402
+from cxr_keras.evaluation.plots import save_figure  # noqa: E402
 
 
 def plot_confusion_matrix(cm, labels, path, normalize=False, title="Confusion matrix",
@@ -51,7 +51,7 @@ def plot_confusion_matrix(cm, labels, path, normalize=False, title="Confusion ma
     ax.set_xticklabels([str(x) for x in labels], rotation=45, ha="right")
     ax.set_yticklabels([str(x) for x in labels])
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc_pr(y_true, proba, labels, path, title=None):
@@ -88,7 +88,7 @@ def plot_roc_pr(y_true, proba, labels, path, title=None):
     ax_pr.legend(loc="lower left", fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 _ALIASES = {"fscore": "f1", "f1score": "f1", "fmeasure": "f1"}
@@ -145,7 +145,7 @@ def plot_polar(values, metrics=("F-score", "MCC"), path=None, title="", rmin=Non
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=9)
     if title:
         ax.set_title(title, pad=20)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mask_overlay(image, mask_true, mask_pred, path, threshold=0.5, title=None):
@@ -177,4 +177,4 @@ def plot_mask_overlay(image, mask_true, mask_pred, path, threshold=0.5, title=No
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 from cxr_keras.io import atomic_path  # noqa: E402
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write ``fig`` to ``path`` atomically (120 dpi) and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -40,7 +41,7 @@ def plot_roc_curves(y_true, y_score, labels, path, title="ROC curves"):
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
            ylabel="sensitivity (true positive rate)", title=title)
     ax.legend(loc="lower right", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
@@ -66,7 +67,7 @@ def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
     ax.set_xticklabels(labels, rotation=45, ha="right")
     ax.set(ylabel=f"AUC - AUC(tau = {reference_tau:g})", title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(history, path, title="Training curves"):
@@ -94,7 +95,7 @@ def plot_training_curves(history, path, title="Training curves"):
         ax.set(xlabel="epoch", title=key)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, patch_size=16,
@@ -137,4 +138,4 @@ def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, p
             if i == 0:
                 axes[i, j].set_title(name, fontsize=8)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
