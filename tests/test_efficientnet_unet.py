@@ -1,14 +1,12 @@
 """EfficientNet-B0 U-Net, encoder classifier, model-level ensemble (multiloss, Sec. 2.2-2.3)."""
 
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 import keras
 
+from _serialization import reload_in_fresh_process, reload_keras_file
 from cxr_keras.models.efficientnet_unet import (
     DECODER_FILTERS, DEEPEST_CONV, ENCODER_OUTPUT, ENSEMBLE_CONV, SKIP_LAYERS, TRUNCATE_AT,
     efficientnet_classifier, efficientnet_encoder, efficientnet_unet, model_level_ensemble,
@@ -83,9 +81,7 @@ def test_unet_any_spatial_size():
 
 
 def test_small_unet_keras_roundtrip(small_unet, tmp_path):
-    path = tmp_path / "unet.keras"
-    small_unet.save(path)
-    reloaded = keras.saving.load_model(path, safe_mode=True)
+    reloaded = reload_keras_file(small_unet, tmp_path / "unet.keras")
     x = _images(2)
     np.testing.assert_allclose(_predict(reloaded, x), _predict(small_unet, x),
                                rtol=1e-5, atol=1e-6)
@@ -140,15 +136,7 @@ def test_model_level_ensemble_saves_and_reloads(tmp_path):
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, rtol=1e-5)
     path = tmp_path / "ensemble.keras"
     ensemble.save(path)
-    x_path, y_path = str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
-    np.save(x_path, x)
-    script = textwrap.dedent(f"""
-        import numpy as np, keras
-        model = keras.saving.load_model({str(path)!r}, safe_mode=True)
-        np.save({y_path!r}, model(np.load({x_path!r}), training=False))
-    """)
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, timeout=120)
-    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reload_in_fresh_process(path, x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_shallow_quick_encoder_keeps_the_skips_and_truncates_at_block5b():

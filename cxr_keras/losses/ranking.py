@@ -159,7 +159,18 @@ class MaskedBinaryLoss(keras.losses.Loss):
         return config
 
 
-LOSS_NAMES = ("bce", "focal", "zlpr", "fzlpr")
+def _masked_bce(**kwargs):
+    return MaskedBinaryLoss(kind="bce", **{"from_logits": True, **kwargs})
+
+
+def _masked_focal(**kwargs):
+    defaults = dict(from_logits=True, gamma=2.0, alpha=0.25, apply_class_balancing=True)
+    return MaskedBinaryLoss(kind="focal", **{**defaults, **kwargs})
+
+
+#: Multi-label losses on logits with NaN = "ignore" (name -> factory).
+MULTILABEL_LOSSES = {"bce": _masked_bce, "focal": _masked_focal, "zlpr": ZLPR, "fzlpr": FZLPR}
+LOSS_NAMES = tuple(MULTILABEL_LOSSES)
 
 
 def get_loss(name, **kwargs):
@@ -171,13 +182,6 @@ def get_loss(name, **kwargs):
     gamma = 2.0). ``fzlpr`` defaults to tau = 0.2 (paper).
     """
     key = str(name).lower()
-    if key == "bce":
-        return MaskedBinaryLoss(kind="bce", **{"from_logits": True, **kwargs})
-    if key == "focal":
-        defaults = dict(from_logits=True, gamma=2.0, alpha=0.25, apply_class_balancing=True)
-        return MaskedBinaryLoss(kind="focal", **{**defaults, **kwargs})
-    if key == "zlpr":
-        return ZLPR(**kwargs)
-    if key == "fzlpr":
-        return FZLPR(**kwargs)
-    raise ValueError(f"get_loss: unknown loss {name!r}; known: {LOSS_NAMES}")
+    if key not in MULTILABEL_LOSSES:
+        raise ValueError(f"get_loss: unknown loss {name!r}; known: {LOSS_NAMES}")
+    return MULTILABEL_LOSSES[key](**kwargs)
