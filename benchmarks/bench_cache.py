@@ -67,11 +67,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench-cache-out", help="output folder (default ./bench-cache-out)")
     args = ap.parse_args(argv)
 
+    import hashlib
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     import cv2
-    import hashlib
     import numpy as np
 
     from cxr_keras.data import load_table, write_phantom
@@ -131,7 +131,8 @@ def main(argv=None) -> dict:
 
     results = {"n": n, "size": args.size, "cache_size": args.cache_size, "shard_size": args.shard_size,
                "cpu_count": os.cpu_count(), "repeat": args.repeat,
-               "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)], "png_kb_mean": round(mean_kb, 1),
+               "loadavg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+               "png_kb_mean": round(mean_kb, 1),
                "decode_ms_per_image": round(1e3 * decode_s / n, 3),
                "decode_images_per_s_core": round(decode_rate, 1),
                "decode_images_per_cpu_s": round(n / decode_cpu, 1),
@@ -153,7 +154,7 @@ def main(argv=None) -> dict:
     print(f"\nCache build vs bare decode: {n} phantom NIH PNGs {args.size}x{args.size} "
           f"({mean_kb:.0f} KiB mean) -> {args.cache_size}x{args.cache_size}, shard_size {args.shard_size}, "
           f"{os.cpu_count()} cores, best of {args.repeat}, 1-min load average "
-          f"{results['loadavg_1min_before_after'][0]:.2f} before / {results['loadavg_1min_before_after'][1]:.2f} after\n")
+          "{:.2f} before / {:.2f} after\n".format(*results['loadavg_1min_before_after']))
     print(f"Per image on one core: read+decode {results['decode_ms_per_image']:.2f} ms, "
           f"sha1 {results['sha1_ms_per_image']:.2f} ms, bicubic resize {results['resize_ms_per_image']:.2f} ms\n")
     print("| what | workers | wall s | images/s | images/s/core | of decode bound | pool start-up s "

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import traceback
 
-from ._argtypes import positive_int
 from . import __version__
+from ._argtypes import positive_int
 from .io import DataError
 
 PAPERS = ("fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret")

@@ -192,8 +192,10 @@ def load_keras_model(path):
     on failure (a Lambda layer, a file that is not a Keras archive, an unknown layer)."""
     import keras
 
-    from . import losses  # noqa: F401  (registers the package's serialisable objects)
-    from . import models  # noqa: F401
+    from . import (
+        losses,  # noqa: F401  (registers the package's serialisable objects)
+        models,  # noqa: F401
+    )
 
     path = Path(path)
     if not path.is_file():

@@ -4,8 +4,7 @@ import math
 
 import numpy as np
 
-from cxr_keras.models.anchors import (assign_targets, decode, encode, generate_anchors, nms,
-                                      smooth_l1)
+from cxr_keras.models.anchors import assign_targets, decode, encode, generate_anchors, nms, smooth_l1
 
 
 def test_anchors_by_hand():

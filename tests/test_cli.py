@@ -6,9 +6,10 @@ import importlib
 
 import pytest
 
-from _cli import cli
 from cxr_keras import __version__
 from cxr_keras.cli import EXIT_CODES, PAPERS, build_parser, main
+
+from _cli import cli
 
 
 def _undocumented(parser, name):

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from cxr_keras.models.contrastive import (
-    MoCo, SimCLR, cross_entropy_first, info_nce_logits, nt_xent,
-)
+from cxr_keras.models.contrastive import MoCo, SimCLR, cross_entropy_first, info_nce_logits, nt_xent
+
 from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None

@@ -148,7 +148,8 @@ def test_lateral_views_are_rendered_differently(root):
     lat = read_image(df.loc[df.view == "Lateral", "path"].iloc[0])
     fro = read_image(df.loc[df.view == "Frontal", "path"].iloc[0])
     assert lat.shape == fro.shape == (64, 64)
-    border = lambda im: np.concatenate([im[:, :12].ravel(), im[:, -12:].ravel()])
+    def border(im):
+        return np.concatenate([im[:, :12].ravel(), im[:, -12:].ravel()])
     assert border(lat).std() < 4.0           # air either side of the squeezed chest
     assert abs(float(border(lat).mean()) - float(fro.mean())) > 5
 
@@ -259,11 +260,16 @@ LITERAL_RAW = [
      "Support Devices": 0.0},
 ]
 LITERAL_META = [  # path, split, patient, study, sex, age, view, projection
-    ("train/patient00001/study1/view1_frontal.jpg", "train", "patient00001", "patient00001/study1", "Female", 68, "Frontal", "AP"),
-    ("train/patient00002/study2/view1_frontal.jpg", "train", "patient00002", "patient00002/study2", "Female", 87, "Frontal", "AP"),
-    ("train/patient00002/study1/view2_lateral.jpg", "train", "patient00002", "patient00002/study1", "Female", 83, "Lateral", ""),
-    ("train/patient00005/study1/view1_frontal.jpg", "train", "patient00005", "patient00005/study1", "Male", 33, "Frontal", "PA"),
-    ("valid/patient64541/study1/view1_frontal.jpg", "test", "patient64541", "patient64541/study1", "Male", 73, "Frontal", "AP"),
+    ("train/patient00001/study1/view1_frontal.jpg",
+     "train", "patient00001", "patient00001/study1", "Female", 68, "Frontal", "AP"),
+    ("train/patient00002/study2/view1_frontal.jpg",
+     "train", "patient00002", "patient00002/study2", "Female", 87, "Frontal", "AP"),
+    ("train/patient00002/study1/view2_lateral.jpg",
+     "train", "patient00002", "patient00002/study1", "Female", 83, "Lateral", ""),
+    ("train/patient00005/study1/view1_frontal.jpg",
+     "train", "patient00005", "patient00005/study1", "Male", 33, "Frontal", "PA"),
+    ("valid/patient64541/study1/view1_frontal.jpg",
+     "test", "patient64541", "patient64541/study1", "Male", 73, "Frontal", "AP"),
 ]
 
 

@@ -57,7 +57,8 @@ def test_layout_and_csvs(root):
         assert set(studies) == {ln.rsplit("/", 1)[0] + "/" for ln in lines}
     assert (m / "train_image_paths.csv").read_text().count(",") == 0  # headerless, one column
     # patients are disjoint between the official splits
-    pid = lambda ln: ln.split("/")[3]
+    def pid(ln):
+        return ln.split("/")[3]
     assert not {pid(x) for x in train} & {pid(x) for x in valid}
 
 

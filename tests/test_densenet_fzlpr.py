@@ -2,15 +2,12 @@
 
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-
 from cxr_keras.losses import FZLPR
-from cxr_keras.models import (
-    TOP_LAYER_NAMES, densenet121_fzlpr, set_backbone_trainable, top_layers,
-)
+from cxr_keras.models import TOP_LAYER_NAMES, densenet121_fzlpr, set_backbone_trainable, top_layers
 
 import _models  # noqa: E402  (tests/ is on sys.path under pytest)
 from _cli import python

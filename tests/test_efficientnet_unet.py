@@ -1,16 +1,24 @@
 """EfficientNet-B0 U-Net, encoder classifier, model-level ensemble (multiloss, Sec. 2.2-2.3)."""
 
 
+import keras
 import numpy as np
 import pytest
 
-import keras
+from cxr_keras.models.efficientnet_unet import (
+    DECODER_FILTERS,
+    DEEPEST_CONV,
+    ENCODER_OUTPUT,
+    ENSEMBLE_CONV,
+    SKIP_LAYERS,
+    TRUNCATE_AT,
+    efficientnet_classifier,
+    efficientnet_encoder,
+    efficientnet_unet,
+    model_level_ensemble,
+)
 
 from _serialization import reload_in_fresh_process, reload_keras_file
-from cxr_keras.models.efficientnet_unet import (
-    DECODER_FILTERS, DEEPEST_CONV, ENCODER_OUTPUT, ENSEMBLE_CONV, SKIP_LAYERS, TRUNCATE_AT,
-    efficientnet_classifier, efficientnet_encoder, efficientnet_unet, model_level_ensemble,
-)
 
 SMALL = 64  # spatial size of the quick models
 WIDTH = 0.25  # width_coefficient of the quick models

@@ -7,8 +7,18 @@ from scipy.optimize import Bounds, LinearConstraint, minimize
 from sklearn.metrics import log_loss
 
 from cxr_keras.ensemble import (
-    average, ensemble_log_loss, fit_stacking, majority_vote, slsqp_weights, stacking_features,
-    stacking_model, stacking_predict, top_k, vote_counts, vote_proba, weighted_average,
+    average,
+    ensemble_log_loss,
+    fit_stacking,
+    majority_vote,
+    slsqp_weights,
+    stacking_features,
+    stacking_model,
+    stacking_predict,
+    top_k,
+    vote_counts,
+    vote_proba,
+    weighted_average,
 )
 
 

@@ -5,9 +5,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxr_keras.evaluation import (
-    bootstrap_ci, comparison_table, delong_test, mean_auc, per_class_auc, threshold_metrics,
-)
+from cxr_keras.evaluation import bootstrap_ci, comparison_table, delong_test, mean_auc, per_class_auc, threshold_metrics
 from cxr_keras.evaluation.delong import delong_covariance
 
 
@@ -137,9 +135,7 @@ def test_comparison_table():
 
 
 def test_plots_write_png_files(tmp_path):
-    from cxr_keras.evaluation.plots import (
-        plot_auc_differences, plot_roc_curves, plot_training_curves,
-    )
+    from cxr_keras.evaluation.plots import plot_auc_differences, plot_roc_curves, plot_training_curves
 
     y, s = _scores(3, n=80, c=3)
     p1 = plot_roc_curves(y, s, ["A", "B", "C"], tmp_path / "roc.png", "ROC")

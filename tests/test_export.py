@@ -7,10 +7,9 @@ import subprocess
 import sys
 import textwrap
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from cxr_keras.data.images import write_dicom, write_image
@@ -22,6 +21,7 @@ from cxr_keras.training import RunFolder
 
 import _models  # noqa: E402  (tests/ is on sys.path under pytest)
 from _cli import console_script
+
 LABELS = ["Atelectasis", "Effusion", "Nodule"]
 SIZE, CACHE = 28, 32
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

@@ -11,6 +11,7 @@ from cxr_keras.evaluation.detection import detection_ap
 from cxr_keras.models.anchors import encode
 from cxr_keras.models.backbones import multiscale_backbone
 from cxr_keras.models.faster_rcnn import FasterRCNN, encode_ops, rpn_targets
+
 from _baselines import box_prior_predictions  # tests/ is on sys.path under pytest
 from _models import last_json, run_on_jax
 

@@ -1,17 +1,13 @@
 """count_flops against hand-computed MAC counts and TensorFlow's graph profiler (ResNet50);
 Grad-CAM localisation (box mapping, pointing game, IoU) on hand-made heatmaps and boxes."""
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 from keras import layers
 
 from cxr_keras.evaluation.flops import count_flops
-from cxr_keras.evaluation.localization import (
-    heatmap_iou, localization_scores, map_box, pointing_game,
-)
-
+from cxr_keras.evaluation.localization import heatmap_iou, localization_scores, map_box, pointing_game
 
 # ----------------------------------------------------------------------------------- flops
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cxr_keras.training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
+
 from _models import run_on_jax  # tests/ is on sys.path under pytest
 
 HAS_JAX = importlib.util.find_spec("jax") is not None

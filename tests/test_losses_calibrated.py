@@ -1,17 +1,24 @@
 """The 12 `multiloss` classification losses against independent NumPy formulas (paper eqs. 13-28)."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-from _models import value_and_grad  # tests/ is on sys.path under pytest
-
-from _serialization import round_trip
 from cxr_keras.losses.calibrated import (
-    CLASSIFICATION_LOSS_NAMES, CLASSIFICATION_LOSSES, CalibratedLoss, EntropyRegularizer,
-    LabelSmoothedLoss, LossSpec, NegativeEntropyCrossentropy, calibration_difference, entropy,
+    CLASSIFICATION_LOSS_NAMES,
+    CLASSIFICATION_LOSSES,
+    CalibratedLoss,
+    EntropyRegularizer,
+    LabelSmoothedLoss,
+    LossSpec,
+    NegativeEntropyCrossentropy,
+    calibration_difference,
+    entropy,
     get_classification_loss,
 )
+
+from _models import value_and_grad  # tests/ is on sys.path under pytest
+from _serialization import round_trip
 
 EPS = 1e-7
 K = 3

@@ -1,13 +1,13 @@
 """ZLPR / FZLPR / masked BCE and focal losses against independent NumPy formulas."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-from _models import value_and_grad  # tests/ is on sys.path under pytest
-
-from _serialization import round_trip
 from cxr_keras.losses import FZLPR, ZLPR, MaskedBinaryLoss, get_loss
+
+from _models import value_and_grad  # tests/ is on sys.path under pytest
+from _serialization import round_trip
 
 
 def ref_fzlpr_rows(y, s, tau):

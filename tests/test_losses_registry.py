@@ -4,8 +4,9 @@ against NumPy formulas written here, every entry serialisable."""
 import numpy as np
 import pytest
 
-from _serialization import round_trip
 from cxr_keras import losses
+
+from _serialization import round_trip
 
 
 def test_every_family_is_in_the_one_table():

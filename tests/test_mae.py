@@ -11,9 +11,16 @@ import keras
 import numpy as np
 import pytest
 
-from cxr_keras.models.mae import (DualMaskedAutoencoder, MaskedAutoencoder, keep_count, patchify,
-                                  random_masking, unpatchify)
+from cxr_keras.models.mae import (
+    DualMaskedAutoencoder,
+    MaskedAutoencoder,
+    keep_count,
+    patchify,
+    random_masking,
+    unpatchify,
+)
 from cxr_keras.models.vit import DropPath, TransformerBlock, sincos_2d, vit, vit_small
+
 from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 
 TINY = dict(image_size=32, channels=1, patch_size=8, width=32, depth=2, num_heads=2,

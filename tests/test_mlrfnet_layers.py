@@ -4,18 +4,17 @@ independent NumPy references, plus gradients and .keras save/reload with safe_mo
 import json
 import textwrap
 
+import keras
 import numpy as np
 import pytest
 import scipy.special
 
-import keras
-from _cli import python  # tests/ is on sys.path under pytest
-from _models import value_and_grad
-
-from _serialization import round_trip
 from cxr_keras.layers import CSRA, ECA
 from cxr_keras.losses import BiasedFocalLoss, biased_focal_loss
 
+from _cli import python  # tests/ is on sys.path under pytest
+from _models import value_and_grad
+from _serialization import round_trip
 
 # ---------------------------------------------------------------- NumPy references (float64)
 

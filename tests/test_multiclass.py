@@ -8,13 +8,20 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.metrics import (
-    accuracy_score, average_precision_score, matthews_corrcoef, precision_recall_fscore_support,
+    accuracy_score,
+    average_precision_score,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
     roc_auc_score,
 )
 
 from cxr_keras.evaluation.delong import delong_test
 from cxr_keras.evaluation.multiclass import (
-    binomial_interval, delong_ovr, mcc_bootstrap_interval, mcc_interval, mcnemar_test,
+    binomial_interval,
+    delong_ovr,
+    mcc_bootstrap_interval,
+    mcc_interval,
+    mcnemar_test,
     multiclass_metrics,
 )
 
@@ -253,9 +260,7 @@ def _is_png(path):
 
 
 def test_plots_write_png(tmp_path):
-    from cxr_keras.evaluation.multiclass_plots import (
-        plot_confusion_matrix, plot_mask_overlay, plot_polar, plot_roc_pr,
-    )
+    from cxr_keras.evaluation.multiclass_plots import plot_confusion_matrix, plot_mask_overlay, plot_polar, plot_roc_pr
 
     labels = ["normal", "bacterial", "viral"]
     y, proba = _data(n=120)

@@ -19,10 +19,10 @@ import subprocess
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from _cli import console_script
-
 import numpy as np
 import pytest
+
+from _cli import console_script
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 
@@ -216,8 +216,7 @@ def test_recipes_without_distributed_support_refuse_it_by_name(capsys):
 def test_training_rows_split_over_processes_as_one_process_would_batch_them(tmp_path, monkeypatch):
     """Process p of P reads positions p, p + P, ... of the epoch's order in batches of B / P: the
     P local batches of step s together are exactly the rows of the one-process batch s."""
-    from cxr_keras.data import load_table, write_phantom
-    from cxr_keras.data import pipeline
+    from cxr_keras.data import load_table, pipeline, write_phantom
     from cxr_keras.data.cache import build_cache
 
     write_phantom("nih", tmp_path / "nih", n=47, size=32, seed=0, workers=1, progress=False)

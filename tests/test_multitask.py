@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cxr_keras.training.multitask import Task, continual_learning, task_order
+
 from _baselines import auc_permutation_null, mean_auc, null_summary, permutation_p
 from _models import last_json, run_on_jax  # tests/ is on sys.path under pytest
 

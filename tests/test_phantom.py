@@ -3,9 +3,7 @@
 import numpy as np
 import pytest
 
-from cxr_keras.data.phantom import (
-    CHEST_FINDINGS, EXTRA_FINDINGS, NIH_FINDINGS, ChestPhantom, render_bone, render_chest,
-)
+from cxr_keras.data.phantom import CHEST_FINDINGS, EXTRA_FINDINGS, NIH_FINDINGS, ChestPhantom, render_bone, render_chest
 
 BOXED = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
          "Pneumothorax", "TB_Active", "TB_Latent")

@@ -18,8 +18,7 @@ import keras  # noqa: E402
 from cxr_keras.data import augment, load_table, write_phantom  # noqa: E402
 from cxr_keras.data.cache import Cache, build_cache  # noqa: E402
 from cxr_keras.data.images import write_image  # noqa: E402
-from cxr_keras.data.pipeline import (IMAGENET_MEAN, IMAGENET_STD, EpochCallback,  # noqa: E402
-                                     make_dataset)
+from cxr_keras.data.pipeline import IMAGENET_MEAN, IMAGENET_STD, EpochCallback, make_dataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from _models import value_and_grad  # tests/ is on sys.path under pytest
 
 from cxr_keras.regularizers import L2SP
+
+from _models import value_and_grad  # tests/ is on sys.path under pytest
 
 
 def test_l2sp_value_against_numpy_and_after_training_steps():

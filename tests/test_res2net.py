@@ -9,13 +9,15 @@ error messages, and (when torch and timm are installed) equality with timm's mod
 
 import re
 
+import keras
 import numpy as np
 import pytest
 
-import keras
-
 from cxr_keras.convert import (
-    convert_res2net50, read_state_dict, res2net50_from_state_dict, resnet50_from_state_dict,
+    convert_res2net50,
+    read_state_dict,
+    res2net50_from_state_dict,
+    resnet50_from_state_dict,
     write_safetensors,
 )
 from cxr_keras.io import DataError

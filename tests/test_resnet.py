@@ -193,7 +193,8 @@ def _np_resnet(model, x, arch):
         return ((h - w[f"{name}/moving_mean"]) / np.sqrt(w[f"{name}/moving_variance"] + 1e-5)
                 * w[f"{name}/gamma"] + w[f"{name}/beta"])
 
-    relu = lambda h: np.maximum(h, 0.0)
+    def relu(h):
+        return np.maximum(h, 0.0)
     h = relu(bn(conv(x.astype(np.float64), "conv1", 2, 3), "bn1"))
     h = _np_maxpool(h)
     feats = {}

@@ -3,23 +3,25 @@
 import warnings
 
 import cv2
+import keras
 import numpy as np
 import pytest
-
-import keras
-from _models import on_tensorflow, value_and_grad  # tests/ is on sys.path
 from sklearn.metrics import accuracy_score, f1_score, jaccard_score
 
-from _serialization import round_trip
 from cxr_keras.data.lung_crop import and_ensemble, contrast_stretch, lung_bbox, lung_crop
 from cxr_keras.data.phantom import render_chest
-from cxr_keras.evaluation.segmentation import (
-    compare_segmentations, segmentation_metrics, summarise, wilcoxon_paired,
-)
+from cxr_keras.evaluation.segmentation import compare_segmentations, segmentation_metrics, summarise, wilcoxon_paired
 from cxr_keras.losses.segmentation import (
-    SEGMENTATION_LOSSES, BCEDiceLoss, DiceLoss, FocalTverskyLoss, TverskyLoss,
+    SEGMENTATION_LOSSES,
+    BCEDiceLoss,
+    DiceLoss,
+    FocalTverskyLoss,
+    TverskyLoss,
     get_segmentation_loss,
 )
+
+from _models import on_tensorflow, value_and_grad  # tests/ is on sys.path
+from _serialization import round_trip
 
 EPS = 1e-7
 

@@ -54,6 +54,7 @@ def test_deeplab_learns_a_disc_mask():
     training masks, ignore the image: the thresholded mean training mask and the best centred
     disc (on the earlier, centred version of this task the disc prior scored 0.71 Dice)."""
     from cxr_keras.losses.segmentation import dice_loss
+
     from _baselines import centred_disc_dice, dice, mean_mask_dice
 
     rng = np.random.default_rng(0)

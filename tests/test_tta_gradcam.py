@@ -1,16 +1,14 @@
 """Test-time augmentation views and averaging; Grad-CAM heatmaps and overlays."""
 
 import cv2
+import keras
 import numpy as np
 import pytest
 from scipy.special import expit
 
-import keras
-
 from cxr_keras.explain import grad_cam, overlay
 from cxr_keras.inference import TTAPredictor, apply_view, cumulative_means, zoom_images
 from cxr_keras.models import densenet121_fzlpr
-
 
 # ----------------------------------------------------------------------------------------------
 # TTA

@@ -172,8 +172,9 @@ def apply(preset: Preset, image, seed, *, mask=None, boxes=None, training: bool 
         ch = tf.cast(tf.round(tf.cast(hw[0], tf.float32) * preset.crop), tf.int32)
         cw = tf.cast(tf.round(tf.cast(hw[1], tf.float32) * preset.crop), tf.int32)
         if training:
-            oy = tf.minimum(tf.cast(_uniform(seed, 10, 0.0, 1.0) * tf.cast(hw[0] - ch + 1, tf.float32), tf.int32), hw[0] - ch)
-            ox = tf.minimum(tf.cast(_uniform(seed, 11, 0.0, 1.0) * tf.cast(hw[1] - cw + 1, tf.float32), tf.int32), hw[1] - cw)
+            oy = tf.cast(_uniform(seed, 10, 0.0, 1.0) * tf.cast(hw[0] - ch + 1, tf.float32), tf.int32)
+            ox = tf.cast(_uniform(seed, 11, 0.0, 1.0) * tf.cast(hw[1] - cw + 1, tf.float32), tf.int32)
+            oy, ox = tf.minimum(oy, hw[0] - ch), tf.minimum(ox, hw[1] - cw)
         else:
             oy, ox = (hw[0] - ch) // 2, (hw[1] - cw) // 2
         image, mask, boxes = _crop(image, mask, boxes, oy, ox, ch, cw)

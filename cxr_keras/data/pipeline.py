@@ -6,8 +6,8 @@ TensorFlow and JAX backends and under ``tf.distribute.MirroredStrategy`` (the ba
 global one). The order of each epoch is a seeded permutation of the split, a function of
 (seed, epoch) only, and augmentation is stateless per element: the same seed gives the same
 batches. The epoch number is kept in ``dataset.epoch_state``; :class:`EpochCallback` sets it at
-the start of every epoch so that a resumed run (:class:`~cxr_keras.training.fit.EpochBackup`) sees the same data order as
-an uninterrupted one.
+the start of every epoch so that a resumed run (:class:`~cxr_keras.training.fit.EpochBackup`)
+sees the same data order as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -19,12 +19,16 @@ import warnings
 import numpy as np
 from scipy.stats import binomtest, chi2, norm
 from sklearn.metrics import (
-    accuracy_score, average_precision_score, confusion_matrix, matthews_corrcoef,
-    precision_recall_fscore_support, roc_auc_score,
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    matthews_corrcoef,
+    precision_recall_fscore_support,
+    roc_auc_score,
 )
 
 from cxr_keras.evaluation.delong import delong_test
-from cxr_keras.evaluation.metrics import column_names, bootstrap_ci
+from cxr_keras.evaluation.metrics import bootstrap_ci, column_names
 
 INTERVAL_METHODS = ("clopper-pearson", "wald")
 

@@ -12,9 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    average_precision_score, precision_recall_curve, roc_auc_score, roc_curve,
-)
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 from cxr_keras.evaluation.plots import save_figure  # noqa: E402
 

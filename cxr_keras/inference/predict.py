@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from scipy import special
 
-from ..io import DataError, atomic_path
 from ..data.images import DICOM_SUFFIXES, read_image
+from ..io import DataError, atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 
@@ -105,9 +105,7 @@ def load_predictor(model_path):
     ``model`` has ``predict_on_batch``; ``metadata`` holds what is known of ``input_shape``,
     ``labels``, ``normalization`` and ``preprocessing``.
     """
-    from ..export import (
-        EXPORT_JSON, load_keras_model, output_activation, run_labels, run_preprocessing,
-    )
+    from ..export import EXPORT_JSON, load_keras_model, output_activation, run_labels, run_preprocessing
 
     model_path = Path(model_path)
     meta = {"input_shape": None, "labels": None, "normalization": "imagenet",

@@ -5,11 +5,19 @@ from cxr_keras.models._efficientnet import efficientnet
 from cxr_keras.models.backbones import multiscale_backbone
 from cxr_keras.models.contrastive import MoCo, SimCLR
 from cxr_keras.models.densenet_fzlpr import (
-    FEATURE_LAYER, TOP_LAYER_NAMES, backbone_layers, densenet121_fzlpr, set_backbone_trainable,
+    FEATURE_LAYER,
+    TOP_LAYER_NAMES,
+    backbone_layers,
+    densenet121_fzlpr,
+    set_backbone_trainable,
     top_layers,
 )
 from cxr_keras.models.efficientnet_unet import (
-    DEEPEST_CONV, ENSEMBLE_CONV, efficientnet_classifier, efficientnet_encoder, efficientnet_unet,
+    DEEPEST_CONV,
+    ENSEMBLE_CONV,
+    efficientnet_classifier,
+    efficientnet_encoder,
+    efficientnet_unet,
     model_level_ensemble,
 )
 from cxr_keras.models.faster_rcnn import FasterRCNN

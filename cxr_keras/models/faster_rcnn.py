@@ -19,8 +19,9 @@ RPN, softmax cross-entropy for the RoI head) + smooth L1 on the positive boxes o
 normalised by the number of sampled anchors / RoIs.
 
 ``model.fit(x={"image", "gt_boxes", "gt_labels", "rpn_labels", "rpn_targets"})`` (no y: the
-loss terms are computed in ``call`` when the targets are given, and logged) on any backend; :meth:`FasterRCNN.detect` gives boxes, scores and labels per image (per-class NMS in
-NumPy) for :func:`cxr_keras.evaluation.detection.detection_ap`.
+loss terms are computed in ``call`` when the targets are given, and logged) on any backend;
+:meth:`FasterRCNN.detect` gives boxes, scores and labels per image (per-class NMS in NumPy) for
+:func:`cxr_keras.evaluation.detection.detection_ap`.
 
 CHOICES (simplifications of the reference code, for one CPU-sized feature map): no NMS among the
 proposals (the best ``proposals`` by objectness are kept, in training and at test time) and no
@@ -34,8 +35,8 @@ import numpy as np
 from keras import layers, ops
 
 from ..layers.roi_align import roi_align
-from .anchors import assign_targets, decode, generate_anchors, nms, smooth_l1
 from ._loss_terms_model import LossTermsModel
+from .anchors import assign_targets, decode, generate_anchors, nms, smooth_l1
 
 BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 

@@ -108,7 +108,8 @@ class MaskedAutoencoder(LossTermsModel):
         super().__init__(**kwargs)
         size = (image_size, image_size) if np.isscalar(image_size) else tuple(image_size)
         self.image_size, self.channels, self.patch_size = tuple(int(s) for s in size), int(channels), int(patch_size)
-        self.width, self.depth, self.num_heads, self.mlp_ratio = int(width), int(depth), int(num_heads), float(mlp_ratio)
+        self.width, self.depth, self.num_heads = int(width), int(depth), int(num_heads)
+        self.mlp_ratio = float(mlp_ratio)
         self.decoder_width, self.decoder_depth = int(decoder_width), int(decoder_depth)
         self.decoder_heads = int(decoder_heads)
         self.mask_ratio, self.norm_pix_loss, self.seed = float(mask_ratio), bool(norm_pix_loss), seed

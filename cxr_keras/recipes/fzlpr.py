@@ -39,8 +39,7 @@ from ..training import RunFolder, fit_stage, read_history
 from . import fzlpr_paper as paper
 from . import lifecycle
 from .common import prepared_cache
-from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
-                        options_from_args)
+from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
 
 LOSSES = ("bce", "focal", "zlpr", "fzlpr")
 

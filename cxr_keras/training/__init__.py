@@ -1,7 +1,7 @@
 """Shared training layer: run folders, runtime set-up, staged resumable fitting, schedules."""
 
-from .layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from .fit import BestCheckpoint, EpochReseed, StopOnNaN, TrainingDiverged, fit_stage, read_history
+from .layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from .run_folder import RunFolder, config_hash
 from .runtime import Runtime, configure
 

@@ -5,7 +5,8 @@
 - best checkpoint by a monitored metric, kept across stages and across restarts
   (``checkpoints/best.keras`` + ``best.json``);
 - an atomic per-epoch backup (:class:`EpochBackup`), so a killed run (even SIGKILL while the
-  backup is being written) resumes from its last finished epoch; dropout seeds and the data order are functions of the epoch (:class:`EpochReseed`,
+  backup is being written) resumes from its last finished epoch; dropout seeds and the data
+  order are functions of the epoch (:class:`EpochReseed`,
   :class:`~cxr_keras.data.pipeline.EpochCallback`), so the resumed run ends with the same weights;
 - CSV logs (and TensorBoard logs when asked);
 - a clear stop when the loss becomes NaN (:class:`TrainingDiverged`), the best checkpoint intact;

@@ -52,9 +52,14 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import (check_files_exist, finish_table, find_dataset_dir, parse_label_columns,
-                      read_csv_checked,
-                      split_off_validation)
+from ..tables import (
+    check_files_exist,
+    find_dataset_dir,
+    finish_table,
+    parse_label_columns,
+    read_csv_checked,
+    split_off_validation,
+)
 
 NAME = "chexpert"
 FOLDERS = ("CheXpert-v1.0-small", "CheXpert-v1.0")

@@ -52,7 +52,7 @@ from ...io import DataError
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import finish_table, find_dataset_dir, split_by_fractions, split_off_validation
+from ..tables import find_dataset_dir, finish_table, split_by_fractions, split_off_validation
 
 NAME = "kermany"
 FOLDER = "chest_xray"

@@ -25,8 +25,14 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import (check_files_exist, find_dataset_dir, finish_table, read_csv_checked,
-                      split_by_fractions, split_off_validation)
+from ..tables import (
+    check_files_exist,
+    find_dataset_dir,
+    finish_table,
+    read_csv_checked,
+    split_by_fractions,
+    split_off_validation,
+)
 
 NAME = "mura"
 CLASSES = ("normal", "abnormal")

@@ -20,8 +20,14 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import (finish_table, read_csv_checked, read_list, sample_multilabel,
-                      split_by_fractions, split_off_validation)
+from ..tables import (
+    finish_table,
+    read_csv_checked,
+    read_list,
+    sample_multilabel,
+    split_by_fractions,
+    split_off_validation,
+)
 
 NAME = "nih"
 LABELS = phantom.NIH_FINDINGS  # the dataset's own spellings, e.g. "Pleural_Thickening"

@@ -61,8 +61,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_dicom
-from ..tables import (check_files_exist, finish_table, parse_label_columns, read_csv_checked,
-                      split_off_validation)
+from ..tables import check_files_exist, finish_table, parse_label_columns, read_csv_checked, split_off_validation
 
 NAME = "pedicxr"
 ID_COLUMNS = ("image_id", "rad_ID")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ._canvas import AA, LEFT, ONE, RIGHT, SHIFT, Canvas, F32, bounding_box, circle_poly
+from ._canvas import AA, F32, LEFT, ONE, RIGHT, SHIFT, Canvas, bounding_box, circle_poly
 
 # ============================================================================ geometry
 

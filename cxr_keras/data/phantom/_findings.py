@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ._anatomy import fill_from_layer, gaussian_blur, lateral_d
-from ._canvas import AA, LEFT, ONE, RIGHT, SHIFT, F32, bounding_box, lowfreq
+from ._canvas import AA, F32, LEFT, ONE, RIGHT, SHIFT, bounding_box, lowfreq
 
 # ============================================================================ findings
 # Each finding has an optional geometry modifier (called before the anatomy is drawn) and an

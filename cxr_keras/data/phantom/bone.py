@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._canvas import Canvas, F32, check_size, lowfreq, random_stream
+from ._canvas import F32, Canvas, check_size, lowfreq, random_stream
 from .chest import expose
 
 # ============================================================================ bone

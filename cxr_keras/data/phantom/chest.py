@@ -22,9 +22,18 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ._anatomy import (Scene, air_depth, body, bone_density, gastric_bubble, heart_density,
-                       sample_geometry, trachea, vessel_markings)
-from ._canvas import LEFT, RIGHT, Canvas, F32, check_size, lowfreq, random_stream
+from ._anatomy import (
+    Scene,
+    air_depth,
+    body,
+    bone_density,
+    gastric_bubble,
+    heart_density,
+    sample_geometry,
+    trachea,
+    vessel_markings,
+)
+from ._canvas import F32, LEFT, RIGHT, Canvas, check_size, lowfreq, random_stream
 from ._findings import MODIFIERS, OVERLAYS
 
 NIH_FINDINGS = (
