@@ -173,22 +173,20 @@ def _h5_arrays(path):
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
-@pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
-                    reason="about 6 min on 2 cores (XLA compiles the DenseNet on each process, "
-                           "gloo all-reduces every step): set CXR_SLOW_TESTS=1")
-def test_cli_run_distributed_two_processes(tmp_path):
+TINY_FZLPR = ["--set", "backbone_blocks=[1,1,1,1]", "--set", "phantom_n=96", "--set", "phantom_size=192",
+              "--set", "bootstrap=20", "--set", "gradcam_images=2"]
+
+
+def _two_process_fzlpr(tmp_path, extra, timeout):
     """``cxr-keras run fzlpr --distributed`` on two loopback processes: both train the same
-    weights, only process 0 reports. The library-level test above runs in CI."""
+    weights (bit for bit), only process 0 reports."""
     from cxr_keras.training import read_history
 
     out = tmp_path / "runs"
-    cmd = [console_script(), "run", "fzlpr", "--dataset", "phantom", "--quick",
-           "--distributed", "--deterministic", "--phantom-n", "160", "--stage1-epochs", "1",
-           "--stage2-epochs", "2", "--batch-size", "16", "--verbose", "0", "--out", str(out)]
+    cmd = [console_script(), "run", "fzlpr", "--dataset", "phantom", "--quick", "--distributed",
+           "--deterministic", "--batch-size", "16", "--verbose", "0", "--out", str(out), *extra]
     logs = []
-    for rc, stdout, stderr in run_two_processes(cmd, timeout=900, cwd=tmp_path):
+    for rc, stdout, stderr in run_two_processes(cmd, timeout=timeout, cwd=tmp_path):
         assert rc == 0, (stdout + stderr)[-4000:]
         logs.append(stdout + stderr)
     assert "process 0 of 2" in logs[0] and "process 1 of 2" in logs[1]
@@ -198,11 +196,38 @@ def test_cli_run_distributed_two_processes(tmp_path):
     assert (chief / "report.md").exists() and not (worker / "report.md").exists()
     a = _h5_arrays(chief / "checkpoints" / "stage2.weights.h5")
     b = _h5_arrays(worker / "checkpoints" / "stage2.weights.h5")
-    assert a.keys() == b.keys() and len(a) > 100
+    assert a.keys() == b.keys() and len(a) > 50
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    losses = [read_history(chief / "logs" / f"history_{s}.csv")["loss"] for s in ("stage1", "stage2")]
-    assert losses[1][-1] < losses[0][0], losses
+    first = read_history(chief / "logs" / "history_stage1.csv")["loss"][0]
+    last = read_history(chief / "logs" / "history_stage2.csv")["loss"][-1]
+    return first, last
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+def test_cli_run_distributed_two_processes_tiny(tmp_path):
+    """The CI check of the recipe path (the cheapest paper, a one-layer-per-block DenseNet, one
+    epoch per stage): it runs, the processes agree bit for bit, process 0 alone reports."""
+    extra = ["--stage1-epochs", "1", "--stage2-epochs", "1", *TINY_FZLPR]
+    _two_process_fzlpr(tmp_path, extra, timeout=600)
+    # the same command again: every process finds its copy finished (none retrains alone)
+    cmd = [console_script(), "run", "fzlpr", "--dataset", "phantom", "--quick", "--distributed",
+           "--deterministic", "--batch-size", "16", "--verbose", "0", "--out", str(tmp_path / "runs"),
+           *extra]
+    for rc, stdout, stderr in run_two_processes(cmd, timeout=300, cwd=tmp_path):
+        assert rc == 0 and "finished earlier" in stdout, (stdout + stderr)[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
+@pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
+                    reason="several minutes on 2 cores (the quick DenseNet on each process, gloo "
+                           "all-reduces every step): set CXR_SLOW_TESTS=1")
+def test_cli_run_distributed_two_processes(tmp_path):
+    """The quick configuration with 160 phantom images and three epochs: training lowers the loss."""
+    first, last = _two_process_fzlpr(tmp_path, ["--phantom-n", "160", "--stage1-epochs", "1",
+                                                "--stage2-epochs", "2"], timeout=900)
+    assert last < first, (first, last)
 
 
 def test_recipes_without_distributed_support_refuse_it_by_name(capsys):

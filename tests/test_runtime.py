@@ -12,6 +12,8 @@ from tensorflow.python.framework import config as tf_config
 
 from cxr_keras.training.runtime import configure
 
+from _models import run_on_jax
+
 
 def test_deterministic_enables_op_determinism_and_seeds_every_generator(restore_runtime):
     import tensorflow as tf
@@ -37,6 +39,14 @@ def test_deterministic_enables_op_determinism_and_seeds_every_generator(restore_
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(keras.random.uniform((4,))), first)
     configure(12, deterministic=True, mixed_precision=False, xla=False)
     assert not np.array_equal(keras.ops.convert_to_numpy(keras.random.uniform((4,))), first)
+
+def test_xla_auto_compiles_on_jax_even_on_a_cpu():
+    """On JAX, jit_compile=False would run each op of a train step on its own (eagerly)."""
+    out = run_on_jax("from cxr_keras.training import configure\n"
+                     "rt = configure(0, xla='auto')\n"
+                     "print(rt.backend, rt.gpus, rt.jit_compile)\n", timeout=120)
+    assert out.split()[-3:] == ["jax", "0", "True"]
+
 
 def test_configure_sets_the_global_dtype_policy_either_way(restore_runtime):
     """As documented: the policy is replaced, not left as the caller set it."""

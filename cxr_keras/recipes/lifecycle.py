@@ -206,7 +206,7 @@ def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.A
     p.add_argument("--mixed-precision", default=None, choices=["auto", "on", "off"],
                    help="mixed float16 (auto: on with a GPU, off on CPU)")
     p.add_argument("--xla", default=None, choices=["auto", "on", "off"],
-                   help="XLA compilation (auto: on with a GPU, off on CPU)")
+                   help="XLA compilation (auto: on with a GPU or on the JAX backend, off on CPU with TensorFlow)")
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="processes for data preparation (default: every core)")
@@ -262,18 +262,21 @@ def options_from_args(args) -> RunOptions:
 
 
 def join_processes(opts: RunOptions) -> RunOptions:
-    """With ``distributed``: join the processes; process i > 0 writes its own copy of the data
-    and run folders under ``out/_workers/process<i>`` (nothing there is needed afterwards)."""
+    """With ``distributed``: join the processes (once per Python process: a command that opens
+    several run folders joins at the first), and return the options with which this process
+    runs: ``distributed`` done (False), and for process i > 0 its own copy of the data and run
+    folders under ``out/_workers/process<i>`` (nothing there is needed afterwards)."""
     if not opts.distributed:
         return opts
     from ..training import multihost
 
-    info = multihost.initialize()
+    info = multihost.joined() or multihost.initialize()
+    out = Path(opts.out)
     if info["process_id"] > 0:
-        opts = dataclasses.replace(opts, out=Path(opts.out) / "_workers" / f"process{info['process_id']}")
+        out = out / "_workers" / f"process{info['process_id']}"
     print(f"distributed: process {info['process_id']} of {info['num_processes']}, "
-          f"{info['devices']} devices in all; writing under {opts.out}", flush=True)
-    return opts
+          f"{info['devices']} devices in all; writing under {out}", flush=True)
+    return dataclasses.replace(opts, out=out, distributed=False)
 
 
 def open_run(out, tag: str, config: dict, force: bool = False) -> RunFolder:
@@ -295,6 +298,8 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     opts = join_processes(opts)
     config = dataclasses.asdict(cfg) if config is None else config
     run = open_run(opts.out, tag, config, force=opts.force)
+    # every process's copy is marked done together: they agree, or one would train alone
+    multihost.agree(f"whether {run.path.name} is finished (1) or not (0)", int(run.finished))
     if run.finished:
         print(f"finished earlier: {run.path} (--force to run it again)", flush=True)
         return run
@@ -307,8 +312,8 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
         with multihost.local():
             evaluate(cfg, run, data, state, opts)
     multihost.barrier(f"{tag} evaluated")  # the others wait: JAX's exit would not wait so long
+    run.mark_done()  # on every process: a rerun finds every copy finished
     if multihost.is_chief():
-        run.mark_done()
         print(f"report: {run.file('report.md')}", flush=True)
     return run
 

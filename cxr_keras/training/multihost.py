@@ -14,12 +14,18 @@ models loaded or built are this process's own and ``predict`` works as usual.
 TensorFlow's ``MultiWorkerMirroredStrategy`` is not a way there: it fails under Keras 3's ``fit``;
 single-host multi-GPU on TF is :mod:`cxr_keras.training.distribute`.
 
-Environment, read by :func:`initialize` when its arguments are not given:
+Where the processes are, read by :func:`initialize` when its arguments are not given, first
+found wins:
 
-- ``CXR_COORDINATOR``: ``host:port`` of process 0 (every process gives the same);
-- ``CXR_NUM_PROCESSES``: how many processes;
-- ``CXR_PROCESS_ID``: this process's number, 0 .. N-1;
-- ``KERAS_BACKEND=jax`` (required).
+- ours: ``CXR_COORDINATOR`` (``host:port`` of process 0, the same on every process),
+  ``CXR_NUM_PROCESSES``, ``CXR_PROCESS_ID`` (this process's number, 0 .. N-1);
+- Keras' own (:func:`keras.distribution.initialize`): ``KERAS_DISTRIBUTION_JOB_ADDRESSES``
+  (process 0's address first; a comma-separated list of all is accepted),
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES``, ``KERAS_DISTRIBUTION_PROCESS_ID``;
+- neither: JAX's cluster auto-detection (Slurm, Open MPI, Kubernetes, Cloud TPU), as
+  ``jax.distributed.initialize()`` with no arguments does.
+
+``KERAS_BACKEND=jax`` is required.
 
 One process per device: a process that sees several devices is refused (on GPU hosts give each
 process its own ``CUDA_VISIBLE_DEVICES``); so any batch size splits over the processes.
@@ -38,19 +44,26 @@ import contextlib
 import os
 
 ENV = ("CXR_COORDINATOR", "CXR_NUM_PROCESSES", "CXR_PROCESS_ID")
-_JOINED = {}  # process_id, num_processes once initialize() ran
+KERAS_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+             "KERAS_DISTRIBUTION_PROCESS_ID")
+_JOINED = {}  # process_id, num_processes once initialize() ran (cleared inside local())
+_INFO = {}    # what initialize() returned (kept inside local())
 
 
-def _from_env(name, value, cast=str):
-    if value is not None:
-        return value
-    if name not in os.environ:
-        raise RuntimeError(f"multi-host training needs {name} (or the argument); set "
-                           f"{', '.join(ENV)} on every process")
-    try:
-        return cast(os.environ[name])
-    except ValueError as e:
-        raise RuntimeError(f"{name}={os.environ[name]!r} is not valid") from e
+def cluster_from_env(coordinator=None, num_processes=None, process_id=None):
+    """``(coordinator, num_processes, process_id)``: the arguments where given, else our
+    variables, else Keras' (the first of its job addresses is the coordinator), else None (JAX
+    then auto-detects the cluster). A value that is not a number names its variable."""
+    given = [coordinator, num_processes, process_id]
+    for names in (ENV, KERAS_ENV):
+        for i, name in enumerate(names):
+            if given[i] is None and name in os.environ:
+                raw = os.environ[name].strip()
+                try:
+                    given[i] = raw.split(",")[0].strip() if i == 0 else int(raw)
+                except ValueError as e:
+                    raise RuntimeError(f"{name}={raw!r} is not a whole number") from e
+    return tuple(given)
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -64,15 +77,17 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                            f"(this process uses {keras.backend.backend()!r})")
     import jax
 
-    coordinator = _from_env("CXR_COORDINATOR", coordinator)
-    num_processes = _from_env("CXR_NUM_PROCESSES", num_processes, int)
-    process_id = _from_env("CXR_PROCESS_ID", process_id, int)
-    if not 0 <= process_id < num_processes:
+    coordinator, num_processes, process_id = cluster_from_env(coordinator, num_processes, process_id)
+    if None not in (num_processes, process_id) and not 0 <= process_id < num_processes:
         raise RuntimeError(f"process id {process_id} is not in 0..{num_processes - 1}")
     # (before initialize: asking for the devices first would start JAX single-process)
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id)
+    except ValueError as e:  # nothing given and no cluster JAX recognises
+        raise RuntimeError(f"multi-host training: cannot tell where the processes are ({e}); set "
+                           f"{', '.join(ENV)} (or {', '.join(KERAS_ENV)}) on every process") from e
     if len(jax.local_devices()) != 1:
         raise RuntimeError(
             f"process {process_id} sees {len(jax.local_devices())} devices; multi-host training "
@@ -82,8 +97,14 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     keras.distribution.set_distribution(
         keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
     _JOINED.update(process_id=jax.process_index(), num_processes=jax.process_count())
-    return {"process_id": jax.process_index(), "num_processes": jax.process_count(),
-            "devices": len(devices), "local_devices": len(jax.local_devices())}
+    _INFO.update(process_id=jax.process_index(), num_processes=jax.process_count(),
+                 devices=len(devices), local_devices=len(jax.local_devices()))
+    return dict(_INFO)
+
+
+def joined() -> dict | None:
+    """What :func:`initialize` returned, once it ran in this process (else None)."""
+    return dict(_INFO) if _INFO else None
 
 
 def data_shard() -> tuple:
