@@ -16,8 +16,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed"),
     pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
-                       reason="minutes on 2 cores (XLA compiles the Res2Net on each process, gloo "
-                              "all-reduces every step): set CXR_SLOW_TESTS=1"),
+                       reason="about 10 min on 2 busy cores (XLA compiles the Res2Net on each "
+                              "process, gloo all-reduces every step): set CXR_SLOW_TESTS=1"),
 ]
 
 # the recipe's own entry point, for as long as the cli does not list mlrfnet in DISTRIBUTED
