@@ -3,6 +3,7 @@ same weights from their halves of every batch, only process 0 evaluates and repo
 ``CXR_SLOW_TESTS=1 python -m pytest tests/test_distributed_mlrfnet.py``."""
 
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -61,5 +62,7 @@ def test_cli_run_mlrfnet_distributed_two_processes(tmp_path):
     assert a.keys() == b.keys() and len(a) > 50
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    metrics = json.loads((chief / "metrics.json").read_text())
+    assert set(metrics["localization"]) == {"u2", "u3", "u4"}   # Grad-CAM on JAX, every level
     history = read_history(chief / "logs" / "history_train.csv")
     assert len(history["loss"]) == 2 and all(math.isfinite(v) for v in history["loss"])
