@@ -1,8 +1,10 @@
 """mlrfnet end to end on phantom NIH (the exact --quick configuration, about 2 min on 2 cores),
 plus the pieces around it: the ablation models, CheXpert's uncertainty policies on one cache,
-Youden thresholds and the experiment grid."""
+Youden thresholds, the experiment grid, and the recipe's API (every Config field from the command
+line, config.json reproducing the run, a finished run returned as it is)."""
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -14,11 +16,10 @@ from cxr_keras.recipes import mlrfnet
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    args = mlrfnet.build_parser().parse_args(
-        ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0", "--workers", "1"])
-    cfg = mlrfnet.config_from_args(args)
-    cfg.bootstrap, cfg.latency_images = 50, 2
-    return mlrfnet.run(cfg, args), args, cfg
+    cfg, opts = mlrfnet.from_command_line(
+        ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0", "--workers", "1",
+         "--set", "bootstrap=50", "--set", "latency_images=2"])
+    return mlrfnet.run(cfg, opts=opts), opts, cfg
 
 
 def test_run_folder_has_every_artefact(finished_run):
@@ -177,18 +178,27 @@ def test_report_cells_equal_metrics(finished_run):
     assert (row["ours"], row["difference"]) == (f4(value), f"{value - ref[cfg.source]:+.4f}")
 
 
-def test_finished_configuration_is_not_rerun(finished_run):
-    from cxr_keras.io import DataError
-
-    _, args, cfg = finished_run
-    with pytest.raises(DataError, match="finished run"):
-        mlrfnet.run(cfg, args)
+def test_finished_configuration_is_not_rerun(finished_run, capsys):
+    """A finished configuration is returned as it is (Python, --config RUN/config.json, and the
+    experiment grid), not trained again."""
+    run, opts, cfg = finished_run
+    stamps = {n: run.file(n).stat().st_mtime_ns for n in ("DONE", "report.md", "metrics.json",
+                                                           "checkpoints/best.keras")}
+    again = mlrfnet.run(cfg, opts=opts)
+    assert again.path == run.path and again.finished
+    assert "finished earlier" in capsys.readouterr().out
+    back, back_opts = mlrfnet.from_command_line(["--config", str(run.file("config.json")),
+                                                 "--out", str(opts.out)])
+    assert back == cfg
+    assert mlrfnet.run(back, opts=back_opts).path == run.path
+    [grid] = mlrfnet.run_many(cfg, opts, [{"ablation": "full"}])
+    assert grid.path == run.path
+    assert {n: run.file(n).stat().st_mtime_ns for n in stamps} == stamps
 
 
 @pytest.mark.parametrize("ablation", list(mlrfnet.ABLATIONS))
 def test_each_ablation_builds_its_model(ablation):
-    args = mlrfnet.build_parser().parse_args(["--quick", "--ablation", ablation])
-    cfg = mlrfnet.config_from_args(args)
+    cfg, _ = mlrfnet.from_command_line(["--quick", "--ablation", ablation])
     model = mlrfnet.build_model(cfg, 5)
     names = {layer.name for layer in model.layers}
     assert model.output.shape == (None, 5)
@@ -217,11 +227,10 @@ def test_chexpert_policies_share_one_cache(tmp_path):
 
     caches, targets = set(), {}
     for policy in mlrfnet.POLICIES:
-        args = mlrfnet.build_parser().parse_args(
+        cfg, opts = mlrfnet.from_command_line(
             ["--dataset", "phantom-chexpert", "--quick", "--out", str(tmp_path), "--workers", "1",
              "--uncertain", policy, "--phantom-n", "120"])
-        cfg = mlrfnet.config_from_args(args)
-        data = mlrfnet.Data(cfg, args)
+        data = mlrfnet.Data(cfg, opts)
         caches.add(str(data.cache.path))
         targets[policy] = data.targets(cfg, "train")
         assert data.eval_labels == list(COMPETITION_LABELS) and len(data.labels) == 14
@@ -320,3 +329,46 @@ def test_run_or_reuse_returns_the_finished_folder(tmp_path):
 
     with pytest.raises(DataError, match="something else"):
         run_or_reuse(broken, Cfg(), args, "tag")
+
+
+def test_every_config_field_is_reachable_from_the_command_line():
+    cfg, opts = mlrfnet.from_command_line(
+        ["--quick", "--ablation", "densenet121", "--uncertain", "ones", "--split", "random",
+         "--set", "lr=3e-4", "--set", "lambdas=[0.4,0.3,0.2]", "--set", "temperature=max",
+         "--set", "max_boxes=null", "--epochs", "3", "--root", "chexpert=/data", "--out", "x"])
+    assert (cfg.backbone, cfg.backbone_options) == ("densenet121", {"blocks": (1, 2, 2, 1)})
+    assert (cfg.uncertain, cfg.split, cfg.lr) == ("ones", "random", 3e-4)
+    assert cfg.lambdas == (0.4, 0.3, 0.2)
+    assert (cfg.temperature, cfg.max_boxes, cfg.epochs) == ("max", None, 3)
+    assert cfg.batch_size == mlrfnet.QUICK["batch_size"] and cfg.weights is None  # preset
+    assert str(opts.out) == "x" and str(opts.root("chexpert")) == "/data"
+    for name, value in asdict(mlrfnet.Config()).items():
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = mlrfnet.from_command_line(["--set", f"{name}={text}"])
+        assert getattr(got, name) == value, name
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--set", "loss=focal"], "loss='focal' is not the ablation 'full'"),
+    (["--ablation", "bce", "--set", "use_eca=false"], "use_eca=False is not the ablation 'bce'"),
+    (["--quick", "--weights", "w.h5"], "reduced backbone .* takes no weights"),
+    (["--set", "uncertain=maybe"], "uncertain must be one of"),
+    (["--set", "ablation=no_csra"], "unknown ablation 'no_csra'"),
+])
+def test_bad_settings_are_named(argv, message):
+    from cxr_keras.io import DataError
+
+    with pytest.raises(DataError, match=message):
+        mlrfnet.from_command_line(argv)
+
+
+def test_grid_variants_switch_the_ablation():
+    """A variant's ablation replaces the model and loss of the configuration it starts from (a
+    reduced backbone stays reduced, in its own family)."""
+    cfg, _ = mlrfnet.from_command_line(["--quick", "--ablation", "bce"])
+    dense = mlrfnet.variant(cfg, ablation="densenet121", uncertain="zeros")
+    assert (dense.loss, dense.backbone, dense.uncertain) == ("bfl", "densenet121", "zeros")
+    assert dense.backbone_options == {"blocks": (1, 2, 2, 1)}
+    back = mlrfnet.variant(dense, ablation="focal")
+    assert (back.loss, back.backbone) == ("focal", "res2net50")
+    assert back.backbone_options == mlrfnet.QUICK["backbone_options"]

@@ -41,13 +41,15 @@ def _gradients(model, layer_name, images, class_idx):
         import jax
         import jax.numpy as jnp
 
-        # The head (feature map -> output) as its own functional model, differentiated by jax.
-        head = keras.Model(layer.output, model.outputs[0])
+        # The output as a function of the input and the feature map (given, not recomputed), so
+        # that branches which bypass the layer (mlrfnet's multi-level heads) stay connected; the
+        # gradient in the feature map is then the one TensorFlow's tape gives.
+        head = keras.Model([model.input, layer.output], model.outputs[0])
         feats = keras.Model(model.input, layer.output)(images, training=False)
-        idx = jnp.asarray(class_idx)
+        idx, x = jnp.asarray(class_idx), jnp.asarray(images)
 
         def score(f):
-            out = head(f, training=False)
+            out = head([x, f], training=False)
             return jnp.sum(jnp.take_along_axis(out, idx[:, None], axis=1))
 
         grads = jax.grad(score)(feats)
@@ -61,8 +63,7 @@ def grad_cam(model, images, class_index, layer_name="relu"):
     Args:
         model: a functional Keras model (channels_last) whose first output holds the class scores
             (use the logits, as the paper's model outputs); ``layer_name`` must be reachable with
-            ``model.get_layer`` (true for :func:`cxr_keras.models.densenet121_fzlpr`) and the
-            output must depend on the input only through that layer for the JAX backend.
+            ``model.get_layer`` (true for :func:`cxr_keras.models.densenet121_fzlpr`).
         images: (N, H, W, C) batch, already preprocessed as the model expects.
         class_index: one class for all images, or a sequence of N classes.
         layer_name: the convolutional feature layer (default DenseNet121's ``relu``).

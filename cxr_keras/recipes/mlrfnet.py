@@ -11,25 +11,51 @@ FLOPs counted from the model's layers and measured seconds per image (Table 8), 
 the NIH BBox_List_2017 boxes (pointing game and IoU, Fig. 11), ROC curves (Fig. 10), training
 curves (Figs. 8-9) and a report beside the paper's tables. ``experiments/mlrfnet/`` runs the
 whole grid of Tables 5-11 through :func:`run_many` and :func:`grid_report`.
+
+Python::
+
+    from cxr_keras.recipes import mlrfnet
+    run = mlrfnet.run(mlrfnet.Config(**mlrfnet.QUICK, ablation="no_eca"), out="runs")  # phantom
+    run.metrics()["test_mean_auc"]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 
+import keras
 import numpy as np
+from scipy.special import expit
 
 from .._argtypes import nonnegative_int, positive_int
-from ..io import DataError
+from ..data.augment import PRESETS
+from ..data.cache import Cache
+from ..data.datasets.chexpert import COMPETITION_LABELS, MIXED_POLICY
+from ..data.datasets.nih import load_boxes
+from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_dataset
+from ..evaluation import metrics as M
+from ..evaluation.flops import count_flops
+from ..evaluation.localization import localization_scores, map_box
+from ..evaluation.metrics import mean_of
+from ..evaluation.report import comparison_table, metrics_table
+from ..explain.gradcam import grad_cam, overlay
+from ..inference.batches import gather_rows, predict_dataset
+from ..io import DataError, atomic_path
+from ..losses import BiasedFocalLoss, get_loss
+from ..models.mlrfnet import gradcam_layers, mlrfnet as mlrfnet_model
+from ..training import RunFolder, fit_stage, read_history
+from . import lifecycle
 from . import mlrfnet_paper as paper
-from .common import add_standard_args, cached, dataset_root, switch
+from .common import cache_of, phantom_or_real_root
+from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
+                        options_from_args)
 
 DATASETS = ("phantom", "phantom-nih", "phantom-chexpert", "nih", "chexpert")
-# ablation -> Config overrides (Tables 9-11); "full" is the paper's model
+PAPER_MODEL = {"backbone": "res2net50", "use_eca": True, "use_mrfc": True, "loss": "bfl"}
+# ablation -> what it changes in the paper's model (Tables 9-11); "full" is the paper's model
 ABLATIONS = {
     "full": {},
     "no_eca": {"use_eca": False},
@@ -40,13 +66,14 @@ ABLATIONS = {
     "focal": {"loss": "focal"},
 }
 POLICIES = ("mixed", "ones", "zeros")
+SPLITS = ("official", "random")
 
 
 @dataclass
 class Config:
     """Every setting of a run; defaults are the paper's (Sec. III-IV) unless marked CHOICE."""
     dataset: str = "phantom"
-    ablation: str = "full"
+    ablation: str = "full"             # Tables 9-11: sets the four fields below (resolve)
     backbone: str = "res2net50"
     use_eca: bool = True
     use_mrfc: bool = True
@@ -59,7 +86,7 @@ class Config:
     bfl_beta: float = 2.0              # CHOICE: the paper gives no value (focal default)
     bfl_shift: float = 0.2
     weights: str | None = "imagenet"
-    backbone_options: dict = field(default_factory=dict)  # reduced backbones (--quick)
+    backbone_options: dict = field(default_factory=dict)  # a reduced backbone (--quick)
     bn_momentum: float | None = None   # None: the backbone's own (Res2Net 0.9, DenseNet 0.99)
     cache_size: int = 256              # resize to 256 ...
     crop: int = 224                    # ... random crop 224 (train), centre crop (eval; CHOICE)
@@ -100,64 +127,78 @@ def quick_backbone_options(backbone: str) -> dict:
     return {"blocks": (1, 1, 1, 1), "planes": (16, 32, 64, 128), "stem_width": 16}
 
 
-QUICK = dict(weights=None, bn_momentum=0.9, cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3,
-             bootstrap=200, gradcam_images=4, max_boxes=60, latency_images=10, phantom_n=600,
-             phantom_size=256)
+# the reduced CPU preset (--quick); another ablation's backbone gets its own reduced form
+QUICK = dict(weights=None, backbone_options=quick_backbone_options("res2net50"), bn_momentum=0.9,
+             cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3, bootstrap=200,
+             gradcam_images=4, max_boxes=60, latency_images=10, phantom_n=600, phantom_size=256)
+
+SHORTCUTS = ("ablation", "uncertain", "split", "weights", "batch_size", "epochs", "phantom_n")
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run mlrfnet", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_standard_args(p, "nih")
+    add_run_args(p, "nih")
     for action in p._actions:
         if action.dest == "dataset":
             action.choices = DATASETS
             action.help = ("'phantom' (= phantom-nih) or 'phantom-chexpert' (synthetic, official "
                            "layout), or 'nih' / 'chexpert' (the real data under --data-root)")
-    p.add_argument("--ablation", choices=list(ABLATIONS), default="full",
-                   help="Tables 9-11: no_eca, no_mrfc, resnet50, densenet121, bce, focal")
-    p.add_argument("--uncertain", choices=POLICIES, default="mixed",
-                   help="CheXpert uncertainty policy (U-O&U-Z, U-Ones, U-Zeros)")
-    p.add_argument("--split", choices=["official", "random"], default=None,
+    p.add_argument("--ablation", choices=list(ABLATIONS), default=None,
+                   help="Tables 9-11: no_eca, no_mrfc, resnet50, densenet121, bce, focal "
+                        "(default: full, the paper's model)")
+    p.add_argument("--uncertain", choices=POLICIES, default=None,
+                   help="CheXpert uncertainty policy: mixed (U-O&U-Z, default), ones, zeros")
+    p.add_argument("--split", choices=SPLITS, default=None,
                    help="NIH: official lists (default) or a 70/10/20 patient split (Table 2)")
     p.add_argument("--weights", default=None,
                    help="'imagenet' (default), 'none', or a local backbone weights file")
     p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
     p.add_argument("--epochs", type=nonnegative_int, default=None, help="training epochs")
-    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom dataset")
+    p.add_argument("--phantom-n", type=positive_int, default=None,
+                   help="images in the phantom dataset")
     return p
 
 
-def config_from_args(args, **overrides) -> Config:
-    cfg = Config(**(QUICK if args.quick else {}))
-    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
-    cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
-    cfg.uncertain = args.uncertain
-    if args.split is not None:
-        cfg.split = args.split
-    if args.weights is not None:
-        cfg.weights = None if args.weights.lower() == "none" else args.weights
-        if args.quick and cfg.weights is not None:
-            raise DataError("--quick trains a reduced backbone from scratch: it takes no --weights")
-    for name in ("batch_size", "epochs", "phantom_n"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    set_ablation(cfg, overrides.pop("ablation", args.ablation), quick=args.quick)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def set_ablation(cfg: Config, ablation: str, quick: bool = False) -> Config:
+def set_ablation(cfg: Config, ablation: str) -> Config:
+    """``cfg`` with ``ablation``'s model and loss (Tables 9-11) in place of its own; a reduced
+    backbone stays reduced, in the new backbone's family."""
     if ablation not in ABLATIONS:
         raise DataError(f"unknown ablation {ablation!r}; known: {', '.join(ABLATIONS)}")
-    cfg.ablation = ablation
-    cfg.backbone, cfg.use_eca, cfg.use_mrfc, cfg.loss = "res2net50", True, True, "bfl"
-    for k, v in ABLATIONS[ablation].items():
-        setattr(cfg, k, v)
-    if quick:
-        cfg.backbone_options = quick_backbone_options(cfg.backbone)
-    return cfg
+    new = replace(cfg, ablation=ablation, **dict(PAPER_MODEL, **ABLATIONS[ablation]))
+    if cfg.backbone_options and new.backbone != cfg.backbone:
+        new = replace(new, backbone_options=quick_backbone_options(new.backbone))
+    return new
+
+
+def resolve(cfg: Config) -> Config:
+    """The configuration as it runs: the ablation's model and loss applied (a model field may
+    only differ from the paper's model as the ablation says), the choices checked."""
+    if cfg.ablation not in ABLATIONS:
+        raise DataError(f"unknown ablation {cfg.ablation!r}; known: {', '.join(ABLATIONS)}")
+    want = dict(PAPER_MODEL, **ABLATIONS[cfg.ablation])
+    clash = [f"{k}={getattr(cfg, k)!r}" for k, v in want.items()
+             if getattr(cfg, k) not in (PAPER_MODEL[k], v)]
+    if clash:
+        raise DataError(f"{', '.join(clash)} is not the ablation {cfg.ablation!r} (which sets "
+                        f"{ABLATIONS[cfg.ablation] or PAPER_MODEL}): choose the ablation instead")
+    if cfg.dataset not in DATASETS:
+        raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
+    for name, known in (("uncertain", POLICIES), ("split", SPLITS)):
+        if getattr(cfg, name) not in known:
+            raise DataError(f"{name} must be one of {', '.join(known)}, got {getattr(cfg, name)!r}")
+    if cfg.backbone_options and cfg.weights is not None:
+        raise DataError("a reduced backbone (backbone_options, --quick) is trained from scratch: "
+                        "it takes no weights")
+    cfg = set_ablation(cfg, cfg.ablation)
+    return replace(cfg, lambdas=tuple(cfg.lambdas), backbone_options={
+        k: tuple(v) if isinstance(v, list) else v for k, v in cfg.backbone_options.items()})
+
+
+def from_command_line(argv=None) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of a ``cxr-keras run mlrfnet`` command line."""
+    args = build_parser().parse_args(argv)
+    return resolve(config_from_args(Config, args, QUICK, SHORTCUTS)), options_from_args(args)
 
 
 def run_tag(cfg: Config) -> str:
@@ -171,16 +212,13 @@ def run_tag(cfg: Config) -> str:
 
 def build_model(cfg: Config, num_classes: int, full_size: bool = False):
     """The run's model; ``full_size`` builds the paper-size network at 224 (for its FLOPs)."""
-    import keras
-
-    from ..models.mlrfnet import mlrfnet
-
-    model = mlrfnet(num_classes, backbone=cfg.backbone, use_eca=cfg.use_eca, use_mrfc=cfg.use_mrfc,
-                   lambdas=tuple(cfg.lambdas), temperature=cfg.temperature,
-                   eca_kernel=cfg.eca_kernel, csra_normalize=cfg.csra_normalize,
-                   weights=None if full_size else cfg.weights,
-                   input_shape=(224, 224, 3) if full_size else (cfg.crop, cfg.crop, 3),
-                   backbone_options=None if full_size else cfg.backbone_options)
+    model = mlrfnet_model(num_classes, backbone=cfg.backbone, use_eca=cfg.use_eca,
+                          use_mrfc=cfg.use_mrfc, lambdas=tuple(cfg.lambdas),
+                          temperature=cfg.temperature, eca_kernel=cfg.eca_kernel,
+                          csra_normalize=cfg.csra_normalize,
+                          weights=None if full_size else cfg.weights,
+                          input_shape=(224, 224, 3) if full_size else (cfg.crop, cfg.crop, 3),
+                          backbone_options=None if full_size else cfg.backbone_options)
     if cfg.bn_momentum is not None and not full_size:
         # A quick run has ~100 steps: with momentum 0.99 the moving statistics would still be
         # near their initial values at evaluation; 0.9 lets them settle.
@@ -191,8 +229,6 @@ def build_model(cfg: Config, num_classes: int, full_size: bool = False):
 
 
 def build_loss(cfg: Config):
-    from ..losses import BiasedFocalLoss, get_loss
-
     if cfg.loss == "bfl":
         return BiasedFocalLoss(alpha=cfg.bfl_alpha, beta=cfg.bfl_beta, shift=cfg.bfl_shift)
     if cfg.loss in ("bce", "focal"):
@@ -203,21 +239,22 @@ def build_loss(cfg: Config):
 # ---------------------------------------------------------------------------------------- data
 
 class Data:
-    """The run's cache, label columns and datasets."""
+    """The run's cache, label columns and datasets. CheXpert is cached once with uncertain
+    entries kept as NaN, so the three policies share one cache."""
 
-    def __init__(self, cfg: Config, args):
-        from ..data.augment import PRESETS
-        from ..data.cache import Cache
-        from ..data.pipeline import make_dataset
-
-        self.root, cache_path = prepare_data(cfg, args)
+    def __init__(self, cfg: Config, opts: RunOptions):
+        self.root = phantom_or_real_root(cfg.source, cfg, opts, phantom_n=cfg.phantom_n,
+                                         phantom_size=cfg.phantom_size)
+        options = {"val_fraction": cfg.val_fraction, "val_by": cfg.val_by, "seed": cfg.seed,
+                   **({"split": cfg.split} if cfg.source == "nih"
+                      else {"uncertain": "ignore", "blank": "zeros"})}
+        cache_path = cache_of(cfg.source, self.root, opts, cache_size=cfg.cache_size,
+                              table_options=options, cache=opts.cache)
         self.cache = cache = Cache(cache_path)
         if cache.size < cfg.crop:
             raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
                             f"{cfg.crop}px crop")
         if cfg.source == "chexpert":
-            from ..data.datasets.chexpert import COMPETITION_LABELS
-
             self.labels = (list(COMPETITION_LABELS) if cfg.train_labels == "competition"
                            else list(cache.labels))
             self.eval_labels = list(COMPETITION_LABELS)
@@ -244,8 +281,6 @@ class Data:
 def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
     """Replace NaN (uncertain) by 1 (U-Ones), 0 (U-Zeros), or per observation (mixed: U-Ones for
     Atelectasis and Edema, U-Zeros for the others)."""
-    from ..data.datasets.chexpert import MIXED_POLICY
-
     if policy not in POLICIES:
         raise DataError(f"uncertain must be one of {POLICIES}, got {policy!r}")
     y = np.array(y, np.float32, copy=True)
@@ -256,81 +291,58 @@ def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
     return y
 
 
-def prepare_data(cfg: Config, args):
-    """(dataset root, cache path). CheXpert is cached once with uncertain entries kept as NaN,
-    so the three policies share one cache."""
-    ns = copy.copy(args)
-    ns.dataset = "phantom" if cfg.dataset.startswith("phantom") else cfg.source
-    root = dataset_root(cfg.source, ns, phantom_n=cfg.phantom_n, phantom_size=cfg.phantom_size)
-    if cfg.source == "nih":
-        options = {"split": cfg.split, "val_fraction": cfg.val_fraction, "val_by": cfg.val_by,
-                   "seed": cfg.seed}
-    else:
-        options = {"uncertain": "ignore", "blank": "zeros", "val_fraction": cfg.val_fraction,
-                   "val_by": cfg.val_by, "seed": cfg.seed}
-    return root, cached(cfg.source, root, ns, cache_size=cfg.cache_size, table_options=options,
-                        cache=args.cache)
-
-
 # ------------------------------------------------------------------------------------- running
 
-def run(cfg: Config, args):
-    """Train and evaluate one configuration; returns its run folder."""
-    import keras
+def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptions | None = None,
+        **options) -> RunFolder:
+    """Train and evaluate one configuration (phantom NIH when ``data_root`` is None); returns
+    its run folder (a finished one as it is). ``options``: see :class:`RunOptions` (``roots``:
+    e.g. ``{"chexpert": DIR}``)."""
+    opts = opts or lifecycle.options(out, data_root, **options)
+    cfg = resolve(cfg or Config())
+    if cfg.dataset == "phantom" and opts.data_root is not None:
+        cfg = replace(cfg, dataset="nih")
+    check_dataset(cfg, opts, ("nih", "chexpert"))
+    if not cfg.dataset.startswith("phantom"):  # two copies of the data must not share a folder
+        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.root(cfg.source)),
+                                      cache=str(opts.cache)))
+    return execute(run_tag(cfg), cfg, opts, prepare=Data, train=_train, evaluate=_evaluate)
 
-    from ..training import RunFolder, configure, fit_stage
 
-    if cfg.dataset not in ("phantom", "phantom-nih", "phantom-chexpert"):
-        cfg.extra = dict(cfg.extra, data_root=str(args.data_root), cache=str(args.cache))
-    run_dir = RunFolder.for_config(args.out, run_tag(cfg), asdict(cfg), force=args.force)
-    print(f"run folder: {run_dir.path}")
-    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    data = Data(cfg, args)
-    steps = data.train.num_rows // cfg.batch_size
+def _train(cfg: Config, run_dir: RunFolder, data: Data, runtime, opts: RunOptions):
+    """Sec. IV-C: Adam, lr x ``lr_decay`` every ``lr_decay_epochs``, early stop on validation
+    loss; returns the training seconds (None for a resumed run: no misleading rate)."""
+    steps = data.train.num_rows // cfg.batch_size  # per epoch, also when --distributed splits rows
     if steps == 0:
         raise DataError(f"the training split has {data.train.num_rows} images, fewer than one "
                         f"batch of {cfg.batch_size}")
-    with rt.scope():
-        model = build_model(cfg, len(data.labels))
-        schedule = keras.optimizers.schedules.ExponentialDecay(
-            cfg.lr, decay_steps=steps * cfg.lr_decay_epochs, decay_rate=cfg.lr_decay,
-            staircase=True)
-        auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
-                                name="auc")
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min",
-                                             patience=cfg.patience)
-        t0 = time.perf_counter()
-        resumed = any(run_dir.checkpoints.iterdir())
-        fit_stage(model, data.train, data.val, run_dir, "train", epochs=cfg.epochs,
-                  optimizer=keras.optimizers.Adam(schedule), loss=build_loss(cfg), metrics=[auc],
-                  monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
-                  callbacks=[stop], verbose=args.verbose, tensorboard=args.tensorboard)
-        train_s = None if resumed else time.perf_counter() - t0
+    model = build_model(cfg, len(data.labels))
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        cfg.lr, decay_steps=steps * cfg.lr_decay_epochs, decay_rate=cfg.lr_decay, staircase=True)
+    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
+                            name="auc")
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience)
+    t0 = time.perf_counter()
+    resumed = any(run_dir.checkpoints.iterdir())
+    fit_stage(model, data.train, data.val, run_dir, "train", epochs=cfg.epochs,
+              optimizer=keras.optimizers.Adam(schedule), loss=build_loss(cfg), metrics=[auc],
+              monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=runtime.jit_compile,
+              callbacks=[stop], verbose=opts.verbose, tensorboard=opts.tensorboard)
+    return None if resumed else time.perf_counter() - t0
 
+
+def _evaluate(cfg: Config, run_dir: RunFolder, data: Data, train_seconds, opts: RunOptions):
     best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-    evaluate(best, cfg, run_dir, data, train_seconds=train_s)
-    run_dir.mark_done()
-    print(f"report: {run_dir.file('report.md')}")
-    return run_dir
-
-
-def _predict(model, ds):
-    from ..inference.batches import predict_dataset
-
-    return predict_dataset(model, ds, np.float64)
+    evaluate(best, cfg, run_dir, data, train_seconds=train_seconds)
 
 
 def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     """Every number, plot and table of one run."""
-    from scipy.special import expit
-
-    from ..evaluation import metrics as M
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
-    from ..training import read_history
 
     cols = [data.labels.index(k) for k in data.eval_labels]
-    val_logits, val_y = _predict(model, data.val)
-    test_logits, test_y = _predict(model, data.test)
+    val_logits, val_y = predict_dataset(model, data.val, np.float64)
+    test_logits, test_y = predict_dataset(model, data.test, np.float64)
     labels = np.array(data.labels)
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=labels)
     run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=labels)
@@ -356,8 +368,8 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     metrics = run_dir.update_metrics(
         ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
         "chexpert" else None,
-        val_auc=val_auc, val_mean_auc=_mean(val_auc),
-        test_auc=test_auc, test_mean_auc=_mean(test_auc), test_mean_auc_ci95=[lo, hi],
+        val_auc=val_auc, val_mean_auc=mean_of(val_auc),
+        test_auc=test_auc, test_mean_auc=mean_of(test_auc), test_mean_auc_ci95=[lo, hi],
         thresholds={k: float(t) for k, t in zip(names, thr)},
         test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
         cost=cost, localization=localization,
@@ -371,17 +383,9 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     return metrics
 
 
-def _mean(per_class: dict) -> float:
-    from ..evaluation.metrics import mean_of
-
-    return mean_of(per_class)
-
-
 def cost_figures(model, cfg: Config, data: Data, num_classes: int) -> dict:
     """Table 8: FLOPs (multiply-accumulates, counted from the layers) and measured seconds per
     image at batch 1, for the trained model and (for a reduced model) the paper-size one."""
-    from ..evaluation.flops import count_flops
-
     def latency(m, shape, n):
         x = np.random.default_rng(0).normal(size=(1,) + tuple(shape)).astype(np.float32)
         m.predict_on_batch(x)  # trace once
@@ -410,12 +414,6 @@ def pointing_game(model, cfg: Config, run_dir, data: Data, test_prob) -> dict | 
     by the pointing game and the IoU of the thresholded map (Fig. 11), on each level's feature
     map (U4, the usual Grad-CAM layer, and the finer U2 and U3 the classifier also reads); a
     figure of a few boxes with the U4 map."""
-    from ..data.datasets.nih import load_boxes
-    from ..evaluation.localization import localization_scores, map_box
-    from ..explain.gradcam import grad_cam
-    from ..inference.batches import gather_rows
-    from ..models.mlrfnet import gradcam_layers
-
     try:
         boxes = load_boxes(data.root)
     except DataError as e:
@@ -455,10 +453,6 @@ def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD
-    from ..explain.gradcam import overlay
-    from ..io import atomic_path
-
     n = len(xs)
     if n == 0:
         return
@@ -484,8 +478,6 @@ def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
 # -------------------------------------------------------------------------------------- report
 
 def report(cfg: Config, m: dict) -> str:
-    from ..evaluation.report import comparison_table, metrics_table
-
     lines = [f"# mlrfnet run: {cfg.source}, ablation {cfg.ablation}" +
              (f", uncertainty policy {cfg.uncertain}" if cfg.source == "chexpert" else ""), ""]
     if cfg.dataset.startswith("phantom"):
@@ -560,30 +552,27 @@ def report(cfg: Config, m: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run(config_from_args(args), args)
+    cfg, opts = from_command_line(argv)
+    run(cfg, opts=opts)
     return 0
 
 
 # ------------------------------------------------------------------------------ grid (Tables)
 
-def run_many(argv, variants):
-    """Run one configuration per ``variants`` entry (dict of Config overrides, ``ablation``
-    included); finished ones are reused, not rerun. Returns the run folders."""
-    from .common import run_or_reuse
+def variant(cfg: Config, **fields) -> Config:
+    """``cfg`` with ``fields`` changed; a new ``ablation`` brings its own model and loss."""
+    cfg = set_ablation(cfg, fields.pop("ablation", cfg.ablation))
+    return resolve(replace(cfg, **fields))
 
-    args = build_parser().parse_args(argv)
-    runs = []
-    for overrides in variants:
-        cfg = config_from_args(args, **dict(overrides))
-        runs.append(run_or_reuse(run, cfg, args, run_tag(cfg)))
-    return runs, args
+
+def run_many(cfg: Config, opts: RunOptions, variants) -> list:
+    """One run per ``variants`` entry (Config fields, ``ablation`` included) of ``cfg``; finished
+    ones are returned as they are. Returns the run folders."""
+    return [run(variant(cfg, **dict(v)), opts=opts) for v in variants]
 
 
 def grid_report(runs) -> str:
     """Tables 6 and 9-11 over finished runs (mean AUC, ours beside the paper's)."""
-    from ..evaluation.report import metrics_table
-
     ours, ref, names = {}, {}, {}
     for r in runs:
         m = r.metrics()

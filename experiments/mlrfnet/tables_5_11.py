@@ -8,8 +8,9 @@
 NIH: the full model (Tables 5, 7, 8 and Fig. 11 in its run folder) and the six ablations
 (Tables 9-11). CheXpert: the full model under the three uncertainty policies (Table 6) and the six
 ablations under the mixed policy (the paper's setting for Tables 9-11). Every configuration gets
-its own run folder (finished ones are reused); the combined table goes to
---out/mlrfnet_<dataset>_tables.md. Any `cxr-keras run mlrfnet` option can be added.
+its own run folder (finished ones are returned as they are); the combined table goes to
+--out/mlrfnet_<dataset>_tables.md. Any `cxr-keras run mlrfnet` option can be added
+(`--set FIELD=VALUE`, `--config FILE`).
 """
 
 import argparse
@@ -31,10 +32,10 @@ def variants(dataset: str, only):
 if __name__ == "__main__":
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--only", default=None, help="comma-separated ablations (default: all)")
-    pre.add_argument("--dataset", default="phantom")
     known, rest = pre.parse_known_args(sys.argv[1:])
     only = None if known.only is None else set(known.only.split(","))
-    runs, args = mlrfnet.run_many(["--dataset", known.dataset] + rest, variants(known.dataset, only))
-    out = Path(args.out) / f"mlrfnet_{known.dataset}_tables.md"
+    cfg, opts = mlrfnet.from_command_line(rest)
+    runs = mlrfnet.run_many(cfg, opts, variants(cfg.source, only))
+    out = Path(opts.out) / f"mlrfnet_{cfg.dataset}_tables.md"
     write_text(out, mlrfnet.grid_report(runs))
     print(f"wrote {out}")
