@@ -17,12 +17,10 @@ frontal), fine-tuning on PediCXR's six classes, and the baselines of Tables 2-6.
 - ``baselines``: Tables 3-4, every method of the paper (ResNet-34 and ViT-S from scratch,
   ImageNet-initialised and supervised-pretrained on the adult X-rays, MAE, dual-MAE).
 
-Python: ``dual_mae.run(dual_mae.Config(init="mae"), out="runs")`` (= :func:`finetune`: phantom
-data without ``data_root``; PediCXR at ``data_root``, NIH and CheXpert at ``roots={"nih": ...,
-"chexpert": ...}``); :func:`pretrain`, :func:`xray_pretrain`, :func:`run_many` and
-:func:`baselines` likewise. Every run writes its own folder; pretraining runs are shared by the
-fine-tunes that need them. ``experiments/dual_mae/`` runs the mask-ratio sweep (Table 2) and the
-label fractions (Tables 5-6).
+Python: ``dual_mae.run(dual_mae.Config(init="mae"), out="runs")`` (phantom data without
+``data_root``), likewise :func:`pretrain`, :func:`xray_pretrain`, :func:`run_many`. Every run
+writes its own folder; pretraining runs are shared by the fine-tunes that need them.
+``experiments/dual_mae/`` runs the mask ratios (Table 2) and label fractions (Tables 5-6).
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from scipy.special import expit
 from .._argtypes import nonnegative_int, open_fraction, positive_int
 from ..data import load_table
 from ..data.augment import PRESETS, Preset
-from ..data.cache import Cache, build_cache
+from ..data.cache import Cache
 from ..data.pipeline import make_dataset
 from ..evaluation import metrics as M
 from ..evaluation.report import comparison_table, metrics_table
@@ -53,7 +51,7 @@ from ..losses import get_loss
 from ..models.mae import DualMaskedAutoencoder, MaskedAutoencoder
 from ..models.resnet import resnet34
 from ..models.vit import copy_encoder, load_vit_weights, vit, vit_small
-from ..training import RunFolder, config_hash, fit_stage, multihost, read_history
+from ..training import RunFolder, fit_stage, multihost, read_history
 from ..training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from . import dual_mae_paper as paper
 from . import lifecycle
@@ -149,8 +147,7 @@ def build_parser():
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="pretrain, finetune, all (pretrain then fine-tune), or baselines")
     p.add_argument("--method", choices=METHODS, default=None, dest="init",
-                   help="pretraining method for --stage all/pretrain (default dual_mae): the "
-                        "same as --init dual_mae|mae")
+                   help="pretraining method (default dual_mae): --init dual_mae|mae")
     p.add_argument("--backbone", choices=BACKBONES, default=None,
                    help="fine-tuned network (default vit_s)")
     p.add_argument("--init", choices=INITS, default=None,
@@ -159,9 +156,8 @@ def build_parser():
                    help="fraction of patches masked in pretraining (paper: 0.75)")
     p.add_argument("--label-fraction", type=float, default=None, help="1%%/10%%/50%%/100%% runs")
     p.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds, e.g. 0,1,2")
-    p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (pretraining; = --root nih=DIR)")
-    p.add_argument("--chexpert-root", default=None,
-                   help="CheXpert (pretraining; = --root chexpert=DIR)")
+    p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (= --root nih=DIR)")
+    p.add_argument("--chexpert-root", default=None, help="CheXpert (= --root chexpert=DIR)")
     p.add_argument("--imagenet-weights", default=None,
                    help="local ImageNet weights for --init imagenet (default: download): FILE, or "
                         "vit_s=FILE,resnet34=FILE for --stage baselines")
@@ -172,15 +168,13 @@ def build_parser():
 
 
 def from_args(args) -> tuple[Config, RunOptions]:
-    """(Config, RunOptions) of parsed command-line arguments. The Config is checked but left
-    unresolved (``init`` and ``mask_ratio`` may be None) so that a grid's variants can vary the
-    method and get its default ratio."""
+    """(Config, RunOptions) of parsed arguments; the Config checked but unresolved (``init``,
+    ``mask_ratio`` may be None: a grid's variants vary the method and get its default ratio)."""
     cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
     resolve(cfg)  # errors now, naming the option
     opts = options_from_args(args)
-    aliases = {"nih": args.nih_root, "chexpert": args.chexpert_root}
-    roots = {**{k: v for k, v in aliases.items() if v is not None}, **opts.roots}
-    return cfg, replace(opts, roots=roots)
+    aliases = {k: v for k, v in (("nih", args.nih_root), ("chexpert", args.chexpert_root)) if v}
+    return cfg, replace(opts, roots={**aliases, **opts.roots})
 
 
 def from_command_line(argv=None) -> tuple[Config, RunOptions]:
@@ -191,9 +185,8 @@ def from_command_line(argv=None) -> tuple[Config, RunOptions]:
 def resolve(cfg: Config) -> Config:
     """The configuration as it runs: the backbone's default start (dual-MAE for the ViT, random
     for ResNet-34) and the mask ratio written out (none without pretraining), checked."""
-    init = cfg.init or ("dual_mae" if cfg.backbone == "vit_s" else "scratch")
-    cfg = replace(cfg, init=init)
-    cfg = replace(cfg, mask_ratio=cfg.ratio if init in METHODS else None)
+    cfg = replace(cfg, init=cfg.init or ("dual_mae" if cfg.backbone == "vit_s" else "scratch"))
+    cfg = replace(cfg, mask_ratio=cfg.ratio if cfg.init in METHODS else None)
     if cfg.backbone not in BACKBONES:
         raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
     if cfg.init not in INITS:
@@ -211,10 +204,8 @@ def resolve(cfg: Config) -> Config:
 
 def seeds_of(seeds: str | None, default: int) -> list:
     """``--seeds 0,1,2`` as integers; ``[default]`` without it."""
-    if seeds is None:
-        return [default]
     try:
-        return [int(s) for s in seeds.split(",") if s.strip()]
+        return [int(s) for s in seeds.split(",") if s.strip()] if seeds else [default]
     except ValueError as e:
         raise DataError(f"--seeds takes comma-separated integers, got {seeds!r}") from e
 
@@ -232,25 +223,17 @@ def _setup(cfg, out, data_root, opts, options) -> tuple[Config, RunOptions]:
 
 
 def _joined(opts: RunOptions) -> RunOptions:
-    """LIFECYCLE CANDIDATE: join the processes once for the several run folders of one command
-    (a fine-tune and its pretraining, a grid); ``lifecycle.join_processes`` may run only once."""
-    if not opts.distributed:
-        return opts
-    return replace(lifecycle.join_processes(opts), distributed=False)
+    """LIFECYCLE CANDIDATE: join the processes once for the run folders of one command."""
+    return replace(lifecycle.join_processes(opts), distributed=False) if opts.distributed else opts
 
 
 def _execute(tag, cfg, opts, **stage) -> RunFolder:
-    """``lifecycle.execute``, then process i > 0 marks its own copy done too. LIFECYCLE
-    CANDIDATE: otherwise that copy never finishes, and the next command (or the next seed of a
-    grid) would train it again on process i alone while process 0 returns its finished folder."""
+    """LIFECYCLE CANDIDATE: ``lifecycle.execute``, then process i > 0 marks its own copy done
+    too (else the next fine-tune of a grid would train it again there alone)."""
     run = lifecycle.execute(tag, cfg, opts, **stage)
     if not run.finished:
         run.mark_done()
     return run
-
-
-def _finished(opts: RunOptions, tag: str, config: dict) -> bool:
-    return not opts.force and RunFolder.for_config(opts.out, tag, config).finished
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -260,34 +243,30 @@ def adult_cache(cfg: Config, opts: RunOptions) -> Path:
     ``opts.root("chexpert")``), labels kept as 'NIH/<finding>' and 'CheXpert/<observation>' (NaN
     where a dataset has no such column, and for CheXpert's uncertain labels) for the supervised
     X-ray baselines."""
-    seeded = replace(cfg, seed=cfg.pretrain_seed)
-    n_nih, n_chx = cfg.adult_phantom_n
+    seeded, (n_nih, n_chx) = replace(cfg, seed=cfg.pretrain_seed), cfg.adult_phantom_n
     nih = phantom_or_real_root("nih", seeded, opts, phantom_n=n_nih, phantom_size=cfg.phantom_size)
     chx = phantom_or_real_root("chexpert", seeded, opts, phantom_n=n_chx,
                                phantom_size=cfg.phantom_size)
-    key = config_hash({"nih": str(Path(nih).resolve()), "chexpert": str(Path(chx).resolve()),
-                       "val": cfg.adult_val_fraction})
-    path = Path(opts.out) / "_data" / f"cache-adult-{cfg.cache_size}-{key}"
-    try:
-        Cache(path)
-        return path
-    except DataError:
-        pass
-    parts = []
-    for name, root, options in (("NIH", nih, {"val_fraction": cfg.adult_val_fraction}),
-                                ("CheXpert", chx, {"frontal_only": True, "uncertain": "ignore",
-                                                   "val_fraction": cfg.adult_val_fraction})):
-        t = load_table(name.lower(), root, **options)
-        labels = list(t.attrs["labels"])
-        t = t[["path", "split"] + labels].rename(columns={c: f"{name}/{c}" for c in labels})
-        t.insert(2, "source", name)
-        parts.append(t)
-    table = pd.concat(parts, ignore_index=True)
-    labels = [c for c in table.columns if "/" in c]
-    table.attrs = {"dataset": "adult", "root": str(Path(nih).resolve()), "labels": labels}
-    table[labels] = table[labels].astype("float32")
-    build_cache(table, path, size=cfg.cache_size, workers=opts.workers, progress=opts.progress)
-    return path
+
+    def with_chexpert(nih_table):
+        parts = []
+        for name, t in (("NIH", nih_table),
+                        ("CheXpert", load_table("chexpert", chx, frontal_only=True,
+                                                uncertain="ignore",
+                                                val_fraction=cfg.adult_val_fraction))):
+            labels = list(t.attrs["labels"])
+            t = t[["path", "split"] + labels].rename(columns={c: f"{name}/{c}" for c in labels})
+            t.insert(2, "source", name)
+            parts.append(t)
+        table = pd.concat(parts, ignore_index=True)
+        labels = [c for c in table.columns if "/" in c]
+        table.attrs = {"dataset": "adult", "root": str(Path(nih).resolve()), "labels": labels}
+        table[labels] = table[labels].astype("float32")
+        return table
+
+    return cache_of("nih", nih, opts, cache_size=cfg.cache_size, table_fn=with_chexpert,
+                    table_options={"val_fraction": cfg.adult_val_fraction},
+                    tag=f"adult+{Path(chx).resolve()}")
 
 
 def pedicxr_cache(cfg: Config, opts: RunOptions) -> Path:
@@ -316,19 +295,6 @@ def optimizer(lr: float, steps_per_epoch: int, epochs: int, warmup: int, cfg: Co
 
 # ---------------------------------------------------------------------------------- pretraining
 
-def pretrain_config(cfg: Config) -> dict:
-    """What names a pretraining folder (Config fields, so that its config.json is a --config)."""
-    keys = ("dataset", "image_size", "patch_size", "width", "depth", "num_heads", "decoder_width",
-            "decoder_depth", "decoder_heads", "norm_pix_loss", "cache_size", "pretrain_epochs",
-            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
-            "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla")
-    out = {k: getattr(cfg, k) for k in keys}
-    out.update(init=cfg.init, mask_ratio=cfg.ratio)
-    if cfg.init == "dual_mae":
-        out.update(tau=cfg.tau, loss_weights=cfg.loss_weights, l1_region=cfg.l1_region)
-    return out
-
-
 def build_mae(cfg: Config, method: str):
     kw = dict(image_size=cfg.image_size, channels=3, patch_size=cfg.patch_size, width=cfg.width,
               depth=cfg.depth, num_heads=cfg.num_heads, decoder_width=cfg.decoder_width,
@@ -343,12 +309,18 @@ def build_mae(cfg: Config, method: str):
 def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
              opts: RunOptions | None = None, **options) -> RunFolder:
     """Pretrain a (dual-)MAE (``cfg.init``) on the adult images; one folder per method, mask
-    ratio and pretraining settings, returned as it is once finished."""
+    ratio and pretraining settings (Config fields: its config.json is a --config)."""
     cfg, opts = _setup(cfg, out, data_root, opts, options)
     if cfg.init not in METHODS:
         raise DataError(f"pretraining is dual_mae or mae (--method), not init {cfg.init!r}")
+    keys = ("dataset", "image_size", "patch_size", "width", "depth", "num_heads", "decoder_width",
+            "decoder_depth", "decoder_heads", "norm_pix_loss", "cache_size", "pretrain_epochs",
+            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
+            "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla", "init",
+            "mask_ratio") + (("tau", "loss_weights", "l1_region") if cfg.init == "dual_mae" else ())
     return _execute(f"dual_mae-pretrain-{cfg.init}-r{int(round(cfg.ratio * 100))}",
-                    replace(cfg, seed=cfg.pretrain_seed), opts, config=pretrain_config(cfg),
+                    replace(cfg, seed=cfg.pretrain_seed), opts,
+                    config={k: getattr(cfg, k) for k in keys},
                     prepare=_pretrain_data, train=_pretrain_train, evaluate=_pretrain_evaluate)
 
 
@@ -380,14 +352,12 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
 
 
 def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: RunOptions):
-    model = build_mae(cfg, cfg.init)
-    model.load_weights(run_dir.checkpoints / "pretrain.weights.h5")
-    finish_pretrain(model, cfg, cfg.init, run_dir, data.cache, seconds, data.steps)
-
-
-def finish_pretrain(model, cfg, method, run_dir, cache, seconds, steps):
+    """Loss terms, reconstructions, throughput and the report (process 0, the last weights)."""
     from ..evaluation.plots import plot_reconstructions, plot_training_curves
 
+    method, cache, steps = cfg.init, data.cache, data.steps
+    model = build_mae(cfg, method)
+    model.load_weights(run_dir.checkpoints / "pretrain.weights.h5")
     history = read_history(run_dir.file("logs", "history_pretrain.csv"))
     centre = Preset(crop=cfg.image_size / cache.size)
     sample = next(iter(make_dataset(cache, None, preset=centre, target="none", batch_size=6,
@@ -485,50 +455,43 @@ def imagenet_weights(cfg: Config) -> str:
     return pairs[cfg.backbone]
 
 
-def xray_config(cfg: Config) -> dict:
-    keys = ("dataset", "backbone", "image_size", "patch_size", "width", "depth", "num_heads",
-            "resnet_options", "cache_size", "xray_epochs", "xray_lr", "xray_batch",
-            "weight_decay", "betas", "pretrain_seed", "adult_phantom_n", "phantom_size",
-            "adult_val_fraction", "mixed_precision", "xla")
-    return {k: getattr(cfg, k) for k in keys}
-
-
 def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
                   opts: RunOptions | None = None, **options) -> RunFolder:
     """The "(X-ray)" baselines: the same network trained supervised on the adult images' labels
     (NIH 14 + CheXpert 14 as separate outputs, masked BCE on what each image has; CHOICE)."""
     cfg, opts = _setup(cfg, out, data_root, opts, options)
-    return _execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed, init="xray"),
-                    opts, config=xray_config(cfg), prepare=_xray_data, train=_xray_train,
-                    evaluate=_xray_evaluate)
+    keys = ("dataset", "backbone", "image_size", "patch_size", "width", "depth", "num_heads",
+            "resnet_options", "cache_size", "xray_epochs", "xray_lr", "xray_batch",
+            "weight_decay", "betas", "pretrain_seed", "adult_phantom_n", "phantom_size",
+            "adult_val_fraction", "mixed_precision", "xla")
+    return _execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed,
+                    init="xray"), opts, config={k: getattr(cfg, k) for k in keys},
+                    prepare=_xray_data, train=_xray_train, evaluate=_xray_evaluate)
 
 
 def _xray_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     cache = Cache(adult_cache(cfg, opts))
     preset = dataclasses.replace(PRESETS["dual_mae_pretrain"], crop=cfg.image_size / cache.size)
     kw = dict(preset=preset, batch_size=cfg.xray_batch, seed=cfg.pretrain_seed)
-    return SimpleNamespace(labels=cache.labels,
-                           train=make_dataset(cache, "train", training=True, drop_remainder=True, **kw),
-                           val=make_dataset(cache, "val", **kw))
+    train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
+    return SimpleNamespace(labels=cache.labels, train=train, val=make_dataset(cache, "val", **kw))
 
 
 def _xray_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
     model = build_classifier(cfg, len(data.labels), drop_path=0.0)
     auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
                             name="auc")
-    steps = data.train.num_rows // cfg.xray_batch
+    steps = max(1, data.train.num_rows // cfg.xray_batch)
     fit_stage(model, data.train, data.val, run_dir, "xray", epochs=cfg.xray_epochs,
-              optimizer=optimizer(cfg.xray_lr, max(1, steps), cfg.xray_epochs, 1, cfg),
+              optimizer=optimizer(cfg.xray_lr, steps, cfg.xray_epochs, 1, cfg),
               loss=get_loss("bce"), metrics=[auc], monitor="val_loss", mode="min",
               seed=cfg.pretrain_seed, jit_compile=runtime.jit_compile, verbose=opts.verbose)
 
 
 def _xray_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
-    history = read_history(run_dir.file("logs", "history_xray.csv"))
+    val_loss = read_history(run_dir.file("logs", "history_xray.csv")).get("val_loss", [np.nan])
     run_dir.write_text("report.md", f"# dual_mae supervised X-ray pretraining: {cfg.backbone}\n\n"
-                       f"{len(history.get('loss', []))} epochs on {data.train.num_rows} adult "
-                       f"images; best validation loss {min(history.get('val_loss', [np.nan])):.4f}"
-                       " (`checkpoints/best.keras`, the fine-tunes' start).\n")
+                       f"Best validation loss {min(val_loss):.4f} (`checkpoints/best.keras`).\n")
 
 
 # ---------------------------------------------------------------------------------- fine-tuning
@@ -551,12 +514,11 @@ def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
         cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
                                       nih_root=str(opts.roots.get("nih")),
                                       chexpert_root=str(opts.roots.get("chexpert"))))
-    source = None
-    if cfg.init in METHODS + ("xray",) and not _finished(opts, run_tag(cfg), asdict(cfg)):
-        stage = pretrain if cfg.init in METHODS else xray_pretrain
-        source = stage(cfg, opts=replace(opts, force=False))
+    needs = {"dual_mae": pretrain, "mae": pretrain, "xray": xray_pretrain}.get(cfg.init)
+    done = not opts.force and lifecycle.open_run(opts.out, run_tag(cfg), asdict(cfg)).finished
+    source = needs(cfg, opts=replace(opts, force=False)) if needs and not done else None
     return _execute(run_tag(cfg), cfg, opts, prepare=_finetune_data,
-                    train=partial(_finetune_train, source=source), evaluate=_finetune_evaluate)
+                    train=partial(_finetune_train, source=source), evaluate=evaluate)
 
 
 run = finetune  # one run of the paper: a fine-tune, from the pretraining it needs
@@ -567,10 +529,9 @@ def _finetune_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     preset = dataclasses.replace(PRESETS["dual_mae_finetune"], crop=cfg.image_size / cache.size,
                                  resized_crop=tuple(cfg.finetune_crop), randaugment=cfg.randaugment)
     kw = dict(preset=preset, batch_size=cfg.finetune_batch, seed=cfg.seed)
-    data = SimpleNamespace(labels=list(cache.labels),
-                           train=make_dataset(cache, "train", training=True, drop_remainder=True,
-                                              **kw),
-                           val=make_dataset(cache, "val", **kw), test=make_dataset(cache, "test", **kw))
+    train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
+    val, test = make_dataset(cache, "val", **kw), make_dataset(cache, "test", **kw)
+    data = SimpleNamespace(labels=list(cache.labels), train=train, val=val, test=test)
     if data.train.num_rows // cfg.finetune_batch == 0:
         raise DataError(f"the PediCXR training split has {data.train.num_rows} images, fewer than "
                         f"one batch of {cfg.finetune_batch} (label fraction {cfg.label_fraction})")
@@ -597,15 +558,12 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
     return SimpleNamespace(start=start, seconds=time.perf_counter() - t0)
 
 
-def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
-    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-    evaluate(best, cfg, run_dir, data.labels, data.val, data.test, state.start, state.seconds,
-             data.train.num_rows)
-
-
-def evaluate(model, cfg, run_dir, labels, val, test, start, seconds, n_train):
+def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | None = None):
+    """Table 3-4 metrics of the best epoch (by validation mean AUC) on PediCXR's test set."""
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
+    model = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    labels, val, test = data.labels, data.val, data.test
     val_logits, val_y = predict_dataset(model, val, np.float64)
     test_logits, test_y = predict_dataset(model, test, np.float64)
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
@@ -619,11 +577,12 @@ def evaluate(model, cfg, run_dir, labels, val, test, start, seconds, n_train):
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
-        label_fraction=cfg.label_fraction, seed=cfg.seed, start=start,
+        label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start,
         val_auc=M.per_class_auc(val_y, val_p, labels), test_auc=test_auc,
         test_mean_auc=M.mean_of(test_auc), thresholds=dict(zip(labels, map(float, thr))),
         test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
-        epochs_trained=len(history.get("loss", [])), train_seconds=seconds, train_images=n_train)
+        epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
+        train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
                     title="ROC, PediCXR test")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
@@ -683,16 +642,6 @@ def run_many(cfg: Config, variants=({},), seeds=None, out="runs", data_root=None
     opts = _joined(opts or lifecycle.options(out, data_root, **options))
     return [finetune(replace(cfg, seed=seed, **dict(overrides)), opts=opts)
             for overrides in variants for seed in (seeds or [cfg.seed])]
-
-
-def baselines(cfg: Config, seeds=None, *, opts: RunOptions | None = None, **options) -> list:
-    """Tables 3-4: every method of the paper fine-tuned (the ImageNet rows when ImageNet weights
-    are set: not for --quick's reduced networks)."""
-    if cfg.imagenet_weights is None:
-        print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
-              "with --imagenet-weights or the default download)")
-    return run_many(cfg, baseline_variants(cfg.imagenet_weights is not None), seeds, opts=opts,
-                    **options)
 
 
 def baseline_variants(imagenet: bool = True):
@@ -812,8 +761,11 @@ def main(argv=None) -> int:
         pretrain(cfg, opts=opts)
         return 0
     seeds = seeds_of(args.seeds, cfg.seed)
-    if args.stage == "baselines":
-        runs = baselines(cfg, seeds, opts=opts)
+    if args.stage == "baselines":  # Tables 3-4: every method of the paper
+        if cfg.imagenet_weights is None:
+            print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
+                  "with --imagenet-weights or the default download)")
+        runs = run_many(cfg, baseline_variants(cfg.imagenet_weights is not None), seeds, opts=opts)
     else:
         runs = run_many(cfg, [{}], seeds, opts=opts)
     if len(runs) > 1 and multihost.is_chief():
