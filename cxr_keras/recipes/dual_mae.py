@@ -151,7 +151,7 @@ def build_parser():
     p.add_argument("--backbone", choices=BACKBONES, default=None,
                    help="fine-tuned network (default vit_s)")
     p.add_argument("--init", choices=INITS, default=None,
-                   help="fine-tuning initialisation (default: --method)")
+                   help="fine-tuning start (default: dual_mae for vit_s, scratch for resnet34)")
     p.add_argument("--mask-ratio", type=open_fraction, default=None,
                    help="fraction of patches masked in pretraining (paper: 0.75)")
     p.add_argument("--label-fraction", type=float, default=None, help="1%%/10%%/50%%/100%% runs")
