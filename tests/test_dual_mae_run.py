@@ -25,8 +25,8 @@ pretraining (30 epochs at 64 px, a 7-minute module) was too short to help as wel
 against 0.65.
 """
 
-import argparse
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -51,20 +51,20 @@ SMOKE_RESNET = {**SMOKE, "finetune_epochs": 11, "finetune_batch": 32, "finetune_
                 "xla": False}
 
 
-def _args(out, *extra):
-    return dual_mae.build_parser().parse_args(["--quick", "--out", str(out), "--verbose", "0",
-                                               "--workers", "1", "--seed", str(SEED), *extra])
+def _cfg(**settings):
+    """The --quick Config with ``settings`` (as ``--quick --seed SEED --set ...``)."""
+    return dual_mae.Config(**{**dual_mae.QUICK, "seed": SEED, **settings})
+
+
+RUN = dict(workers=1, verbose=0)  # RunOptions: data prepared in this process, quiet fits
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("dual_mae")
-    args = _args(out)
-    cfg = dual_mae.config_from_args(args, **SMOKE)
-    vit_run = dual_mae.finetune(cfg, args)  # pretrains the dual-MAE first
-    cnn = dual_mae.config_from_args(_args(out, "--backbone", "resnet34", "--init", "scratch"),
-                                    **SMOKE_RESNET)
-    return out, vit_run, dual_mae.finetune(cnn, args)
+    vit_run = dual_mae.finetune(_cfg(**SMOKE), out=out, **RUN)  # pretrains the dual-MAE first
+    cnn = _cfg(**SMOKE_RESNET, backbone="resnet34", init="scratch")
+    return out, vit_run, dual_mae.finetune(cnn, out=out, **RUN)
 
 
 def _pretraining(out):
@@ -220,12 +220,43 @@ def test_grid_report_gives_mean_and_std_beside_the_paper(runs):
     assert "ResNet-34 (random) (n=1)" in text
 
 
+def test_a_finished_run_is_returned_untouched_and_its_config_json_reproduces_it(runs, capsys):
+    """A finished fine-tune is returned as it is (not retrained, its pretraining not looked at);
+    ``--config RUN/config.json`` names the same folder; the pretraining folder's config.json
+    is a --config too."""
+    out, vit_run, _ = runs
+    mtime = vit_run.file("report.md").stat().st_mtime
+    again = dual_mae.run(_cfg(**SMOKE), out=out, **RUN)
+    assert again.path == vit_run.path and again.file("report.md").stat().st_mtime == mtime
+    assert "finished earlier" in capsys.readouterr().out
+    cfg, opts = dual_mae.from_command_line(["--config", str(vit_run.file("config.json")),
+                                            "--out", str(out), "--verbose", "0"])
+    assert dual_mae.run(cfg, opts=opts).path == vit_run.path
+    pre, _ = _pretraining(out)
+    cfg, opts = dual_mae.from_command_line(["--config", str(pre / "config.json"), "--out", str(out)])
+    assert dual_mae.pretrain(cfg, opts=opts).path == pre
+
+
+def test_command_line_shortcuts_and_dataset_roots():
+    cfg, opts = dual_mae.from_command_line(
+        ["--quick", "--method", "mae", "--label-fraction", "0.1", "--set", "tau=0.9",
+         "--nih-root", "/data/nih", "--root", "chexpert=/data", "--data-root", "/data/pedicxr"])
+    assert (cfg.init, cfg.label_fraction, cfg.tau, cfg.width) == ("mae", 0.1, 0.9, 64 * 2)
+    assert opts.roots == {"nih": "/data/nih", "chexpert": "/data"}
+    assert str(opts.root("pedicxr")) == "/data/pedicxr"
+    assert dual_mae.resolve(cfg).mask_ratio == paper.MASK_RATIO["mae"]  # the method's default
+    for name, value in asdict(dual_mae.Config()).items():  # every field can be set
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = dual_mae.from_command_line(["--set", f"{name}={text}"])
+        assert getattr(got, name) == value, name
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(Exception, match="ResNet-34 takes"):
-        dual_mae.config_from_args(_args("x", "--backbone", "resnet34", "--init", "mae"))
+        dual_mae.from_command_line(["--quick", "--backbone", "resnet34", "--init", "mae"])
     with pytest.raises(Exception, match="label-fraction"):
-        dual_mae.config_from_args(_args("x", "--label-fraction", "0"))
+        dual_mae.from_command_line(["--quick", "--label-fraction", "0"])
     with pytest.raises(Exception, match="ImageNet weights"):
-        dual_mae.config_from_args(_args("x", "--init", "imagenet"))
+        dual_mae.from_command_line(["--quick", "--init", "imagenet"])
     with pytest.raises(Exception, match="--seeds"):
-        dual_mae.seeds_of(argparse.Namespace(seeds="0,a", seed=0))
+        dual_mae.seeds_of("0,a", 0)

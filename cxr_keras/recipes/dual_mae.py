@@ -17,8 +17,10 @@ frontal), fine-tuning on PediCXR's six classes, and the baselines of Tables 2-6.
 - ``baselines``: Tables 3-4, every method of the paper (ResNet-34 and ViT-S from scratch,
   ImageNet-initialised and supervised-pretrained on the adult X-rays, MAE, dual-MAE).
 
-Every run writes its own folder; pretraining runs are shared by the fine-tunes that need them.
-``experiments/dual_mae/`` runs the mask-ratio sweep (Table 2) and the label fractions (Tables 5-6).
+Python: ``dual_mae.run(dual_mae.Config(init="mae"), out="runs")`` (phantom data without
+``data_root``), likewise :func:`pretrain`, :func:`xray_pretrain`, :func:`run_many`. Every run
+writes its own folder; pretraining runs are shared by the fine-tunes that need them.
+``experiments/dual_mae/`` runs the mask ratios (Table 2) and label fractions (Tables 5-6).
 """
 
 from __future__ import annotations
@@ -26,15 +28,35 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
+import keras
 import numpy as np
+import pandas as pd
+from scipy.special import expit
 
 from .._argtypes import nonnegative_int, open_fraction, positive_int
-from ..io import DataError
+from ..data import load_table
+from ..data.augment import PRESETS, Preset
+from ..data.cache import Cache
+from ..data.pipeline import make_dataset
+from ..evaluation import metrics as M
+from ..evaluation.report import comparison_table, metrics_table
+from ..inference.batches import predict_dataset
+from ..io import DataError, write_text
+from ..losses import get_loss
+from ..models.mae import DualMaskedAutoencoder, MaskedAutoencoder
+from ..models.resnet import resnet34
+from ..models.vit import copy_encoder, load_vit_weights, vit, vit_small
+from ..training import RunFolder, fit_stage, multihost, read_history
+from ..training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from . import dual_mae_paper as paper
-from .common import add_standard_args, apply_args, cached, dataset_root
+from . import lifecycle
+from .common import cache_of, phantom_or_real_root
+from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, options_from_args
 
 STAGES = ("all", "pretrain", "finetune", "baselines")
 METHODS = ("dual_mae", "mae")
@@ -45,9 +67,9 @@ INITS = ("dual_mae", "mae", "scratch", "imagenet", "xray")
 @dataclass
 class Config:
     """Every setting; defaults are the paper's (Sec. III-B, IV) unless marked CHOICE."""
-    dataset: str = "phantom"
+    dataset: str = "phantom"            # or "pedicxr" (the real data; adult X-rays alike)
     backbone: str = "vit_s"
-    init: str = "dual_mae"              # what the fine-tuned network starts from
+    init: str | None = None             # the fine-tuning start; None: dual_mae (ViT), scratch
     mask_ratio: float | None = None     # None: 0.75 dual-MAE, 0.85 MAE (Table 2's best)
     # ViT-S/16 and the decoder (CHOICE: 512 wide, 2 blocks, 16 heads)
     image_size: int = 224
@@ -112,27 +134,30 @@ QUICK = dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, decod
              finetune_warmup=3, finetune_batch=16, finetune_lr=1e-3, drop_path=0.1,
              finetune_crop=(0.8, 1.0), randaugment=0.0,
              imagenet_weights=None, phantom_n=900, adult_phantom_n=(700, 300), phantom_size=128,
-             resnet_options={"widths": (16, 32, 64, 128)}, xla=True)
+             resnet_options={"widths": (16, 32, 64, 128)}, xla=True)  # XLA: 2x faster on CPU
+
+SHORTCUTS = ("backbone", "init", "mask_ratio", "label_fraction", "imagenet_weights",
+             "pretrain_epochs", "finetune_epochs", "phantom_n")
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run dual_mae", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_standard_args(p, "pedicxr")
+    add_run_args(p, "pedicxr")
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="pretrain, finetune, all (pretrain then fine-tune), or baselines")
-    p.add_argument("--method", choices=METHODS, default=None,
-                   help="pretraining method for --stage all/pretrain (default dual_mae)")
-    p.add_argument("--backbone", choices=BACKBONES, default="vit_s",
+    p.add_argument("--method", choices=METHODS, default=None, dest="init",
+                   help="pretraining method (default dual_mae): --init dual_mae|mae")
+    p.add_argument("--backbone", choices=BACKBONES, default=None,
                    help="fine-tuned network (default vit_s)")
     p.add_argument("--init", choices=INITS, default=None,
-                   help="fine-tuning initialisation (default: --method)")
+                   help="fine-tuning start (default: dual_mae for vit_s, scratch for resnet34)")
     p.add_argument("--mask-ratio", type=open_fraction, default=None,
                    help="fraction of patches masked in pretraining (paper: 0.75)")
-    p.add_argument("--label-fraction", type=float, default=1.0, help="1%%/10%%/50%%/100%% runs")
+    p.add_argument("--label-fraction", type=float, default=None, help="1%%/10%%/50%%/100%% runs")
     p.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds, e.g. 0,1,2")
-    p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (pretraining)")
-    p.add_argument("--chexpert-root", default=None, help="CheXpert (pretraining)")
+    p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (= --root nih=DIR)")
+    p.add_argument("--chexpert-root", default=None, help="CheXpert (= --root chexpert=DIR)")
     p.add_argument("--imagenet-weights", default=None,
                    help="local ImageNet weights for --init imagenet (default: download): FILE, or "
                         "vit_s=FILE,resnet34=FILE for --stage baselines")
@@ -142,20 +167,26 @@ def build_parser():
     return p
 
 
-def config_from_args(args, **overrides) -> Config:
-    cfg = Config(**(QUICK if args.quick else {}))  # --quick compiles with XLA: 2x faster on CPU
-    cfg.backbone = args.backbone
-    cfg.init = args.init or args.method or ("dual_mae" if args.backbone == "vit_s" else "scratch")
-    cfg.mask_ratio, cfg.label_fraction = args.mask_ratio, args.label_fraction
-    apply_args(cfg, args, ("imagenet_weights", "pretrain_epochs", "finetune_epochs", "phantom_n"),
-               overrides)
-    # one configuration, one run folder: the default ratio is written out, none without pretraining
-    cfg.mask_ratio = cfg.ratio if cfg.init in METHODS else None
-    check(cfg)
-    return cfg
+def from_args(args) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of parsed arguments; the Config checked but unresolved (``init``,
+    ``mask_ratio`` may be None: a grid's variants vary the method and get its default ratio)."""
+    cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
+    resolve(cfg)  # errors now, naming the option
+    opts = options_from_args(args)
+    aliases = {k: v for k, v in (("nih", args.nih_root), ("chexpert", args.chexpert_root)) if v}
+    return cfg, replace(opts, roots={**aliases, **opts.roots})
 
 
-def check(cfg: Config):
+def from_command_line(argv=None) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of a ``cxr-keras run dual_mae`` command line."""
+    return from_args(build_parser().parse_args(argv))
+
+
+def resolve(cfg: Config) -> Config:
+    """The configuration as it runs: the backbone's default start (dual-MAE for the ViT, random
+    for ResNet-34) and the mask ratio written out (none without pretraining), checked."""
+    cfg = replace(cfg, init=cfg.init or ("dual_mae" if cfg.backbone == "vit_s" else "scratch"))
+    cfg = replace(cfg, mask_ratio=cfg.ratio if cfg.init in METHODS else None)
     if cfg.backbone not in BACKBONES:
         raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
     if cfg.init not in INITS:
@@ -168,61 +199,84 @@ def check(cfg: Config):
     if cfg.init == "imagenet" and cfg.imagenet_weights is None:
         raise DataError("--init imagenet needs ImageNet weights: the full-size network with "
                         "--imagenet-weights FILE or the default download (not --quick)")
+    return cfg
+
+
+def seeds_of(seeds: str | None, default: int) -> list:
+    """``--seeds 0,1,2`` as integers; ``[default]`` without it."""
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()] if seeds else [default]
+    except ValueError as e:
+        raise DataError(f"--seeds takes comma-separated integers, got {seeds!r}") from e
+
+
+# ------------------------------------------------------------------- lifecycle over several runs
+
+def _setup(cfg, out, data_root, opts, options) -> tuple[Config, RunOptions]:
+    """The resolved Config and the RunOptions of a stage, the processes joined once."""
+    opts = opts or lifecycle.options(out, data_root, **options)
+    cfg = resolve(cfg or Config())
+    if cfg.dataset == "phantom" and opts.data_root is not None:
+        cfg = replace(cfg, dataset="pedicxr")
+    check_dataset(cfg, opts, ("pedicxr",))
+    return cfg, _joined(opts)
+
+
+def _joined(opts: RunOptions) -> RunOptions:
+    """LIFECYCLE CANDIDATE: join the processes once for the run folders of one command."""
+    return replace(lifecycle.join_processes(opts), distributed=False) if opts.distributed else opts
+
+
+def _execute(tag, cfg, opts, **stage) -> RunFolder:
+    """LIFECYCLE CANDIDATE: ``lifecycle.execute``, then process i > 0 marks its own copy done
+    too (else the next fine-tune of a grid would train it again there alone)."""
+    run = lifecycle.execute(tag, cfg, opts, **stage)
+    if not run.finished:
+        run.mark_done()
+    return run
 
 
 # ---------------------------------------------------------------------------------------- data
 
-def adult_cache(cfg: Config, args) -> Path:
-    """One cache of NIH + CheXpert frontal images (phantoms, or --nih-root / --chexpert-root),
-    labels kept as 'NIH/<finding>' and 'CheXpert/<observation>' (NaN where a dataset has no such
-    column, and for CheXpert's uncertain labels) for the supervised X-ray baselines."""
-    import pandas as pd
+def adult_cache(cfg: Config, opts: RunOptions) -> Path:
+    """One cache of NIH + CheXpert frontal images (phantoms, or ``opts.root("nih")`` /
+    ``opts.root("chexpert")``), labels kept as 'NIH/<finding>' and 'CheXpert/<observation>' (NaN
+    where a dataset has no such column, and for CheXpert's uncertain labels) for the supervised
+    X-ray baselines."""
+    seeded, (n_nih, n_chx) = replace(cfg, seed=cfg.pretrain_seed), cfg.adult_phantom_n
+    nih = phantom_or_real_root("nih", seeded, opts, phantom_n=n_nih, phantom_size=cfg.phantom_size)
+    chx = phantom_or_real_root("chexpert", seeded, opts, phantom_n=n_chx,
+                               phantom_size=cfg.phantom_size)
 
-    from ..data import load_table
-    from ..data.cache import Cache, build_cache
-    from ..training import config_hash
+    def with_chexpert(nih_table):
+        parts = []
+        for name, t in (("NIH", nih_table),
+                        ("CheXpert", load_table("chexpert", chx, frontal_only=True,
+                                                uncertain="ignore",
+                                                val_fraction=cfg.adult_val_fraction))):
+            labels = list(t.attrs["labels"])
+            t = t[["path", "split"] + labels].rename(columns={c: f"{name}/{c}" for c in labels})
+            t.insert(2, "source", name)
+            parts.append(t)
+        table = pd.concat(parts, ignore_index=True)
+        labels = [c for c in table.columns if "/" in c]
+        table.attrs = {"dataset": "adult", "root": str(Path(nih).resolve()), "labels": labels}
+        table[labels] = table[labels].astype("float32")
+        return table
 
-    ns = argparse.Namespace(**vars(args))
-    ns.dataset = "phantom" if cfg.dataset == "phantom" else "real"
-    n_nih, n_chx = cfg.adult_phantom_n
-    ns.seed = cfg.pretrain_seed
-    nih = dataset_root("nih", ns, phantom_n=n_nih, phantom_size=cfg.phantom_size,
-                       data_root=getattr(args, "nih_root", None))
-    chx = dataset_root("chexpert", ns, phantom_n=n_chx, phantom_size=cfg.phantom_size,
-                       data_root=getattr(args, "chexpert_root", None))
-    key = config_hash({"nih": str(Path(nih).resolve()), "chexpert": str(Path(chx).resolve()),
-                       "val": cfg.adult_val_fraction})
-    path = Path(args.out) / "_data" / f"cache-adult-{cfg.cache_size}-{key}"
-    try:
-        Cache(path)
-        return path
-    except DataError:
-        pass
-    parts = []
-    for name, root, opts in (("NIH", nih, {"val_fraction": cfg.adult_val_fraction}),
-                             ("CheXpert", chx, {"frontal_only": True, "uncertain": "ignore",
-                                                "val_fraction": cfg.adult_val_fraction})):
-        t = load_table(name.lower(), root, **opts)
-        labels = list(t.attrs["labels"])
-        t = t[["path", "split"] + labels].rename(columns={c: f"{name}/{c}" for c in labels})
-        t.insert(2, "source", name)
-        parts.append(t)
-    table = pd.concat(parts, ignore_index=True)
-    labels = [c for c in table.columns if "/" in c]
-    table.attrs = {"dataset": "adult", "root": str(Path(nih).resolve()), "labels": labels}
-    table[labels] = table[labels].astype("float32")
-    build_cache(table, path, size=cfg.cache_size, workers=args.workers)
-    return path
+    return cache_of("nih", nih, opts, cache_size=cfg.cache_size, table_fn=with_chexpert,
+                    table_options={"val_fraction": cfg.adult_val_fraction},
+                    tag=f"adult+{Path(chx).resolve()}")
 
 
-def pedicxr_cache(cfg: Config, args) -> tuple[Path, Path]:
-    ns = argparse.Namespace(**vars(args))
-    ns.dataset = "phantom" if cfg.dataset == "phantom" else "pedicxr"
-    ns.seed = 0  # one phantom and one split for every seed (the seeds vary the training)
-    root = dataset_root("pedicxr", ns, phantom_n=cfg.phantom_n, phantom_size=cfg.phantom_size)
+def pedicxr_cache(cfg: Config, opts: RunOptions) -> Path:
+    """PediCXR's cache: one phantom and one split (seed 0) for every seed, the seeds vary the
+    training."""
+    root = phantom_or_real_root("pedicxr", replace(cfg, seed=0), opts, phantom_n=cfg.phantom_n,
+                                phantom_size=cfg.phantom_size)
     options = {"val_fraction": cfg.val_fraction, "label_fraction": cfg.label_fraction, "seed": 0}
-    return root, cached("pedicxr", root, ns, cache_size=cfg.cache_size, table_options=options,
-                        cache=args.cache if cfg.label_fraction == 1.0 else None)
+    return cache_of("pedicxr", root, opts, cache_size=cfg.cache_size, table_options=options,
+                    cache=opts.cache if cfg.label_fraction == 1.0 else None)
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -231,10 +285,6 @@ def optimizer(lr: float, steps_per_epoch: int, epochs: int, warmup: int, cfg: Co
               multipliers=None):
     """AdamW (betas, decoupled weight decay, none on biases and norms as MAE), linear warm-up
     then cosine to 0, per step (MAE's schedule); per-variable lr ``multipliers`` (layer decay)."""
-    import keras
-
-    from ..training.layer_decay import LayerDecayAdamW
-
     total = max(1, steps_per_epoch * epochs)
     warm = min(total - 1, steps_per_epoch * warmup)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), alpha=0.0,
@@ -245,21 +295,7 @@ def optimizer(lr: float, steps_per_epoch: int, epochs: int, warmup: int, cfg: Co
 
 # ---------------------------------------------------------------------------------- pretraining
 
-def pretrain_config(cfg: Config, method: str) -> dict:
-    keys = ("dataset", "image_size", "patch_size", "width", "depth", "num_heads", "decoder_width",
-            "decoder_depth", "decoder_heads", "norm_pix_loss", "cache_size", "pretrain_epochs",
-            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
-            "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla")
-    out = {k: getattr(cfg, k) for k in keys}
-    out.update(method=method, mask_ratio=cfg.ratio)
-    if method == "dual_mae":
-        out.update(tau=cfg.tau, loss_weights=cfg.loss_weights, l1_region=cfg.l1_region)
-    return out
-
-
 def build_mae(cfg: Config, method: str):
-    from ..models.mae import DualMaskedAutoencoder, MaskedAutoencoder
-
     kw = dict(image_size=cfg.image_size, channels=3, patch_size=cfg.patch_size, width=cfg.width,
               depth=cfg.depth, num_heads=cfg.num_heads, decoder_width=cfg.decoder_width,
               decoder_depth=cfg.decoder_depth, decoder_heads=cfg.decoder_heads,
@@ -270,55 +306,58 @@ def build_mae(cfg: Config, method: str):
     return MaskedAutoencoder(**kw)
 
 
-def pretrain(cfg: Config, args, method: str):
-    """Pretrain a (dual-)MAE on the adult images, or return the finished run of the same
-    pretraining configuration."""
-    import keras
+def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> RunFolder:
+    """Pretrain a (dual-)MAE (``cfg.init``) on the adult images; one folder per method, mask
+    ratio and pretraining settings (Config fields: its config.json is a --config)."""
+    cfg, opts = _setup(cfg, out, data_root, opts, options)
+    if cfg.init not in METHODS:
+        raise DataError(f"pretraining is dual_mae or mae (--method), not init {cfg.init!r}")
+    keys = ("dataset", "image_size", "patch_size", "width", "depth", "num_heads", "decoder_width",
+            "decoder_depth", "decoder_heads", "norm_pix_loss", "cache_size", "pretrain_epochs",
+            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
+            "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla", "init",
+            "mask_ratio") + (("tau", "loss_weights", "l1_region") if cfg.init == "dual_mae" else ())
+    return _execute(f"dual_mae-pretrain-{cfg.init}-r{int(round(cfg.ratio * 100))}",
+                    replace(cfg, seed=cfg.pretrain_seed), opts,
+                    config={k: getattr(cfg, k) for k in keys},
+                    prepare=_pretrain_data, train=_pretrain_train, evaluate=_pretrain_evaluate)
 
-    from ..data.augment import PRESETS
-    from ..data.cache import Cache
-    from ..data.pipeline import make_dataset
-    from ..training import RunFolder, configure, fit_stage
 
-    pcfg = pretrain_config(cfg, method)
-    tag = f"dual_mae-pretrain-{method}-r{int(round(cfg.ratio * 100))}"
-    try:
-        run_dir = RunFolder.for_config(args.out, tag, pcfg, force=False)
-    except DataError:
-        from ..training import config_hash
-
-        return RunFolder(Path(args.out) / f"{tag}-{config_hash(pcfg)}")
-    print(f"pretraining run folder: {run_dir.path}")
-    rt = configure(cfg.pretrain_seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    cache = Cache(adult_cache(cfg, args))
+def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    cache = Cache(adult_cache(cfg, opts))
     preset = dataclasses.replace(PRESETS["dual_mae_pretrain"], crop=cfg.image_size / cache.size)
-    ds = make_dataset(cache, None, preset=preset, training=True, target="none",
-                      batch_size=cfg.pretrain_batch, seed=cfg.pretrain_seed, drop_remainder=True)
+    train = make_dataset(cache, None, preset=preset, training=True, target="none",
+                         batch_size=cfg.pretrain_batch, seed=cfg.pretrain_seed, drop_remainder=True)
     steps = len(cache) // cfg.pretrain_batch
     if steps == 0:
         raise DataError(f"{len(cache)} adult images are fewer than one batch of {cfg.pretrain_batch}")
+    return SimpleNamespace(cache=cache, train=train, steps=steps)
+
+
+def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    """Eq. 1-2 (the model's own train step); writes the online encoder on every process (the
+    fine-tunes of process i start from its own copy). Returns the seconds (None if resumed)."""
+    model = build_mae(cfg, cfg.init)
+    t0 = time.perf_counter()
+    resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
     lr = cfg.base_lr * cfg.pretrain_batch / 256
-    with rt.scope():
-        model = build_mae(cfg, method)
-        t0 = time.perf_counter()
-        resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
-        fit_stage(model, ds, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
-                  optimizer=optimizer(lr, steps, cfg.pretrain_epochs, cfg.pretrain_warmup, cfg),
-                  loss=None, monitor="loss", mode="min", seed=cfg.pretrain_seed,
-                  jit_compile=rt.jit_compile, verbose=args.verbose, tensorboard=args.tensorboard)
-        seconds = None if resumed else time.perf_counter() - t0
+    fit_stage(model, data.train, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
+              optimizer=optimizer(lr, data.steps, cfg.pretrain_epochs, cfg.pretrain_warmup, cfg),
+              loss=None, monitor="loss", mode="min", seed=cfg.pretrain_seed,
+              jit_compile=runtime.jit_compile, verbose=opts.verbose, tensorboard=opts.tensorboard)
+    seconds = None if resumed else time.perf_counter() - t0
     model.encoder.save_weights(run_dir.file("encoder.weights.h5"))
-    finish_pretrain(model, cfg, method, run_dir, cache, seconds, steps)
-    run_dir.mark_done()
-    return run_dir
+    return seconds
 
 
-def finish_pretrain(model, cfg, method, run_dir, cache, seconds, steps):
-    from ..data.augment import Preset
-    from ..data.pipeline import make_dataset
+def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: RunOptions):
+    """Loss terms, reconstructions, throughput and the report (process 0, the last weights)."""
     from ..evaluation.plots import plot_reconstructions, plot_training_curves
-    from ..training import read_history
 
+    method, cache, steps = cfg.init, data.cache, data.steps
+    model = build_mae(cfg, method)
+    model.load_weights(run_dir.checkpoints / "pretrain.weights.h5")
     history = read_history(run_dir.file("logs", "history_pretrain.csv"))
     centre = Preset(crop=cfg.image_size / cache.size)
     sample = next(iter(make_dataset(cache, None, preset=centre, target="none", batch_size=6,
@@ -361,19 +400,13 @@ def finish_pretrain(model, cfg, method, run_dir, cache, seconds, steps):
 # --------------------------------------------------------------------------- classifier models
 
 def build_classifier(cfg: Config, num_classes: int, drop_path: float | None = None):
-    import keras
-
     if cfg.backbone == "vit_s":
-        from ..models.vit import vit
-
         positional = "learned" if cfg.init in ("scratch", "imagenet", "xray") else "sincos"
         return vit(input_shape=(cfg.image_size, cfg.image_size, 3), patch_size=cfg.patch_size,
                    width=cfg.width, depth=cfg.depth, num_heads=cfg.num_heads,
                    num_classes=num_classes, pooling="cls", positional=positional,
                    drop_path_rate=cfg.drop_path if drop_path is None else drop_path,
                    seed=cfg.seed, name="vit")
-    from ..models.resnet import resnet34
-
     base = resnet34(include_top=False, pooling="avg", input_shape=(cfg.image_size, cfg.image_size, 3),
                     **cfg.resnet_options)
     out = keras.layers.Dense(num_classes, name="head")(base.output)
@@ -388,37 +421,26 @@ def copy_backbone(source, target):
         target.get_layer(layer.name).set_weights(layer.get_weights())
 
 
-def initialise(model, cfg: Config, args):
-    """Load the fine-tuning start point into ``model``; returns a description."""
-    from ..models.vit import copy_encoder
-
+def initialise(model, cfg: Config, source: RunFolder | None):
+    """Load the fine-tuning start point into ``model`` (``source``: the pretraining run folder
+    of ``cfg.init``, if it has one); returns a description."""
     if cfg.init == "scratch":
         return "random (Xavier-uniform blocks)" if cfg.backbone == "vit_s" else "random"
     if cfg.init in METHODS:
-        run_dir = pretrain(cfg, args, cfg.init)
-        from ..models.vit import load_vit_weights
-
-        load_vit_weights(model, run_dir.file("encoder.weights.h5"))
-        return f"{cfg.init} online encoder from {run_dir.path.name}"
+        load_vit_weights(model, source.file("encoder.weights.h5"))
+        return f"{cfg.init} online encoder from {source.path.name}"
     if cfg.init == "imagenet":
         if cfg.backbone == "vit_s":
-            from ..models.vit import vit_small
-
             src = vit_small(include_top=False, pooling=None, positional="learned",
                             weights=imagenet_weights(cfg))
             copy_encoder(src, model)
             return f"ImageNet (DeiT-S) {imagenet_weights(cfg)}"
-        from ..models.resnet import resnet34
-
         src = resnet34(include_top=False, pooling="avg", weights=imagenet_weights(cfg))
         copy_backbone(src, model)
         return f"ImageNet (torchvision) {imagenet_weights(cfg)}"
-    run_dir = xray_pretrain(cfg, args)
-    import keras
-
-    src = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    src = keras.saving.load_model(source.checkpoints / "best.keras", safe_mode=True)
     copy_backbone(src, model)
-    return f"supervised on the adult X-rays ({run_dir.path.name})"
+    return f"supervised on the adult X-rays ({source.path.name})"
 
 
 def imagenet_weights(cfg: Config) -> str:
@@ -433,46 +455,43 @@ def imagenet_weights(cfg: Config) -> str:
     return pairs[cfg.backbone]
 
 
-def xray_pretrain(cfg: Config, args):
+def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
+                  opts: RunOptions | None = None, **options) -> RunFolder:
     """The "(X-ray)" baselines: the same network trained supervised on the adult images' labels
     (NIH 14 + CheXpert 14 as separate outputs, masked BCE on what each image has; CHOICE)."""
-    import keras
-
-    from ..data.augment import PRESETS
-    from ..data.cache import Cache
-    from ..data.pipeline import make_dataset
-    from ..losses import get_loss
-    from ..training import RunFolder, config_hash, configure, fit_stage
-
+    cfg, opts = _setup(cfg, out, data_root, opts, options)
     keys = ("dataset", "backbone", "image_size", "patch_size", "width", "depth", "num_heads",
             "resnet_options", "cache_size", "xray_epochs", "xray_lr", "xray_batch",
             "weight_decay", "betas", "pretrain_seed", "adult_phantom_n", "phantom_size",
             "adult_val_fraction", "mixed_precision", "xla")
-    xcfg = {k: getattr(cfg, k) for k in keys}
-    tag = f"dual_mae-xray-{cfg.backbone}"
-    try:
-        run_dir = RunFolder.for_config(args.out, tag, xcfg)
-    except DataError:
-        return RunFolder(Path(args.out) / f"{tag}-{config_hash(xcfg)}")
-    print(f"supervised X-ray pretraining run folder: {run_dir.path}")
-    rt = configure(cfg.pretrain_seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    cache = Cache(adult_cache(cfg, args))
+    return _execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed,
+                    init="xray"), opts, config={k: getattr(cfg, k) for k in keys},
+                    prepare=_xray_data, train=_xray_train, evaluate=_xray_evaluate)
+
+
+def _xray_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    cache = Cache(adult_cache(cfg, opts))
     preset = dataclasses.replace(PRESETS["dual_mae_pretrain"], crop=cfg.image_size / cache.size)
     kw = dict(preset=preset, batch_size=cfg.xray_batch, seed=cfg.pretrain_seed)
     train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
-    val = make_dataset(cache, "val", **kw)
-    steps = train.num_rows // cfg.xray_batch
-    with rt.scope():
-        model = build_classifier(dataclasses.replace(cfg, init="xray"), len(cache.labels),
-                                 drop_path=0.0)
-        auc = keras.metrics.AUC(multi_label=True, num_labels=len(cache.labels), from_logits=True,
-                                name="auc")
-        fit_stage(model, train, val, run_dir, "xray", epochs=cfg.xray_epochs,
-                  optimizer=optimizer(cfg.xray_lr, max(1, steps), cfg.xray_epochs, 1, cfg),
-                  loss=get_loss("bce"), metrics=[auc], monitor="val_loss", mode="min",
-                  seed=cfg.pretrain_seed, jit_compile=rt.jit_compile, verbose=args.verbose)
-    run_dir.mark_done()
-    return run_dir
+    return SimpleNamespace(labels=cache.labels, train=train, val=make_dataset(cache, "val", **kw))
+
+
+def _xray_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    model = build_classifier(cfg, len(data.labels), drop_path=0.0)
+    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
+                            name="auc")
+    steps = max(1, data.train.num_rows // cfg.xray_batch)
+    fit_stage(model, data.train, data.val, run_dir, "xray", epochs=cfg.xray_epochs,
+              optimizer=optimizer(cfg.xray_lr, steps, cfg.xray_epochs, 1, cfg),
+              loss=get_loss("bce"), metrics=[auc], monitor="val_loss", mode="min",
+              seed=cfg.pretrain_seed, jit_compile=runtime.jit_compile, verbose=opts.verbose)
+
+
+def _xray_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
+    val_loss = read_history(run_dir.file("logs", "history_xray.csv")).get("val_loss", [np.nan])
+    run_dir.write_text("report.md", f"# dual_mae supervised X-ray pretraining: {cfg.backbone}\n\n"
+                       f"Best validation loss {min(val_loss):.4f} (`checkpoints/best.keras`).\n")
 
 
 # ---------------------------------------------------------------------------------- fine-tuning
@@ -486,66 +505,65 @@ def run_tag(cfg: Config) -> str:
     return tag + f"-seed{cfg.seed}"
 
 
-def finetune(cfg: Config, args):
-    """Fine-tune on PediCXR and evaluate on its test set; returns the run folder."""
-    import keras
+def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> RunFolder:
+    """Fine-tune on PediCXR and evaluate on its test set (pretraining first when ``cfg.init``
+    needs it and it has not run); returns the run folder, a finished one as it is."""
+    cfg, opts = _setup(cfg, out, data_root, opts, options)
+    if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
+        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
+                                      nih_root=str(opts.roots.get("nih")),
+                                      chexpert_root=str(opts.roots.get("chexpert"))))
+    needs = {"dual_mae": pretrain, "mae": pretrain, "xray": xray_pretrain}.get(cfg.init)
+    done = not opts.force and lifecycle.open_run(opts.out, run_tag(cfg), asdict(cfg)).finished
+    source = needs(cfg, opts=replace(opts, force=False)) if needs and not done else None
+    return _execute(run_tag(cfg), cfg, opts, prepare=_finetune_data,
+                    train=partial(_finetune_train, source=source), evaluate=evaluate)
 
-    from ..data.augment import PRESETS
-    from ..data.cache import Cache
-    from ..data.pipeline import make_dataset
-    from ..losses import get_loss
-    from ..training import RunFolder, configure, fit_stage
-    from ..training.layer_decay import vit_layer_multipliers
 
-    if cfg.dataset != "phantom":
-        cfg.extra = dict(cfg.extra, data_root=str(args.data_root), nih_root=str(args.nih_root),
-                         chexpert_root=str(args.chexpert_root))
-    run_dir = RunFolder.for_config(args.out, run_tag(cfg), asdict(cfg), force=args.force)
-    print(f"fine-tuning run folder: {run_dir.path}")
-    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    _, cache_path = pedicxr_cache(cfg, args)
-    cache = Cache(cache_path)
-    labels = list(cache.labels)
+run = finetune  # one run of the paper: a fine-tune, from the pretraining it needs
+
+
+def _finetune_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    cache = Cache(pedicxr_cache(cfg, opts))
     preset = dataclasses.replace(PRESETS["dual_mae_finetune"], crop=cfg.image_size / cache.size,
                                  resized_crop=tuple(cfg.finetune_crop), randaugment=cfg.randaugment)
     kw = dict(preset=preset, batch_size=cfg.finetune_batch, seed=cfg.seed)
     train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
-    val = make_dataset(cache, "val", **kw)
-    test = make_dataset(cache, "test", **kw)
-    steps = train.num_rows // cfg.finetune_batch
-    if steps == 0:
-        raise DataError(f"the PediCXR training split has {train.num_rows} images, fewer than one "
-                        f"batch of {cfg.finetune_batch} (label fraction {cfg.label_fraction})")
-    with rt.scope():
-        model = build_classifier(cfg, len(labels))
-        start = initialise(model, cfg, args)
-        multipliers = (vit_layer_multipliers(model, cfg.depth, cfg.layer_decay)
-                       if cfg.backbone == "vit_s" else None)
-        auc = keras.metrics.AUC(multi_label=True, num_labels=len(labels), from_logits=True,
-                                name="auc")
-        t0 = time.perf_counter()
-        fit_stage(model, train, val, run_dir, "finetune", epochs=cfg.finetune_epochs,
-                  optimizer=optimizer(cfg.finetune_lr, steps, cfg.finetune_epochs,
-                                      cfg.finetune_warmup, cfg, multipliers),
-                  loss=get_loss("bce"), metrics=[auc], monitor="val_auc", mode="max",
-                  seed=cfg.seed, jit_compile=rt.jit_compile, verbose=args.verbose,
-                  tensorboard=args.tensorboard)
-        seconds = time.perf_counter() - t0
-    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
-    evaluate(best, cfg, run_dir, labels, val, test, start, seconds, train.num_rows)
-    run_dir.mark_done()
-    print(f"report: {run_dir.file('report.md')}")
-    return run_dir
+    val, test = make_dataset(cache, "val", **kw), make_dataset(cache, "test", **kw)
+    data = SimpleNamespace(labels=list(cache.labels), train=train, val=val, test=test)
+    if data.train.num_rows // cfg.finetune_batch == 0:
+        raise DataError(f"the PediCXR training split has {data.train.num_rows} images, fewer than "
+                        f"one batch of {cfg.finetune_batch} (label fraction {cfg.label_fraction})")
+    return data
 
 
-def evaluate(model, cfg, run_dir, labels, val, test, start, seconds, n_train):
-    from scipy.special import expit
+def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions, source=None):
+    """Sec. IV: the whole network, layer-wise lr decay on the ViT; returns the start point's
+    description and the training seconds."""
+    model = build_classifier(cfg, len(data.labels))
+    start = initialise(model, cfg, source)
+    multipliers = (vit_layer_multipliers(model, cfg.depth, cfg.layer_decay)
+                   if cfg.backbone == "vit_s" else None)
+    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
+                            name="auc")
+    steps = data.train.num_rows // cfg.finetune_batch
+    t0 = time.perf_counter()
+    fit_stage(model, data.train, data.val, run_dir, "finetune", epochs=cfg.finetune_epochs,
+              optimizer=optimizer(cfg.finetune_lr, steps, cfg.finetune_epochs,
+                                  cfg.finetune_warmup, cfg, multipliers),
+              loss=get_loss("bce"), metrics=[auc], monitor="val_auc", mode="max",
+              seed=cfg.seed, jit_compile=runtime.jit_compile, verbose=opts.verbose,
+              tensorboard=opts.tensorboard)
+    return SimpleNamespace(start=start, seconds=time.perf_counter() - t0)
 
-    from ..evaluation import metrics as M
+
+def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | None = None):
+    """Table 3-4 metrics of the best epoch (by validation mean AUC) on PediCXR's test set."""
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
-    from ..inference.batches import predict_dataset
-    from ..training import read_history
 
+    model = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    labels, val, test = data.labels, data.val, data.test
     val_logits, val_y = predict_dataset(model, val, np.float64)
     test_logits, test_y = predict_dataset(model, test, np.float64)
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
@@ -559,11 +577,12 @@ def evaluate(model, cfg, run_dir, labels, val, test, start, seconds, n_train):
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
-        label_fraction=cfg.label_fraction, seed=cfg.seed, start=start,
+        label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start,
         val_auc=M.per_class_auc(val_y, val_p, labels), test_auc=test_auc,
         test_mean_auc=M.mean_of(test_auc), thresholds=dict(zip(labels, map(float, thr))),
         test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
-        epochs_trained=len(history.get("loss", [])), train_seconds=seconds, train_images=n_train)
+        epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
+        train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
                     title="ROC, PediCXR test")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
@@ -579,8 +598,6 @@ def table4_row(m: dict, rule: str = "youden_val") -> dict:
 
 
 def report(cfg: Config, m: dict) -> str:
-    from ..evaluation.report import comparison_table, metrics_table
-
     name = paper.NAME_OF[(cfg.backbone, cfg.init)]
     lines = [f"# dual_mae fine-tuning: {name}, seed {cfg.seed}"
              + (f", {cfg.label_fraction:.0%} of the labels" if cfg.label_fraction < 1 else ""), ""]
@@ -615,26 +632,16 @@ def report(cfg: Config, m: dict) -> str:
 
 # ------------------------------------------------------------------------------------ grids
 
-def seeds_of(args) -> list:
-    if args.seeds is None:
-        return [args.seed]
-    try:
-        return [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError as e:
-        raise DataError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from e
 
+# ------------------------------------------------------------------------------------ grids
 
-def run_many(args, variants):
-    """Fine-tune every variant (dict of Config overrides) for every seed; finished runs are
-    reused. Returns the run folders."""
-    from .common import run_or_reuse
-
-    runs = []
-    for overrides in variants:
-        for seed in seeds_of(args):
-            cfg = config_from_args(args, seed=seed, **dict(overrides))
-            runs.append(run_or_reuse(finetune, cfg, args, run_tag(cfg)))
-    return runs
+def run_many(cfg: Config, variants=({},), seeds=None, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> list:
+    """Fine-tune every variant (dict of Config changes) for every seed (default: ``cfg.seed``);
+    finished runs are reused. Returns the run folders."""
+    opts = _joined(opts or lifecycle.options(out, data_root, **options))
+    return [finetune(replace(cfg, seed=seed, **dict(overrides)), opts=opts)
+            for overrides in variants for seed in (seeds or [cfg.seed])]
 
 
 def baseline_variants(imagenet: bool = True):
@@ -652,8 +659,6 @@ def _mean_std(values):
 
 def grid_report(runs, title="dual_mae: Tables 3-4") -> str:
     """Mean (std over seeds) per method: Table 3 per class, Table 4 metrics, beside the paper."""
-    from ..evaluation.report import metrics_table
-
     groups = {}
     for r in runs:
         m = r.metrics()
@@ -705,8 +710,6 @@ def _cell(values) -> str:
 def mask_ratio_report(runs) -> str:
     """Table 2: mean test AUC (std over seeds) against the pretraining mask ratio, MAE and
     dual-MAE, beside the paper's."""
-    from ..evaluation.report import metrics_table
-
     got = _mean_auc_by(runs, lambda m: round(m["mask_ratio"], 2))
     ratios = sorted({r for _, r in got} | set(paper.TABLE2["dual_mae"]))
     ours, ref = {}, {}
@@ -724,8 +727,6 @@ def mask_ratio_report(runs) -> str:
 def label_fraction_report(runs) -> str:
     """Table 5 (dual-MAE: AUC, sensitivity, precision, F1) and Table 6 (every method's mean
     AUC) against the fraction of labelled training images, beside the paper's."""
-    from ..evaluation.report import metrics_table
-
     got = _mean_auc_by(runs, lambda m: round(m["label_fraction"], 2))
     fracs = sorted({f for _, f in got})
     t6_ours, t6_ref = {}, {}
@@ -754,23 +755,21 @@ def label_fraction_report(runs) -> str:
 
 
 def main(argv=None) -> int:
-    from ..io import write_text
-
     args = build_parser().parse_args(argv)
+    cfg, opts = from_args(args)
     if args.stage == "pretrain":
-        cfg = config_from_args(args)
-        pretrain(cfg, args, args.method or "dual_mae")
+        pretrain(cfg, opts=opts)
         return 0
-    if args.stage == "baselines":
-        runs = run_many(args, baseline_variants(imagenet=not args.quick or
-                                                args.imagenet_weights is not None))
-        if args.quick and args.imagenet_weights is None:
+    seeds = seeds_of(args.seeds, cfg.seed)
+    if args.stage == "baselines":  # Tables 3-4: every method of the paper
+        if cfg.imagenet_weights is None:
             print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
                   "with --imagenet-weights or the default download)")
+        runs = run_many(cfg, baseline_variants(cfg.imagenet_weights is not None), seeds, opts=opts)
     else:
-        runs = run_many(args, [{}])
-    if len(runs) > 1:
-        out = Path(args.out) / f"dual_mae_{args.stage}_tables.md"
+        runs = run_many(cfg, [{}], seeds, opts=opts)
+    if len(runs) > 1 and multihost.is_chief():
+        out = Path(opts.out) / f"dual_mae_{args.stage}_tables.md"
         write_text(out, grid_report(runs))
         print(f"wrote {out}")
     return 0

@@ -5,7 +5,8 @@
     python experiments/dual_mae/table2_mask_ratio.py --dataset phantom --quick --ratios 0.65,0.75,0.95
 
 One pretraining run per (method, ratio), one fine-tuning run per seed; finished runs are reused.
-The table goes to --out/dual_mae_table2.md. Any `cxr-keras run dual_mae` option can be added.
+The table goes to --out/dual_mae_table2.md. Any `cxr-keras run dual_mae` option can be added
+(`--set FIELD=VALUE`, `--config FILE`, `--distributed`).
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 from cxr_keras.io import write_text
 from cxr_keras.recipes import dual_mae
 from cxr_keras.recipes import dual_mae_paper as paper
+from cxr_keras.training import multihost
 
 if __name__ == "__main__":
     pre = argparse.ArgumentParser(add_help=False)
@@ -25,7 +27,10 @@ if __name__ == "__main__":
     ratios = [float(r) for r in known.ratios.split(",")]
     methods = known.methods.split(",")
     args = dual_mae.build_parser().parse_args(rest)
-    runs = dual_mae.run_many(args, [{"init": m, "mask_ratio": r} for m in methods for r in ratios])
-    out = Path(args.out) / "dual_mae_table2.md"
-    write_text(out, dual_mae.mask_ratio_report(runs))
-    print(f"wrote {out}")
+    cfg, opts = dual_mae.from_args(args)
+    runs = dual_mae.run_many(cfg, [{"init": m, "mask_ratio": r} for m in methods for r in ratios],
+                             dual_mae.seeds_of(args.seeds, cfg.seed), opts=opts)
+    if multihost.is_chief():
+        out = Path(opts.out) / "dual_mae_table2.md"
+        write_text(out, dual_mae.mask_ratio_report(runs))
+        print(f"wrote {out}")

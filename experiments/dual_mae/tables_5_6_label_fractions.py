@@ -17,6 +17,7 @@ from pathlib import Path
 from cxr_keras.io import write_text
 from cxr_keras.recipes import dual_mae
 from cxr_keras.recipes import dual_mae_paper as paper
+from cxr_keras.training import multihost
 
 if __name__ == "__main__":
     pre = argparse.ArgumentParser(add_help=False)
@@ -28,9 +29,11 @@ if __name__ == "__main__":
     if unknown:
         sys.exit(f"--methods: unknown {unknown}; known: {', '.join(paper.METHODS)}")
     args = dual_mae.build_parser().parse_args(rest)
+    cfg, opts = dual_mae.from_args(args)
     variants = [{"backbone": paper.METHODS[m][0], "init": paper.METHODS[m][1],
                  "label_fraction": float(f)} for m in methods for f in known.fractions.split(",")]
-    runs = dual_mae.run_many(args, variants)
-    out = Path(args.out) / "dual_mae_tables_5_6.md"
-    write_text(out, dual_mae.label_fraction_report(runs))
-    print(f"wrote {out}")
+    runs = dual_mae.run_many(cfg, variants, dual_mae.seeds_of(args.seeds, cfg.seed), opts=opts)
+    if multihost.is_chief():
+        out = Path(opts.out) / "dual_mae_tables_5_6.md"
+        write_text(out, dual_mae.label_fraction_report(runs))
+        print(f"wrote {out}")
