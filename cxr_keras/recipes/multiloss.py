@@ -193,6 +193,7 @@ def from_command_line(argv=None, with_stage=False) -> tuple:
     cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
     cfg = with_settings(cfg, _shortcut_settings(args), "the command line")
     cfg = with_settings(cfg, parse_set(args.settings), "--set")  # --set has the last word
+    # LIFECYCLE CANDIDATE: options_from_args(args, aliases={reader: dest}) for --xxx-root options
     aliases = {"lungmasks": args.lungmask_root, "montgomery": args.montgomery_root}
     opts = options_from_args(args)
     opts = replace(opts, roots={**{k: v for k, v in aliases.items() if v is not None}, **opts.roots})
