@@ -8,15 +8,14 @@ split's size (p < 0.01). The report must hold Tables 1-5, our cells equal to met
 """
 
 import json
-from dataclasses import replace
-
+from dataclasses import asdict
 import numpy as np
 import pytest
 from _baselines import (accuracy_permutation_null, majority_accuracy, mean_mask_dice,
                         mean_mask_image_dice, multiclass_auc_permutation_null, null_summary)
 
 from cxr_keras.io import DataError
-from cxr_keras.recipes import multiloss
+from cxr_keras.recipes import lifecycle, multiloss
 
 SEG_LOSSES = ("bce", "bce_dice")         # two U-Nets: their AND is the mask ensemble
 CLS_LOSSES = ("cce", "focal", "ls_cce")  # three classifiers: the top-3 ensembles
@@ -43,17 +42,19 @@ METRIC_KEYS = {"Accuracy": "accuracy", "AUROC": "auroc", "AUPRC": "auprc",
                "Precision": "precision", "Recall": "recall", "F-score": "f1", "MCC": "mcc"}
 
 
-def smoke(out, *extra):
-    """The smoke Config and the parsed arguments of a run under ``out``."""
-    args = multiloss.build_parser().parse_args(ARGS + ["--out", str(out), *extra])
-    return replace(multiloss.config_from_args(args), **SMOKE), args
+OPTIONS = dict(workers=1, verbose=0)  # run options (ARGS's --workers 1 --verbose 0)
+
+
+def smoke():
+    """The smoke Config (ARGS's: --quick and the loss subsets, with SMOKE over them)."""
+    return multiloss.Config(**dict(multiloss.QUICK, **SMOKE, seg_losses=SEG_LOSSES,
+                                   cls_losses=CLS_LOSSES))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("multiloss")
-    cfg, args = smoke(out)
-    folder = multiloss.run(cfg, args).path
+    folder = multiloss.run(smoke(), out=out, **OPTIONS).path
     return folder, out
 
 
@@ -79,7 +80,7 @@ def test_unets_beat_the_mean_training_mask(run):
     folder, out = run
     table1 = _metrics(folder)["segmentation"]["table1"]
     assert set(table1) == {*SEG_LOSSES, "ensemble"}
-    data = multiloss.Data(*smoke(out))  # the run's caches, already built
+    data = multiloss.prepare_data(smoke(), lifecycle.options(out, **OPTIONS))  # already built
     seg, montgomery = Cache(data.seg), Cache(data.montgomery)
     train = seg.load(seg.rows("train"))[1] > 0.5
     test = montgomery.load(montgomery.rows(None))[1] > 0.5
@@ -208,17 +209,46 @@ def test_report_cells_equal_metrics(run):
               **{"MCC 95% CI": f"[{lo:.4f}, {hi:.4f}]"}))
 
 
-def test_finished_run_refuses_then_single_stage_reruns(run):
+def test_finished_run_is_returned_then_single_stage_reruns(run, capsys):
     folder, out = run
-    cfg, args = smoke(out)
-    with pytest.raises(DataError, match="--force"):
-        multiloss.run(cfg, args)
-    # a later stage alone can be rerun on a finished run: nothing is retrained
     best = folder / "classify" / CLS_LOSSES[0] / "checkpoints" / "best.keras"
-    mtime = best.stat().st_mtime
-    assert multiloss.run(cfg, args, "ensemble").path == folder
+    mtime, report = best.stat().st_mtime, (folder / "report.md").stat().st_mtime
+    again = multiloss.run(smoke(), out=out, **OPTIONS)  # finished: returned untouched
+    assert again.path == folder and again.finished
+    assert "finished earlier" in capsys.readouterr().out
+    assert (folder / "report.md").stat().st_mtime == report
+    # the run folder's config.json, given back on the command line, names the same run
+    cfg, opts = multiloss.from_command_line(["--config", str(folder / "config.json"),
+                                             "--out", str(out), "--workers", "1"])
+    assert cfg == multiloss.resolve(smoke())
+    assert multiloss.run(cfg, opts=opts).path == folder
+    # a later stage alone can be rerun on a finished run: nothing is retrained
+    assert multiloss.ensemble(smoke(), out=out, **OPTIONS).path == folder
     assert best.stat().st_mtime == mtime
     assert (folder / "DONE").exists()
+
+
+def test_the_command_line_names_the_same_configuration():
+    sets = [f"--set={k}={json.dumps(list(v) if isinstance(v, tuple) else v)}"
+            for k, v in SMOKE.items()]
+    cfg, opts = multiloss.from_command_line(ARGS + sets)
+    assert cfg == multiloss.resolve(smoke())
+    assert (opts.workers, opts.verbose) == (1, 0)
+    # the shortcuts that set several fields, and the dataset folders' aliases
+    cfg, opts = multiloss.from_command_line(
+        ["--select-on", "test", "--original-optimizer", "--weights", "none", "--set",
+         "cls_lr=0.5", "--lungmask-root", "/m", "--root", "montgomery=/g", "--data-root", "/k"])
+    assert (cfg.select_on, cfg.seg_select_on, cfg.weights) == ("test", "test", None)
+    assert (cfg.cls_lr, cfg.cls_nesterov) == (0.5, True)  # --set has the last word
+    assert opts.roots == {"lungmasks": "/m", "montgomery": "/g"}
+    assert (str(opts.root("lungmasks")), str(opts.root("kermany"))) == ("/m", "/k")
+
+
+def test_every_config_field_is_reachable_from_the_command_line():
+    for name, value in asdict(multiloss.Config()).items():
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = multiloss.from_command_line(["--set", f"{name}={text}"])
+        assert getattr(got, name) == value, name
 
 
 def test_stage_order_is_enforced(tmp_path):
@@ -228,8 +258,9 @@ def test_stage_order_is_enforced(tmp_path):
 
 def test_bad_loss_name_is_named():
     with pytest.raises(DataError, match="nope"):
-        multiloss.config_from_args(multiloss.build_parser().parse_args(
-            ["--cls-losses", "cce,nope"]))
+        multiloss.from_command_line(["--cls-losses", "cce,nope"])
+    with pytest.raises(DataError, match="seg_losses: unknown name.*nope"):
+        multiloss.run(multiloss.Config(seg_losses=("bce", "nope")))
 
 
 def test_a_classifier_exports_with_its_preprocessing(run, tmp_path):

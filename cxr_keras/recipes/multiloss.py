@@ -2,9 +2,10 @@
 pediatric CXRs, 12 classifiers trained with different losses, and their ensembles.
 
 ``cxr-keras run multiloss [--stage segment|classify|ensemble|all] [--quick] [--dataset phantom|real]``
+or ``multiloss.run(multiloss.Config(...), out="runs", stage="all")`` (phantom data by default).
 
 Stages (one run folder; each stage reads what the previous one wrote, and finished models are
-kept, so a stage can be rerun or resumed):
+kept, so a stage can be rerun or resumed; also :func:`segment`, :func:`classify`, :func:`ensemble`):
 
 - ``segment``: a U-Net per segmentation loss (5) trained on a lung-mask set, evaluated on
   Montgomery (Table 1, Fig. 3); the top-3 masks are AND-ed; every Kermany image is lung-cropped
@@ -17,7 +18,11 @@ kept, so a stage can be rerun or resumed):
 
 Data: ``--dataset phantom`` (default) writes synthetic copies of the three datasets;
 ``--dataset real`` reads ``--data-root`` (Kermany ``chest_xray``), ``--lungmask-root`` (Kaggle
-"Chest X-ray Masks and Labels") and ``--montgomery-root`` (MontgomerySet).
+"Chest X-ray Masks and Labels"; ``--root lungmasks=DIR``) and ``--montgomery-root``
+(MontgomerySet; ``--root montgomery=DIR``).
+
+``--distributed``: the networks train data-parallel (their pipelines split the rows); every
+process makes the predictions the next stage is built from; process 0 alone the rest.
 """
 
 from __future__ import annotations
@@ -26,22 +31,48 @@ import argparse
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
+import keras
 import numpy as np
+import pandas as pd
+from sklearn.metrics import (accuracy_score, confusion_matrix, matthews_corrcoef,
+                             precision_recall_fscore_support)
 
+from .. import ensemble as E
 from .._argtypes import nonnegative_float, nonnegative_int
-from ..io import DataError
+from ..data.augment import get_preset
+from ..data.cache import Cache, build_cache
+from ..data.images import read_image, write_image
+from ..data.lung_crop import and_ensemble, lung_crop
+from ..data.pipeline import make_dataset
+from ..data.tables import finish_table, split_off_validation
+from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
+from ..evaluation.report import metrics_table
+from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
+from ..explain.gradcam import grad_cam, overlay
+from ..export import load_keras_model as _load  # sub-models predict or lend weights
+from ..inference.batches import predict_dataset
+from ..io import DataError, atomic_path
+from ..losses.calibrated import get_classification_loss
+from ..losses.segmentation import SEGMENTATION_LOSSES as SEGMENTATION_LOSS_FNS
+from ..models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
+from ..models.efficientnet_unet import DEEPEST_CONV
+from ..progress import Progress
+from ..training import RunFolder, config_hash, fit_stage, multihost
+from . import lifecycle
 from . import multiloss_paper as paper
-from .common import add_standard_args, cached, dataset_root, switch
+from .common import cache_of, phantom_or_real_root
+from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
+                        join_processes, options_from_args, parse_set, with_settings)
 
 SEGMENTATION_LOSSES = ("bce", "bce_dice", "focal", "tversky", "focal_tversky")
 CLASSIFICATION_LOSSES = ("cce", "focal", "kld", "hinge", "ls_cce", "ls_focal", "cal_cce",
                          "cce_entropy", "cal_neg_entropy", "cal_kld", "cal_focal", "cal_hinge")
 STAGES = ("segment", "classify", "ensemble")
 CLASSES = paper.CLASSES
-
-
 @dataclass
 class Config:
     """Every setting of a run; defaults are the paper's (Secs. 2.2-2.3) unless marked CHOICE."""
@@ -104,14 +135,21 @@ QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
              phantom_kermany=500, phantom_size=256)
 
 
+# ------------------------------------------------------------------------------- command line
+
+SHORTCUTS = ("seg_epochs", "cls_epochs", "crop_margin")  # options that set one field as given
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run multiloss", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_standard_args(p, "kermany")
+    add_run_args(p, "real")
     p.add_argument("--stage", choices=STAGES + ("all",), default="all",
                    help="segment, classify, ensemble, or all in turn (default)")
-    p.add_argument("--lungmask-root", default=None, help="Kaggle 'Chest X-ray Masks and Labels'")
-    p.add_argument("--montgomery-root", default=None, help="the folder holding MontgomerySet")
+    p.add_argument("--lungmask-root", default=None,
+                   help="Kaggle 'Chest X-ray Masks and Labels' (= --root lungmasks=DIR)")
+    p.add_argument("--montgomery-root", default=None,
+                   help="the folder holding MontgomerySet (= --root montgomery=DIR)")
     p.add_argument("--weights", default=None,
                    help="U-Net encoder: 'imagenet' (default), 'none', or a local weights file")
     p.add_argument("--seg-losses", default=None, help="comma-separated subset of: "
@@ -122,133 +160,222 @@ def build_parser():
     p.add_argument("--cls-epochs", type=nonnegative_int, default=None, help="classifier training epochs")
     p.add_argument("--select-on", choices=["val", "test"], default=None,
                    help="pick the top-K (and the AND-ed masks) on validation (default) or on "
-                        "test as the paper did")
+                        "test as the paper did (select_on and seg_select_on)")
     p.add_argument("--crop-margin", type=nonnegative_float, default=None,
                    help="widen the lung box by this fraction per side (original code: 0.05)")
-    p.add_argument("--original-optimizer", action="store_true",
-                   help="the original code's SGD: lr 1e-4, Nesterov momentum 0.9")
+    p.add_argument("--original-optimizer", action="store_true", default=None,
+                   help="the original code's SGD: lr 1e-4, Nesterov momentum 0.9 (cls_lr, "
+                        "cls_nesterov)")
     return p
 
 
-def _names(text, known, what):
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise DataError(f"--{what}: unknown name(s) {bad}; known: {', '.join(known)}")
-    return names
-
-
-def config_from_args(args) -> Config:
-    if args.cache:
-        raise DataError("--cache: multiloss builds its three caches under --out/_data")
-    cfg = Config(**(QUICK if args.quick else {}))
-    cfg.dataset, cfg.seed, cfg.deterministic = args.dataset, args.seed, args.deterministic
-    cfg.mixed_precision, cfg.xla = switch(args.mixed_precision), switch(args.xla)
+def _shortcut_settings(args) -> dict:
+    """The Config settings of the shortcut options that are not one field as given."""
+    # LIFECYCLE CANDIDATE: config_from_args could take such a function (shortcuts that translate
+    # their value or set several fields), applied before --set, instead of a second --set pass.
+    given = {}
     if args.weights is not None:
-        cfg.weights = None if args.weights.lower() == "none" else args.weights
-    if args.seg_losses:
-        cfg.seg_losses = _names(args.seg_losses, SEGMENTATION_LOSSES, "seg-losses")
-    if args.cls_losses:
-        cfg.cls_losses = _names(args.cls_losses, CLASSIFICATION_LOSSES, "cls-losses")
-    for name in ("seg_epochs", "cls_epochs", "crop_margin"):
+        given["weights"] = None if args.weights.lower() == "none" else args.weights
+    for name in ("seg_losses", "cls_losses"):
         if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    if args.select_on:
-        cfg.select_on = cfg.seg_select_on = args.select_on
+            given[name] = tuple(n.strip() for n in getattr(args, name).split(",") if n.strip())
+    if args.select_on is not None:
+        given.update(select_on=args.select_on, seg_select_on=args.select_on)
     if args.original_optimizer:
-        cfg.cls_lr, cfg.cls_nesterov = 1e-4, True
-    if cfg.seg_top > len(cfg.seg_losses):
-        cfg.seg_top = len(cfg.seg_losses)
-    cfg.top_k = tuple(k for k in cfg.top_k if k <= len(cfg.cls_losses))
-    return cfg
+        given.update(cls_lr=1e-4, cls_nesterov=True)
+    return given
+
+
+def from_command_line(argv=None, with_stage=False) -> tuple:
+    """(Config, RunOptions) of a ``cxr-keras run multiloss`` command line, and its ``--stage``
+    third with ``with_stage``."""
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
+    cfg = with_settings(cfg, _shortcut_settings(args), "the command line")
+    cfg = with_settings(cfg, parse_set(args.settings), "--set")  # --set has the last word
+    # LIFECYCLE CANDIDATE: options_from_args(args, aliases={reader: dest}) for --xxx-root options
+    aliases = {"lungmasks": args.lungmask_root, "montgomery": args.montgomery_root}
+    opts = options_from_args(args)
+    opts = replace(opts, roots={**{k: v for k, v in aliases.items() if v is not None}, **opts.roots})
+    return (resolve(cfg), opts) + ((args.stage,) if with_stage else ())
+
+
+def resolve(cfg: Config) -> Config:
+    """The configuration as it runs: loss names checked, the AND of at most as many masks as
+    there are U-Nets, top-K ensembles only for K up to the number of classifiers."""
+    for what, names, known in (("seg_losses", cfg.seg_losses, SEGMENTATION_LOSSES),
+                               ("cls_losses", cfg.cls_losses, CLASSIFICATION_LOSSES)):
+        bad = [n for n in names if n not in known]
+        if bad or not names:
+            raise DataError(f"{what}: unknown name(s) {bad}; known: {', '.join(known)}")
+    for name in ("select_on", "seg_select_on"):
+        if getattr(cfg, name) not in ("val", "test"):
+            raise DataError(f"{name} must be 'val' or 'test', got {getattr(cfg, name)!r}")
+    return replace(cfg, seg_losses=tuple(cfg.seg_losses), cls_losses=tuple(cfg.cls_losses),
+                   seg_top=min(cfg.seg_top, len(cfg.seg_losses)),
+                   top_k=tuple(k for k in cfg.top_k if k <= len(cfg.cls_losses)))
+
+
+def main(argv=None) -> int:
+    cfg, opts, stage = from_command_line(argv, with_stage=True)
+    run(cfg, stage=stage, opts=opts)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- run
+
+def run(cfg: Config | None = None, out="runs", data_root=None, *, stage: str = "all",
+        opts: RunOptions | None = None, **options) -> RunFolder:
+    """Run ``stage`` (or all three in turn) of one configuration (phantom data when
+    ``data_root`` is None; the lung-mask set and Montgomery from ``roots={"lungmasks": ...,
+    "montgomery": ...}``); returns its run folder, a finished one as it is unless a single stage
+    is asked (it is rerun on what is there). ``options``: see :class:`RunOptions`."""
+    opts = opts or lifecycle.options(out, data_root, **options)
+    cfg = resolve(cfg or Config())
+    if stage not in STAGES + ("all",):
+        raise DataError(f"stage must be one of {', '.join(STAGES)} or 'all', got {stage!r}")
+    if opts.cache is not None:
+        raise DataError("cache: multiloss builds its three caches under out/_data")
+    if cfg.dataset == "phantom" and opts.data_root is not None:
+        cfg = replace(cfg, dataset="real")
+    check_dataset(cfg, opts, ("real", "kermany"))
+    if not cfg.dataset.startswith("phantom"):  # two copies of the data must not share a run folder
+        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
+                                      lungmask_root=str(opts.roots.get("lungmasks")),
+                                      montgomery_root=str(opts.roots.get("montgomery"))))
+    return _execute(cfg, opts, STAGES if stage == "all" else (stage,))
+
+
+def _stage(name):
+    def one_stage(cfg: Config | None = None, out="runs", data_root=None, **options) -> RunFolder:
+        return run(cfg, out, data_root, stage=name, **options)
+
+    one_stage.__name__ = one_stage.__qualname__ = name
+    one_stage.__doc__ = f"The {name} stage alone: :func:`run` with ``stage={name!r}``."
+    return one_stage
+
+
+segment, classify, ensemble = map(_stage, STAGES)
+
+
+def _execute(cfg: Config, opts: RunOptions, stages: tuple) -> RunFolder:
+    """``lifecycle.execute`` over the stages asked, in one run folder: a single stage may be
+    rerun on a finished run (``DONE`` stands once the ensemble stage ran), and ``force`` redoes
+    the first stage asked and every later one (earlier stages and their metrics are kept)."""
+    # LIFECYCLE CANDIDATE: execute(..., stages=, stage_folders=) for multi-stage run folders
+    opts = join_processes(opts)  # (first: process i > 0 has its own folder)
+    path = Path(opts.out) / f"multiloss-{config_hash(asdict(cfg))}"
+    if opts.force:
+        for s in STAGES[STAGES.index(stages[0]):]:
+            folders = [path / "segment", path / "crops", *path.glob("crops_cache_*")] \
+                if s == "segment" else [path / s]
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
+    if opts.force or stages != STAGES:
+        (path / "DONE").unlink(missing_ok=True)
+    run_dir = execute("multiloss", cfg, replace(opts, distributed=False, force=False),
+                      prepare=lambda cfg, opts: prepare_data(cfg, opts) if "segment" in stages else None,
+                      train=partial(_train, stages=stages), evaluate=partial(_evaluate, stages=stages))
+    if "ensemble" not in stages:
+        run_dir.file("DONE").unlink(missing_ok=True)
+    return run_dir
+
+
+def _train(cfg, run_dir, data, rt, opts, stages) -> dict:
+    """Every process: the networks of the stages asked, and the predictions each next stage is
+    built from; returns what :func:`_evaluate` reports."""
+    state = {"t0": time.perf_counter()}
+    crops = None if "segment" in stages else _crops_cache(cfg, run_dir)
+    for s in stages:
+        t0 = time.perf_counter()
+        if s == "segment":
+            state["segment"] = _train_segmenters(cfg, run_dir, data, rt, opts)
+        crops = crops or _crops_cache(cfg, run_dir)
+        if s == "classify":
+            _train_classifiers(cfg, run_dir, crops, rt, opts)
+        elif s == "ensemble":
+            state["ranking"] = _train_model_level(cfg, run_dir, crops, rt, opts)
+        state[f"{s}_seconds"] = time.perf_counter() - t0
+    state["crops"] = crops
+    return state
+
+
+def _evaluate(cfg, run_dir, data, state, opts, stages):
+    """Process 0: every table, figure and the report of the stages that ran."""
+    if "segment" in stages:
+        _segment_results(cfg, run_dir, data, state["segment"], state["segment_seconds"])
+    if "classify" in stages:
+        _classify_results(cfg, run_dir, state["crops"], state["classify_seconds"])
+    if "ensemble" in stages:
+        _ensemble_results(cfg, run_dir, state["crops"], state["ranking"])
+    m = run_dir.update_metrics(**{f"seconds_{'_'.join(stages)}": time.perf_counter() - state["t0"]})
+    run_dir.write_text("report.md", report(cfg, m))
+
+
+def _crops_cache(cfg, run_dir) -> Path:
+    path = run_dir.file(f"crops_cache_{cfg.cls_size}")
+    try:
+        Cache(path)
+    except DataError:
+        raise DataError(f"{run_dir.path}: no lung crops yet; run the segment stage first "
+                        "(--stage segment)") from None
+    return path
 
 
 # ---------------------------------------------------------------------------------------- data
 
 def _preset(size: int, name: str = "multiloss"):
     """The augmentation preset with the +-2 pixel shift expressed for ``size``."""
-    from ..data.augment import get_preset
-
     base = get_preset(name)
     return replace(base, translate=2.0 / size) if base.translate else base
 
 
-class Data:
-    """The three datasets of the paper as caches (built once under ``--out/_data``)."""
+def prepare_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    """The paper's three datasets as caches (built once under ``out/_data``): ``seg`` (lung
+    masks of ``seg_train_sources``, train + validation), ``montgomery`` (test) and ``kermany``."""
+    size = cfg.phantom_size
+    roots = {name: phantom_or_real_root(name, cfg, opts, phantom_n=n, phantom_size=size)
+             for name, n in (("lungmasks", cfg.phantom_lungmasks),
+                             ("montgomery", cfg.phantom_montgomery),
+                             ("kermany", cfg.phantom_kermany))}
+    sources = tuple(cfg.seg_train_sources)
 
-    def __init__(self, cfg: Config, args):
-        phantom = args.dataset == "phantom"
-        if not phantom and args.dataset not in ("real", "kermany"):
-            raise DataError(f"--dataset must be 'phantom' or 'real' (the three sets on disk), "
-                            f"got {args.dataset!r}")
-        size = cfg.phantom_size
+    def seg_table(table):
+        keep = table["source"].isin(sources).to_numpy()
+        if not keep.any():
+            raise DataError(f"{roots['lungmasks']}: no lung-mask image from {sources}")
+        table = table[keep].copy()
+        table["split"] = "train"
+        attrs = dict(table.attrs)
+        table = split_off_validation(table, cfg.seg_val_fraction, cfg.seed, by="patient")
+        table.attrs = attrs
+        return table.reset_index(drop=True)
 
-        def root(name, n, given):
-            return dataset_root(name, args, phantom_n=n, phantom_size=size, data_root=given)
-
-        self.lungmask_root = root("lungmasks", cfg.phantom_lungmasks, args.lungmask_root)
-        self.montgomery_root = root("montgomery", cfg.phantom_montgomery, args.montgomery_root)
-        self.kermany_root = root("kermany", cfg.phantom_kermany, args.data_root)
-        sources = tuple(cfg.seg_train_sources)
-
-        def seg_table(table):
-            from ..data.tables import split_off_validation
-
-            keep = table["source"].isin(sources).to_numpy()
-            if not keep.any():
-                raise DataError(f"{self.lungmask_root}: no lung-mask image from {sources}")
-            table = table[keep].copy()
-            table["split"] = "train"
-            attrs = dict(table.attrs)
-            table = split_off_validation(table, cfg.seg_val_fraction, cfg.seed, by="patient")
-            table.attrs = attrs
-            return table.reset_index(drop=True)
-
-        self.seg = cached("lungmasks", self.lungmask_root, args, cache_size=cfg.seg_size,
-                          table_fn=seg_table,
-                          tag=f"multiloss-seg {sources} {cfg.seg_val_fraction} {cfg.seed}")
-        self.montgomery = cached("montgomery", self.montgomery_root, args,
-                                 cache_size=cfg.seg_size, table_options={"split": "test"})
-        self.kermany = cached("kermany", self.kermany_root, args, cache_size=cfg.seg_size,
-                              table_options={"classes": "three", "val_fraction": cfg.val_fraction,
-                                             "seed": cfg.seed})
+    return SimpleNamespace(
+        seg=cache_of("lungmasks", roots["lungmasks"], opts, cache_size=cfg.seg_size,
+                     table_fn=seg_table,
+                     tag=f"multiloss-seg {sources} {cfg.seg_val_fraction} {cfg.seed}"),
+        montgomery=cache_of("montgomery", roots["montgomery"], opts, cache_size=cfg.seg_size,
+                            table_options={"split": "test"}),
+        kermany=cache_of("kermany", roots["kermany"], opts, cache_size=cfg.seg_size,
+                         table_options={"classes": "three", "val_fraction": cfg.val_fraction,
+                                        "seed": cfg.seed}))
 
 
-# ------------------------------------------------------------------------------------ segment
-
-def _sub(run, *parts, **describe):
+def _sub(run_dir, *parts, **describe):
     """A sub-model's folder; ``describe`` goes to its ``config.json`` (what ``cxr-keras export``
     records as the model's preprocessing)."""
-    from ..training import RunFolder
-
-    sub = RunFolder(run.path.joinpath(*parts))
+    sub = RunFolder(run_dir.path.joinpath(*parts))
     if describe and not sub.file("config.json").exists():
         sub.write_json("config.json", dict(describe, paper="multiloss", normalization="none"))
     return sub
 
 
-def _cls_describe(cfg, what):
-    return dict(model=what, crop=cfg.cls_size, cache_size=cfg.cls_size,
-                input="lung crop (box of the AND-ed U-Net masks, contrast-stretched 1%/99%), "
-                      "RGB on 0-255")
+# ------------------------------------------------------------------------------------ segment
 
-
-def _predict(model, ds):
-    from ..inference.batches import predict_dataset
-
-    return predict_dataset(model, ds)
-
-
-def train_segmenter(cfg, run, data, loss_name, rt, args):
-    """One U-Net trained with ``loss_name``; returns its sub-run folder (best.keras inside)."""
-    import keras
-
-    from ..losses.segmentation import SEGMENTATION_LOSSES as SEG
-    from ..models import efficientnet_unet
-    from ..data.pipeline import make_dataset
-    from ..training import fit_stage
-
-    sub = _sub(run, "segment", loss_name, model=f"U-Net ({loss_name} loss)", crop=cfg.seg_size,
+def train_segmenter(cfg, run_dir, data, loss_name, rt, opts):
+    """One U-Net trained with ``loss_name`` (Sec. 2.2.1); returns its sub-run folder."""
+    sub = _sub(run_dir, "segment", loss_name, model=f"U-Net ({loss_name} loss)", crop=cfg.seg_size,
                cache_size=cfg.seg_size, input="whole CXR, RGB on 0-255")
     if (sub.checkpoints / "train.weights.h5").exists():
         return sub
@@ -258,92 +385,84 @@ def train_segmenter(cfg, run, data, loss_name, rt, args):
     train = make_dataset(data.seg, "train", preset=_preset(cfg.seg_size), training=True,
                          drop_remainder=True, **kw)
     val = make_dataset(data.seg, "val", **kw)
-    with rt.scope():
-        model = efficientnet_unet((cfg.seg_size, cfg.seg_size, 3), weights=cfg.weights,
-                                  width_coefficient=cfg.width_coefficient,
-                                  decoder_filters=tuple(cfg.decoder_filters),
-                                  depth_coefficient=cfg.depth_coefficient)
-        if cfg.bn_momentum is not None:
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.momentum = cfg.bn_momentum
-        factor, patience = cfg.seg_plateau
-        fit_stage(model, train, val, sub, "train", epochs=cfg.seg_epochs,
-                  optimizer=keras.optimizers.Adam(cfg.seg_lr), loss=SEG[loss_name](),
-                  metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")],
-                  monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
-                  verbose=args.verbose, tensorboard=args.tensorboard,
-                  callbacks=[keras.callbacks.ReduceLROnPlateau(factor=factor, patience=patience,
-                                                               min_lr=1e-6)])
+    model = efficientnet_unet((cfg.seg_size, cfg.seg_size, 3), weights=cfg.weights,
+                              width_coefficient=cfg.width_coefficient,
+                              decoder_filters=tuple(cfg.decoder_filters),
+                              depth_coefficient=cfg.depth_coefficient)
+    if cfg.bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = cfg.bn_momentum
+    factor, patience = cfg.seg_plateau
+    fit_stage(model, train, val, sub, "train", epochs=cfg.seg_epochs,
+              optimizer=keras.optimizers.Adam(cfg.seg_lr), loss=SEGMENTATION_LOSS_FNS[loss_name](),
+              metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")],
+              monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
+              verbose=opts.verbose, tensorboard=opts.tensorboard,
+              callbacks=[keras.callbacks.ReduceLROnPlateau(factor=factor, patience=patience,
+                                                           min_lr=1e-6)])
     return sub
-
-
-def _load(path):
-    """A stored sub-model (safe_mode, not compiled: the recipe only predicts with it or copies
-    its weights)."""
-    from ..export import load_keras_model
-
-    return load_keras_model(path)
 
 
 def predict_masks(sub, cache, split, cfg, name, model=None):
     """Mask probabilities (uint8, p * 255) of a U-Net on a cache split, stored once."""
-    from ..data.pipeline import make_dataset
-
     f = sub.file("predictions", f"{name}.npz")
     if f.exists():
         return sub.load_predictions(name)["proba"]
     ds = make_dataset(cache, split, batch_size=cfg.seg_batch, normalization="none",
                       target="none")
     model = model or _load(sub.checkpoints / "best.keras")
-    proba, _ = _predict(model, ds)
+    proba, _ = predict_dataset(model, ds)
     proba = np.round(proba[..., 0] * 255).astype(np.uint8)
     sub.save_predictions(name, proba=proba)
     return proba
 
 
 def _true_masks(cache, split):
-    from ..data.cache import Cache
-
     c = Cache(cache)
     return c.load(c.rows(split))[1]
 
 
-def segment(cfg, run, data, rt, args) -> dict:
-    """Stage 1: Table 1, Fig. 3, the AND ensemble and the lung crops."""
-    from ..data.lung_crop import and_ensemble
-    from ..evaluation.segmentation import segmentation_metrics
-
+def _train_segmenters(cfg, run_dir, data, rt, opts) -> dict:
+    """Stage 1, every process: a U-Net per loss, ranked on their masks; the AND of the top ones
+    lung-crops Kermany (Sec. 2.2.3); the best (or ``encoder_from``) starts the classifiers."""
     val_true, test_true = _true_masks(data.seg, "val"), _true_masks(data.montgomery, None)
-    per_loss, t0 = {}, time.perf_counter()
+    per_loss = {}
     for name in cfg.seg_losses:
         print(f"[segment] U-Net with the {name} loss")
-        sub = train_segmenter(cfg, run, data, name, rt, args)
-        best = _load(sub.checkpoints / "best.keras")
-        val_p = predict_masks(sub, data.seg, "val", cfg, "val", best)
-        test_p = predict_masks(sub, data.montgomery, None, cfg, "montgomery", best)
+        sub = train_segmenter(cfg, run_dir, data, name, rt, opts)
+        with multihost.local():
+            best = _load(sub.checkpoints / "best.keras")
+            val_p = predict_masks(sub, data.seg, "val", cfg, "val", best)
+            test_p = predict_masks(sub, data.montgomery, None, cfg, "montgomery", best)
         per_loss[name] = {"val": segmentation_metrics(val_true, val_p / 255.0),
                           "test": segmentation_metrics(test_true, test_p / 255.0)}
     ranked = _rank_segmenters(per_loss, cfg)
     top = ranked[:cfg.seg_top]
-    masks = [predict_masks(_sub(run, "segment", n), data.montgomery, None, cfg, "montgomery")
-             for n in top]
-    ensemble_mask = and_ensemble([m / 255.0 for m in masks])
-    per_loss["ensemble"] = {"test": segmentation_metrics(test_true, ensemble_mask)}
-    table1 = {k: _seg_summary(v["test"]) for k, v in per_loss.items()}
-    wilcoxon = _seg_tests(per_loss, top)
-    seg = {"table1": table1, "ranking": ranked, "top": top, "ranked_on": cfg.seg_select_on,
-           "val": {k: _seg_summary(v["val"]) for k, v in per_loss.items() if "val" in v},
-           "wilcoxon_iou_vs_ensemble": wilcoxon,
-           "seconds": time.perf_counter() - t0}
-    run.update_metrics(segmentation=seg)
-    _segment_figures(cfg, run, data, per_loss, test_true, masks, ensemble_mask)
     encoder = ranked[0] if cfg.encoder_from == "best" else cfg.encoder_from
     if encoder not in cfg.seg_losses:
         raise DataError(f"encoder_from={cfg.encoder_from!r} is not one of the trained U-Nets "
                         f"{cfg.seg_losses}")
-    run.update_metrics(encoder_from=encoder)
-    crop_kermany(cfg, run, data, top)
+    run_dir.update_metrics(encoder_from=encoder)
+    with multihost.local():
+        crop_kermany(cfg, run_dir, data, top)
+    return {"per_loss": per_loss, "ranked": ranked, "top": top, "test_true": test_true}
+
+
+def _segment_results(cfg, run_dir, data, state, seconds) -> dict:
+    """Table 1 (with the AND of the top masks), Wilcoxon tests, Figs. 1 and 3."""
+    per_loss, top, test_true = state["per_loss"], state["top"], state["test_true"]
+    masks = [predict_masks(_sub(run_dir, "segment", n), data.montgomery, None, cfg, "montgomery")
+             for n in top]
+    ensemble_mask = and_ensemble([m / 255.0 for m in masks])
+    per_loss = dict(per_loss, ensemble={"test": segmentation_metrics(test_true, ensemble_mask)})
+    seg = {"table1": {k: _seg_summary(v["test"]) for k, v in per_loss.items()},
+           "ranking": state["ranked"], "top": top, "ranked_on": cfg.seg_select_on,
+           "val": {k: _seg_summary(v["val"]) for k, v in per_loss.items() if "val" in v},
+           "wilcoxon_iou_vs_ensemble": _seg_tests(per_loss, top), "seconds": seconds}
+    run_dir.update_metrics(segmentation=seg)
+    _segment_figures(cfg, run_dir, data, per_loss, test_true, ensemble_mask)
+    _crop_figure(cfg, run_dir, data, top)
     return seg
 
 
@@ -363,48 +482,42 @@ def _rank_segmenters(per_loss, cfg):
 
 
 def _seg_tests(per_loss, top):
-    from ..evaluation.segmentation import wilcoxon_paired
-
     ens = per_loss["ensemble"]["test"]["per_image"]["iou"]
     return {n: wilcoxon_paired(per_loss[n]["test"]["per_image"]["iou"], ens) for n in top}
 
 
-def _segment_figures(cfg, run, data, per_loss, test_true, masks, ensemble_mask):
-    from ..data.cache import Cache
+def _segment_figures(cfg, run_dir, data, per_loss, test_true, ensemble_mask):
     from ..evaluation.multiclass_plots import plot_mask_overlay, plot_polar
 
     values = {paper.SEGMENTATION_TITLES[k]: {"IoU": v["test"]["iou"]["mean"],
                                             "Dice": v["test"]["dice"]["mean"]}
               for k, v in per_loss.items()}
-    plot_polar(values, ("IoU", "Dice"), run.file("plots", "fig3_segmentation_polar.png"),
+    plot_polar(values, ("IoU", "Dice"), run_dir.file("plots", "fig3_segmentation_polar.png"),
                title="Fig. 3: IoU and Dice on Montgomery")
     c = Cache(data.montgomery)
     images = c.load(c.rows(None).iloc[:1])[0]
     plot_mask_overlay(images[0], test_true[0], ensemble_mask[0],
-                      run.file("plots", "segmentation_example.png"))
+                      run_dir.file("plots", "segmentation_example.png"))
 
 
-def crop_kermany(cfg, run, data, top) -> Path:
+def _kermany_masks(cfg, run_dir, data, top):
+    """The AND of the top U-Nets' masks on every Kermany image (predicted once)."""
+    probs = [predict_masks(_sub(run_dir, "segment", n), data.kermany, None, cfg, "kermany")
+             for n in top]
+    return and_ensemble([p / 255.0 for p in probs])
+
+
+def crop_kermany(cfg, run_dir, data, top) -> Path:
     """Lung-crop every Kermany image with the AND of the top U-Nets' masks (Sec. 2.2.3)."""
-    import pandas as pd
-
-    from ..data.cache import Cache, build_cache
-    from ..data.images import read_image, write_image
-    from ..data.lung_crop import and_ensemble, lung_crop
-    from ..data.tables import finish_table
-    from ..progress import Progress
-
-    out = run.file("crops")
-    cache_dir = run.file(f"crops_cache_{cfg.cls_size}")
+    out = run_dir.file("crops")
+    cache_dir = run_dir.file(f"crops_cache_{cfg.cls_size}")
     try:
         Cache(cache_dir)
         return cache_dir
     except DataError:
         pass
-    kc = Cache(data.kermany)
-    rows = kc.rows(None)
-    probs = [predict_masks(_sub(run, "segment", n), data.kermany, None, cfg, "kermany") for n in top]
-    masks = and_ensemble([p / 255.0 for p in probs])
+    rows = Cache(data.kermany).rows(None)
+    masks = _kermany_masks(cfg, run_dir, data, top)
     out.mkdir(exist_ok=True)
     records, empty = [], 0
     bar = Progress(len(rows), "lung crops")
@@ -424,21 +537,19 @@ def crop_kermany(cfg, run, data, top) -> Path:
     table = finish_table(pd.DataFrame(records), dataset="kermany_lungcrop", root=out,
                          classes=CLASSES)
     build_cache(table, cache_dir, size=cfg.cls_size, workers=1, progress=False)
-    run.update_metrics(crops={"images": len(records), "empty_masks": empty})
-    _crop_figure(run, rows, masks, out)
+    run_dir.update_metrics(crops={"images": len(records), "empty_masks": empty})
     return cache_dir
 
 
-def _crop_figure(run, rows, masks, out, n=4):
+def _crop_figure(cfg, run_dir, data, top, n=4):
     """Fig. 1: image, AND-ed mask, lung crop."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..data.images import read_image
-    from ..io import atomic_path
-
+    rows, out = Cache(data.kermany).rows(None), run_dir.file("crops")
+    masks = _kermany_masks(cfg, run_dir, data, top)
     fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n))
     for i, ax in enumerate(axes):
         path = rows.iloc[i]["path"]
@@ -449,16 +560,20 @@ def _crop_figure(run, rows, masks, out, n=4):
             a.set_title(title, fontsize=8)
             a.axis("off")
     fig.tight_layout()
-    with atomic_path(run.file("plots", "fig1_lung_crops.png")) as tmp:
+    with atomic_path(run_dir.file("plots", "fig1_lung_crops.png")) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------- classify
 
-def _cls_datasets(cfg, crops):
-    from ..data.pipeline import make_dataset
+def _cls_describe(cfg, what):
+    return dict(model=what, crop=cfg.cls_size, cache_size=cfg.cls_size,
+                input="lung crop (box of the AND-ed U-Net masks, contrast-stretched 1%/99%), "
+                      "RGB on 0-255")
 
+
+def _cls_datasets(cfg, crops):
     kw = dict(batch_size=cfg.cls_batch, seed=cfg.seed, normalization="none", one_hot=True)
     train = make_dataset(crops, "train", preset=_preset(cfg.cls_size, cfg.cls_augment),
                          training=True, drop_remainder=True, **kw)
@@ -466,32 +581,25 @@ def _cls_datasets(cfg, crops):
 
 
 def _sgd(cfg):
-    import keras
-
     return keras.optimizers.SGD(cfg.cls_lr, momentum=cfg.cls_momentum, nesterov=cfg.cls_nesterov)
 
 
-def train_classifier(cfg, run, crops, loss_name, encoder, rt, args):
+def train_classifier(cfg, run_dir, crops, loss_name, encoder, rt, opts):
     """One classifier (Sec. 2.3) trained with ``loss_name`` from the trained U-Net ``encoder``
-    (a model or a ``.keras`` path); returns its sub-run folder."""
-    from ..losses.calibrated import get_classification_loss
-    from ..models import efficientnet_classifier
-    from ..training import fit_stage
-
-    sub = _sub(run, "classify", loss_name, **_cls_describe(cfg, f"classifier ({loss_name} loss)"))
+    (a model); returns its sub-run folder."""
+    sub = _sub(run_dir, "classify", loss_name,
+               **_cls_describe(cfg, f"classifier ({loss_name} loss)"))
     if not (sub.checkpoints / "train.weights.h5").exists():
         spec = get_classification_loss(loss_name)
         train, val, _ = _cls_datasets(cfg, crops)
-        with rt.scope():
-            source = _load(encoder) if isinstance(encoder, (str, Path)) else encoder
-            model = efficientnet_classifier(source, num_classes=len(CLASSES),
-                                            truncate_at=cfg.truncate_at,
-                                            input_shape=(cfg.cls_size, cfg.cls_size, 3),
-                                            output_regularizer=spec.output_regularizer)
-            fit_stage(model, train, val, sub, "train", epochs=cfg.cls_epochs, optimizer=_sgd(cfg),
-                      loss=spec.make_loss(), metrics=["accuracy"], monitor="val_loss", mode="min",
-                      seed=cfg.seed, jit_compile=rt.jit_compile, verbose=args.verbose,
-                      tensorboard=args.tensorboard)
+        model = efficientnet_classifier(encoder, num_classes=len(CLASSES),
+                                        truncate_at=cfg.truncate_at,
+                                        input_shape=(cfg.cls_size, cfg.cls_size, 3),
+                                        output_regularizer=spec.output_regularizer)
+        fit_stage(model, train, val, sub, "train", epochs=cfg.cls_epochs, optimizer=_sgd(cfg),
+                  loss=spec.make_loss(), metrics=["accuracy"], monitor="val_loss", mode="min",
+                  seed=cfg.seed, jit_compile=rt.jit_compile, verbose=opts.verbose,
+                  tensorboard=opts.tensorboard)
     return sub
 
 
@@ -503,7 +611,7 @@ def class_predictions(sub, crops, cfg):
     for split, ds in (("val", val), ("test", test)):
         if not sub.file("predictions", f"{split}.npz").exists():
             model = model or _load(sub.checkpoints / "best.keras")
-            proba, y = _predict(model, ds)
+            proba, y = predict_dataset(model, ds)
             sub.save_predictions(split, y_true=np.argmax(y, axis=1), proba=proba,
                                  labels=np.array(CLASSES))
         p = sub.load_predictions(split)
@@ -511,23 +619,39 @@ def class_predictions(sub, crops, cfg):
     return out
 
 
-def classify(cfg, run, crops, rt, args) -> dict:
-    """Stage 2: Table 2, Figs. 4-5."""
-    from ..evaluation.multiclass import multiclass_metrics
-
-    encoder = run.metrics().get("encoder_from")
+def _train_classifiers(cfg, run_dir, crops, rt, opts):
+    """Stage 2, every process: a classifier per loss from the chosen U-Net's encoder, and its
+    validation and test predictions."""
+    encoder = run_dir.metrics().get("encoder_from")
     if encoder is None:
-        raise DataError(f"{run.path}: run the segment stage first (--stage segment)")
-    unet = _load(run.file("segment", encoder, "checkpoints", "best.keras"))
-    results, t0 = {}, time.perf_counter()
+        raise DataError(f"{run_dir.path}: run the segment stage first (--stage segment)")
+    with multihost.local():
+        unet = _load(run_dir.file("segment", encoder, "checkpoints", "best.keras"))
     for name in cfg.cls_losses:
         print(f"[classify] classifier with the {name} loss")
-        sub = train_classifier(cfg, run, crops, name, unet, rt, args)
-        preds = class_predictions(sub, crops, cfg)
-        results[name] = {split: multiclass_metrics(y, p, labels=CLASSES)
-                         for split, (y, p) in preds.items()}
-    run.update_metrics(classification=results, classify_seconds=time.perf_counter() - t0)
-    _classify_figures(cfg, run, results, crops)
+        sub = train_classifier(cfg, run_dir, crops, name, unet, rt, opts)
+        with multihost.local():
+            class_predictions(sub, crops, cfg)
+
+
+def _classifier_results(cfg, run_dir, crops) -> tuple[dict, dict]:
+    """({loss: {split: (y, proba)}}, {loss: {split: metrics}}) of the trained classifiers."""
+    preds = {}
+    for n in cfg.cls_losses:
+        sub = _sub(run_dir, "classify", n)
+        if not sub.file("checkpoints", "best.keras").exists():
+            raise DataError(f"{run_dir.path}: run the classify stage first (--stage classify)")
+        preds[n] = class_predictions(sub, crops, cfg)
+    results = {n: {split: multiclass_metrics(y, p, labels=CLASSES) for split, (y, p) in v.items()}
+               for n, v in preds.items()}
+    return preds, results
+
+
+def _classify_results(cfg, run_dir, crops, seconds) -> dict:
+    """Table 2, Figs. 4-5."""
+    _, results = _classifier_results(cfg, run_dir, crops)
+    run_dir.update_metrics(classification=results, classify_seconds=seconds)
+    _classify_figures(cfg, run_dir, results, crops)
     return results
 
 
@@ -538,49 +662,70 @@ def _row(m):
             "MCC": m["mcc"]}
 
 
-def _classify_figures(cfg, run, results, crops):
+def _classify_figures(cfg, run_dir, results, crops):
     from ..evaluation.multiclass_plots import plot_polar
 
     titles = _loss_titles()
     plot_polar({titles[k]: {"F-score": v["test"]["f1"], "MCC": v["test"]["mcc"]}
                 for k, v in results.items()}, ("F-score", "MCC"),
-               run.file("plots", "fig4_classifiers_polar.png"),
+               run_dir.file("plots", "fig4_classifiers_polar.png"),
                title="Fig. 4: F-score and MCC of the classifiers (test)")
     best = max(results, key=lambda k: results[k][cfg.select_on]["mcc"])
-    y, p = class_predictions(_sub(run, "classify", best), crops, cfg)["test"]
-    _cm_roc_pr(run, y, p, "fig5_best_single", f"{titles[best]} (best single model)")
+    y, p = class_predictions(_sub(run_dir, "classify", best), crops, cfg)["test"]
+    _cm_roc_pr(run_dir, y, p, "fig5_best_single", f"{titles[best]} (best single model)")
 
 
-def _cm_roc_pr(run, y, proba, stem, title):
-    from sklearn.metrics import confusion_matrix
-
+def _cm_roc_pr(run_dir, y, proba, stem, title):
     from ..evaluation.multiclass_plots import plot_confusion_matrix, plot_roc_pr
 
     cm = confusion_matrix(y, np.argmax(proba, axis=1), labels=range(len(CLASSES)))
-    plot_confusion_matrix(cm, CLASSES, run.file("plots", f"{stem}_confusion.png"), title=title)
-    plot_roc_pr(y, proba, CLASSES, run.file("plots", f"{stem}_roc_pr.png"), title=title)
+    plot_confusion_matrix(cm, CLASSES, run_dir.file("plots", f"{stem}_confusion.png"), title=title)
+    plot_roc_pr(y, proba, CLASSES, run_dir.file("plots", f"{stem}_roc_pr.png"), title=title)
 
 
 def _loss_titles():
-    from ..losses.calibrated import get_classification_loss
-
     return {n: get_classification_loss(n).title for n in CLASSIFICATION_LOSSES}
 
 
 # ----------------------------------------------------------------------------------- ensemble
 
-def ensemble(cfg, run, crops, rt, args) -> dict:
-    """Stage 3: Tables 3-5, Figs. 6-9, significance tests."""
-    from .. import ensemble as E
-    from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
-
-    results = run.metrics().get("classification")
-    if not results or any(n not in results for n in cfg.cls_losses):
-        raise DataError(f"{run.path}: run the classify stage first (--stage classify)")
-    preds = {n: class_predictions(_sub(run, "classify", n), crops, cfg) for n in cfg.cls_losses}
-    y_val, y_test = preds[cfg.cls_losses[0]]["val"][0], preds[cfg.cls_losses[0]]["test"][0]
+def _train_model_level(cfg, run_dir, crops, rt, opts) -> list:
+    """Stage 3, every process: the classifiers ranked by MCC on ``select_on``, and a model-level
+    ensemble of the top K trained for each K (Sec. 2.3.2); returns the ranking."""
+    with multihost.local():
+        _, results = _classifier_results(cfg, run_dir, crops)
     ranking = E.top_k({n: results[n][cfg.select_on]["mcc"] for n in cfg.cls_losses},
                       len(cfg.cls_losses))
+    for k in cfg.top_k:
+        # the random state the stacking meta-learner of the top K (fitted on process 0 alone,
+        # E.fit_stacking reseeds) leaves behind: every process builds the same ensemble
+        keras.utils.set_random_seed(cfg.seed)
+        _model_level_ensemble(cfg, run_dir, crops, ranking[:k], rt, opts)
+    return ranking
+
+
+def _model_level_ensemble(cfg, run_dir, crops, members, rt, opts):
+    """A model-level ensemble of ``members`` (frozen), trained on the train split."""
+    sub = _sub(run_dir, "ensemble", f"model_level_top{len(members)}",
+               **_cls_describe(cfg, f"model-level ensemble of {', '.join(members)}"))
+    train, val, _ = _cls_datasets(cfg, crops)
+    if not (sub.checkpoints / "train.weights.h5").exists():
+        with multihost.local():
+            sources = [_load(run_dir.file("classify", n, "checkpoints", "best.keras"))
+                       for n in members]
+        model = model_level_ensemble(sources, num_classes=len(CLASSES))
+        fit_stage(model, train, val, sub, "train", epochs=cfg.ensemble_epochs,
+                  optimizer=_sgd(cfg), loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=["accuracy"], monitor="val_loss", mode="min", seed=cfg.seed,
+                  jit_compile=rt.jit_compile, verbose=opts.verbose)
+    return sub
+
+
+def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
+    """Tables 3-5, Figs. 6-9, significance tests; ensemble weights and the stacking
+    meta-learner are fitted on validation predictions."""
+    preds, _ = _classifier_results(cfg, run_dir, crops)
+    y_val, y_test = preds[cfg.cls_losses[0]]["val"][0], preds[cfg.cls_losses[0]]["test"][0]
     table3, weights, model_level = {}, {}, {}
     for k in cfg.top_k:
         members = ranking[:k]
@@ -599,9 +744,10 @@ def ensemble(cfg, run, crops, rt, args) -> dict:
                 pred = E.majority_vote(pt)
                 m.update(_hard_metrics(y_test, pred))
             table3[f"{method}, top-{k}"] = m
-        model_level[k] = _model_level(cfg, run, crops, members, rt, args)
+        sub = _sub(run_dir, "ensemble", f"model_level_top{k}")
+        model_level[k] = {split: p[1] for split, p in class_predictions(sub, crops, cfg).items()}
         if k == max(cfg.top_k):
-            _cm_roc_pr(run, y_test, outputs["weighted averaging"], f"fig7_weighted_top{k}",
+            _cm_roc_pr(run_dir, y_test, outputs["weighted averaging"], f"fig7_weighted_top{k}",
                        f"weighted averaging, top-{k}")
     table4 = {f"model-level top-{k}": multiclass_metrics(y_test, v["test"], labels=CLASSES)
               for k, v in model_level.items()}
@@ -624,53 +770,29 @@ def ensemble(cfg, run, crops, rt, args) -> dict:
            "final": {"weights": dict(zip([f"model-level top-{k}" for k in ks], map(float, w_final))),
                      "metrics": final_m},
            "tests": tests, "fitted_on": "validation predictions"}
-    run.update_metrics(ensembles=out)
-    _ensemble_figures(cfg, run, table3, y_test, final, crops, ranking, ks)
+    run_dir.update_metrics(ensembles=out)
+    _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks)
     return out
 
 
 def _hard_metrics(y, pred):
-    from sklearn.metrics import accuracy_score, matthews_corrcoef, precision_recall_fscore_support
-
     p, r, f, _ = precision_recall_fscore_support(y, pred, average="weighted", zero_division=0)
     return {"accuracy": float(accuracy_score(y, pred)), "precision": float(p),
             "recall": float(r), "f1": float(f), "mcc": float(matthews_corrcoef(y, pred))}
 
 
-def _model_level(cfg, run, crops, members, rt, args) -> dict:
-    """A model-level ensemble of ``members`` (frozen), trained on the train split."""
-    import keras
-
-    from ..models import model_level_ensemble
-    from ..training import fit_stage
-
-    sub = _sub(run, "ensemble", f"model_level_top{len(members)}",
-               **_cls_describe(cfg, f"model-level ensemble of {', '.join(members)}"))
-    train, val, test = _cls_datasets(cfg, crops)
-    if not (sub.checkpoints / "train.weights.h5").exists():
-        with rt.scope():
-            model = model_level_ensemble(
-                [_load(run.file("classify", n, "checkpoints", "best.keras")) for n in members],
-                num_classes=len(CLASSES))
-            fit_stage(model, train, val, sub, "train", epochs=cfg.ensemble_epochs,
-                      optimizer=_sgd(cfg), loss=keras.losses.CategoricalCrossentropy(),
-                      metrics=["accuracy"], monitor="val_loss", mode="min", seed=cfg.seed,
-                      jit_compile=rt.jit_compile, verbose=args.verbose)
-    return {split: p[1] for split, p in class_predictions(sub, crops, cfg).items()}
-
-
-def _ensemble_figures(cfg, run, table3, y_test, final, crops, ranking, ks):
+def _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks):
     from ..evaluation.multiclass_plots import plot_polar
 
     plot_polar({k: {"F-score": v["f1"], "MCC": v["mcc"]} for k, v in table3.items()},
-               ("F-score", "MCC"), run.file("plots", "fig6_prediction_level_polar.png"),
+               ("F-score", "MCC"), run_dir.file("plots", "fig6_prediction_level_polar.png"),
                title="Fig. 6: prediction-level ensembles (test)")
-    _cm_roc_pr(run, y_test, final, "fig8_final_ensemble",
+    _cm_roc_pr(run_dir, y_test, final, "fig8_final_ensemble",
                "weighted average of the model-level ensembles")
-    gradcam_figure(cfg, run, crops, ranking[:min(3, len(ranking))], max(ks))
+    gradcam_figure(cfg, run_dir, crops, ranking[:min(3, len(ranking))], max(ks))
 
 
-def gradcam_figure(cfg, run, crops, members, k, n=None):
+def gradcam_figure(cfg, run_dir, crops, members, k, n=None):
     """Fig. 9: Grad-CAM of the top members (their deepest conv) and of the model-level
     ensemble (its 1x1 conv) on test images."""
     import matplotlib
@@ -678,18 +800,15 @@ def gradcam_figure(cfg, run, crops, members, k, n=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..explain.gradcam import grad_cam, overlay
-    from ..io import atomic_path
-    from ..models.efficientnet_unet import DEEPEST_CONV
-
     n = n or cfg.gradcam_images
     _, _, test = _cls_datasets(cfg, crops)
     xs, ys = next(iter(test.unbatch().batch(n)))
     xs, ys = np.asarray(xs), np.argmax(np.asarray(ys), axis=1)
-    models = [(m, _load(run.file("classify", m, "checkpoints", "best.keras")), DEEPEST_CONV)
+    models = [(m, _load(run_dir.file("classify", m, "checkpoints", "best.keras")), DEEPEST_CONV)
               for m in members]
     models.append((f"model-level top-{k}",
-                   _load(run.file("ensemble", f"model_level_top{k}", "checkpoints", "best.keras")),
+                   _load(run_dir.file("ensemble", f"model_level_top{k}", "checkpoints",
+                                      "best.keras")),
                    "ensemble_conv"))
     fig, axes = plt.subplots(n, len(models), figsize=(2.6 * len(models), 2.6 * n), squeeze=False)
     grey = np.clip(xs[..., 0], 0, 255).astype(np.uint8)
@@ -701,7 +820,7 @@ def gradcam_figure(cfg, run, crops, members, k, n=None):
             ax.set_title(f"{name}\n{CLASSES[ys[r]]}", fontsize=7)
             ax.axis("off")
     fig.tight_layout()
-    with atomic_path(run.file("plots", "fig9_gradcam.png")) as tmp:
+    with atomic_path(run_dir.file("plots", "fig9_gradcam.png")) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
@@ -709,8 +828,6 @@ def gradcam_figure(cfg, run, crops, members, k, n=None):
 # ------------------------------------------------------------------------------------- report
 
 def report(cfg: Config, m: dict) -> str:
-    from ..evaluation.report import metrics_table
-
     lines = ["# multiloss run", ""]
     if cfg.dataset == "phantom":
         lines += ["Data: **phantom** lung-mask, Montgomery and Kermany sets (synthetic). Numbers "
@@ -796,73 +913,6 @@ def _mcc_intervals(rows: dict) -> str:
                      f"normal approximation ({wald[0]:.4f}, {wald[1]:.4f})")
     return ("MCC 95% intervals (the paper calls its intervals exact Clopper-Pearson; its numbers "
             "are the normal approximation): " + "; ".join(parts) + ".")
-
-
-# ---------------------------------------------------------------------------------------- run
-
-def run(cfg: Config, args, stage: str = "all"):
-    """Run ``stage`` (or all three) of one configuration; returns the run folder."""
-    from ..training import RunFolder, configure
-    from ..training.run_folder import config_hash
-
-    if cfg.dataset != "phantom":
-        cfg.extra = dict(cfg.extra, data_root=str(args.data_root),
-                         lungmask_root=str(args.lungmask_root),
-                         montgomery_root=str(args.montgomery_root))
-    stages = STAGES if stage == "all" else (stage,)
-    path = Path(args.out) / f"multiloss-{config_hash(asdict(cfg))}"
-    if args.force:  # redo the named stage and everything after it
-        for s in STAGES[STAGES.index(stages[0]):]:
-            for folder in _stage_folders(path, s):
-                shutil.rmtree(folder, ignore_errors=True)
-    if args.force or stage != "all":  # a single stage may be rerun on a finished run
-        (path / "DONE").unlink(missing_ok=True)
-    run_dir = RunFolder.for_config(args.out, "multiloss", asdict(cfg))
-    print(f"run folder: {run_dir.path}")
-    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    t0 = time.perf_counter()
-    crops = None if "segment" in stages else _crops_cache(cfg, run_dir)
-    for s in stages:
-        if s == "segment":
-            segment(cfg, run_dir, Data(cfg, args), rt, args)
-        crops = crops or _crops_cache(cfg, run_dir)
-        if s == "classify":
-            classify(cfg, run_dir, crops, rt, args)
-        elif s == "ensemble":
-            ensemble(cfg, run_dir, crops, rt, args)
-    m = run_dir.update_metrics(**{f"seconds_{'_'.join(stages)}": time.perf_counter() - t0})
-    run_dir.write_text("report.md", report(cfg, m))
-    if "ensemble" in stages:
-        run_dir.mark_done()
-    print(f"report: {run_dir.file('report.md')}")
-    return run_dir
-
-
-def _stage_folders(path: Path, stage: str):
-    """What a stage writes under the run folder (removed by --force)."""
-    if stage == "segment":
-        return [path / "segment", path / "crops", *path.glob("crops_cache_*")]
-    return [path / stage]
-
-
-def _crops_cache(cfg, run) -> Path:
-    from ..data.cache import Cache
-
-    path = run.file(f"crops_cache_{cfg.cls_size}")
-    try:
-        Cache(path)
-    except DataError:
-        raise DataError(f"{run.path}: no lung crops yet; run the segment stage first "
-                        "(--stage segment)") from None
-    return path
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    cfg = config_from_args(args)
-    run(cfg, args, args.stage)
-    return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,9 +7,14 @@ regulariser are loss options: ``cxr_keras.losses.calibrated``.)
 """
 
 import sys
+from dataclasses import replace
 
 from cxr_keras.recipes import multiloss
 
+ORIGINAL_CODE = dict(select_on="test", seg_select_on="test", crop_margin=0.05, cls_lr=1e-4,
+                     cls_nesterov=True)
+
 if __name__ == "__main__":
-    argv = sys.argv[1:] + ["--select-on", "test", "--crop-margin", "0.05", "--original-optimizer"]
-    raise SystemExit(multiloss.main(argv))
+    cfg, opts, stage = multiloss.from_command_line(sys.argv[1:], with_stage=True)
+    run = multiloss.run(replace(cfg, **ORIGINAL_CODE), stage=stage, opts=opts)
+    print(f"original code's choices: {run.file('report.md')}")

@@ -13,4 +13,6 @@ import sys
 from cxr_keras.recipes import multiloss
 
 if __name__ == "__main__":
-    raise SystemExit(multiloss.main(sys.argv[1:]))
+    cfg, opts, stage = multiloss.from_command_line(sys.argv[1:], with_stage=True)
+    run = multiloss.run(cfg, stage=stage, opts=opts)
+    print(f"Tables 1-5: {run.file('report.md')}")
