@@ -34,7 +34,6 @@ EXIT_CODES = """exit codes:
   130 interrupted (Ctrl-C); run the same command again to resume"""
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                PermissionError)
-DISTRIBUTED = ("fzlpr",)  # recipes that take --distributed (multi-host, JAX)
 
 
 def _options(pairs):
@@ -94,9 +93,6 @@ def cmd_run(args, rest):
         return 0 if asked else 2
     if args.paper not in PAPERS:
         raise DataError(f"unknown paper {args.paper!r}; known: {', '.join(PAPERS)}")
-    if "--distributed" in rest and args.paper not in DISTRIBUTED:
-        raise DataError(f"--distributed is implemented for {', '.join(DISTRIBUTED)} so far, not "
-                        f"{args.paper}: run it on one host (MirroredStrategy uses every local GPU)")
     recipe = importlib.import_module(f"cxr_keras.recipes.{args.paper}")
     return recipe.main(rest)
 

@@ -3,23 +3,22 @@ fine-tune it feeds train the same weights on both processes, only process 0 eval
 reports, and every process's copy of each run folder is finished.
 
 Opt-in (CXR_SLOW_TESTS=1): XLA compiles the MAE and the ViT on each process and gloo all-reduces
-every step. The recipe runs through ``python -c "...dual_mae.main(...)"`` rather than the
-console script while ``cxr_keras.cli.DISTRIBUTED`` does not list dual_mae yet.
+every step.
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest
 from test_multihost import HAS_JAX, _h5_arrays, run_two_processes
+
+from _cli import console_script
 
 TINY = {"image_size": 32, "patch_size": 8, "cache_size": 36, "phantom_size": 64, "width": 32,
         "depth": 1, "num_heads": 2, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,
         "adult_phantom_n": [64, 32], "pretrain_epochs": 2, "pretrain_batch": 16,
         "pretrain_warmup": 1, "phantom_n": 160, "finetune_epochs": 2, "finetune_batch": 16,
         "finetune_warmup": 1, "drop_path": 0.0, "xla": False}
-MAIN = "import sys; from cxr_keras.recipes import dual_mae; sys.exit(dual_mae.main(sys.argv[1:]))"
 
 
 @pytest.mark.slow
@@ -29,7 +28,7 @@ MAIN = "import sys; from cxr_keras.recipes import dual_mae; sys.exit(dual_mae.ma
                            "step): set CXR_SLOW_TESTS=1")
 def test_dual_mae_distributed_two_processes(tmp_path):
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-c", MAIN, "--quick", "--distributed", "--deterministic",
+    cmd = [console_script(), "run", "dual_mae", "--quick", "--distributed", "--deterministic",
            "--verbose", "0", "--workers", "1", "--out", str(out)]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={str(value).replace(' ', '').replace('False', 'false')}"]

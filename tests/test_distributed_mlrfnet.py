@@ -6,12 +6,12 @@ import importlib.util
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
-from _cli import console_script
 from test_multihost import run_two_processes
+
+from _cli import console_script
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,9 +21,6 @@ pytestmark = [
                               "process, gloo all-reduces every step): set CXR_SLOW_TESTS=1"),
 ]
 
-# the recipe's own entry point, for as long as the cli does not list mlrfnet in DISTRIBUTED
-RECIPE_MAIN = ("import sys; from cxr_keras.recipes import mlrfnet; "
-               "sys.exit(mlrfnet.main(sys.argv[1:]))")
 
 
 def _weights(path):
@@ -37,13 +34,10 @@ def _weights(path):
 
 
 def test_cli_run_mlrfnet_distributed_two_processes(tmp_path):
-    from cxr_keras.cli import DISTRIBUTED
     from cxr_keras.training import read_history
 
     out = tmp_path / "runs"
-    entry = ([console_script(), "run", "mlrfnet"] if "mlrfnet" in DISTRIBUTED
-             else [sys.executable, "-c", RECIPE_MAIN])
-    cmd = entry + ["--dataset", "phantom", "--quick", "--distributed", "--deterministic",
+    cmd = [console_script(), "run", "mlrfnet", "--dataset", "phantom", "--quick", "--distributed", "--deterministic",
                    "--phantom-n", "160", "--epochs", "2", "--batch-size", "16", "--verbose", "0",
                    "--workers", "1", "--out", str(out), "--set", "bootstrap=20",
                    "--set", "latency_images=1", "--set", "max_boxes=8", "--set", "gradcam_images=2"]

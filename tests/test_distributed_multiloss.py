@@ -4,12 +4,12 @@ makes its own lung crops; only process 0 writes the tables and the report. Opt-i
 ``CXR_SLOW_TESTS=1``."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
-from _cli import console_script
 from test_multihost import HAS_JAX, _h5_arrays, run_two_processes
+
+from _cli import console_script
 
 # the smallest run with every stage: one U-Net, three classifiers (a top-3 ensemble), one epoch
 TINY = dict(depth_coefficient=0.25, truncate_at="block5a_project_bn", phantom_size=64,
@@ -19,19 +19,13 @@ TINY = dict(depth_coefficient=0.25, truncate_at="block5a_project_bn", phantom_si
 
 
 def _command():
-    """``cxr-keras run multiloss``, or the module itself while the command line still refuses
-    --distributed for multiloss (cxr_keras.cli.DISTRIBUTED)."""
-    from cxr_keras.cli import DISTRIBUTED
-
-    if "multiloss" in DISTRIBUTED:
-        return [console_script(), "run", "multiloss"]
-    return [sys.executable, "-m", "cxr_keras.recipes.multiloss"]
+    return [console_script(), "run", "multiloss"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="first try (2 loopback processes, 2 busy cores, 17 min): "
-                   "the first U-Net's model.fit stopped in jax Array.__iter__ on an array that is "
-                   "neither fully replicated nor addressable (AssertionError); not yet diagnosed")
+@pytest.mark.xfail(strict=False, reason="first try (before XLA was on by default on JAX, so the steps "
+                   "ran op by op): the first U-Net's model.fit stopped in jax Array.__iter__ on an "
+                   "array neither fully replicated nor addressable; not yet re-run with XLA")
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 @pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
                     reason="minutes on 2 cores (XLA compiles five networks on each process, gloo "

@@ -130,8 +130,9 @@ def test_finetune_auc_beats_a_permutation_null(runs, which):
     - ResNet-34 from scratch, six-class mean: 0.683 / 0.565 and 0.707 / 0.561; seeds 2-4
       0.679-0.752 against 0.549-0.555.
     """
-    from _baselines import auc_permutation_null, mean_auc, null_summary, permutation_p
     from scipy.special import expit
+
+    from _baselines import auc_permutation_null, mean_auc, null_summary, permutation_p
 
     index, classes = LEARNING[which]
     run = runs[index]

@@ -20,13 +20,7 @@ from cxr_keras.layers import CSRA, ECA
 from cxr_keras.layers.roi_align import RoIAlign
 from cxr_keras.losses.calibrated import CLASSIFICATION_LOSS_NAMES
 from cxr_keras.models.res2net import ChannelSlice
-from cxr_keras.models.vit import (
-    DropPath,
-    PatchEmbedding,
-    TokenPooling,
-    TransformerBlock,
-    ViTEmbedding,
-)
+from cxr_keras.models.vit import DropPath, PatchEmbedding, TokenPooling, TransformerBlock, ViTEmbedding
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() not in ("tensorflow", "jax"),
                                 reason="gradients through TensorFlow or JAX only")

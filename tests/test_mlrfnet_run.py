@@ -280,7 +280,8 @@ def test_full_size_model_parameters_and_levels():
     bias-free CSRA heads (512 + 1024 + 2048 inputs x 14 classes)."""
     import keras
 
-    from cxr_keras.models import gradcam_layers, mlrfnet as build
+    from cxr_keras.models import gradcam_layers
+    from cxr_keras.models import mlrfnet as build
 
     model = build(14, weights=None)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)

@@ -230,12 +230,12 @@ def test_cli_run_distributed_two_processes(tmp_path):
     assert last < first, (first, last)
 
 
-def test_recipes_without_distributed_support_refuse_it_by_name(capsys):
-    from cxr_keras.cli import main
+@pytest.mark.parametrize("paper", ["fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret"])
+def test_every_recipe_takes_distributed(paper):
+    import importlib
 
-    assert main(["run", "mlrfnet", "--quick", "--distributed"]) == 2
-    err = capsys.readouterr().err
-    assert "--distributed is implemented for fzlpr" in err and "not mlrfnet" in err
+    recipe = importlib.import_module(f"cxr_keras.recipes.{paper}")
+    assert recipe.build_parser().parse_args(["--distributed"]).distributed is True
 
 
 def test_training_rows_split_over_processes_as_one_process_would_batch_them(tmp_path, monkeypatch):

@@ -9,13 +9,21 @@ split's size (p < 0.01). The report must hold Tables 1-5, our cells equal to met
 
 import json
 from dataclasses import asdict
+
 import numpy as np
 import pytest
-from _baselines import (accuracy_permutation_null, majority_accuracy, mean_mask_dice,
-                        mean_mask_image_dice, multiclass_auc_permutation_null, null_summary)
 
 from cxr_keras.io import DataError
 from cxr_keras.recipes import lifecycle, multiloss
+
+from _baselines import (
+    accuracy_permutation_null,
+    majority_accuracy,
+    mean_mask_dice,
+    mean_mask_image_dice,
+    multiclass_auc_permutation_null,
+    null_summary,
+)
 
 SEG_LOSSES = ("bce", "bce_dice")         # two U-Nets: their AND is the mask ensemble
 CLS_LOSSES = ("cce", "focal", "ls_cce")  # three classifiers: the top-3 ensembles

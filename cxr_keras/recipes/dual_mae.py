@@ -172,9 +172,7 @@ def from_args(args) -> tuple[Config, RunOptions]:
     ``mask_ratio`` may be None: a grid's variants vary the method and get its default ratio)."""
     cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
     resolve(cfg)  # errors now, naming the option
-    opts = options_from_args(args)
-    aliases = {k: v for k, v in (("nih", args.nih_root), ("chexpert", args.chexpert_root)) if v}
-    return cfg, replace(opts, roots={**aliases, **opts.roots})
+    return cfg, options_from_args(args, {"nih": "nih_root", "chexpert": "chexpert_root"})
 
 
 def from_command_line(argv=None) -> tuple[Config, RunOptions]:
@@ -219,21 +217,7 @@ def _setup(cfg, out, data_root, opts, options) -> tuple[Config, RunOptions]:
     if cfg.dataset == "phantom" and opts.data_root is not None:
         cfg = replace(cfg, dataset="pedicxr")
     check_dataset(cfg, opts, ("pedicxr",))
-    return cfg, _joined(opts)
-
-
-def _joined(opts: RunOptions) -> RunOptions:
-    """LIFECYCLE CANDIDATE: join the processes once for the run folders of one command."""
-    return replace(lifecycle.join_processes(opts), distributed=False) if opts.distributed else opts
-
-
-def _execute(tag, cfg, opts, **stage) -> RunFolder:
-    """LIFECYCLE CANDIDATE: ``lifecycle.execute``, then process i > 0 marks its own copy done
-    too (else the next fine-tune of a grid would train it again there alone)."""
-    run = lifecycle.execute(tag, cfg, opts, **stage)
-    if not run.finished:
-        run.mark_done()
-    return run
+    return cfg, lifecycle.join_processes(opts)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -318,7 +302,7 @@ def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
             "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
             "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla", "init",
             "mask_ratio") + (("tau", "loss_weights", "l1_region") if cfg.init == "dual_mae" else ())
-    return _execute(f"dual_mae-pretrain-{cfg.init}-r{int(round(cfg.ratio * 100))}",
+    return lifecycle.execute(f"dual_mae-pretrain-{cfg.init}-r{int(round(cfg.ratio * 100))}",
                     replace(cfg, seed=cfg.pretrain_seed), opts,
                     config={k: getattr(cfg, k) for k in keys},
                     prepare=_pretrain_data, train=_pretrain_train, evaluate=_pretrain_evaluate)
@@ -464,7 +448,7 @@ def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
             "resnet_options", "cache_size", "xray_epochs", "xray_lr", "xray_batch",
             "weight_decay", "betas", "pretrain_seed", "adult_phantom_n", "phantom_size",
             "adult_val_fraction", "mixed_precision", "xla")
-    return _execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed,
+    return lifecycle.execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed,
                     init="xray"), opts, config={k: getattr(cfg, k) for k in keys},
                     prepare=_xray_data, train=_xray_train, evaluate=_xray_evaluate)
 
@@ -517,7 +501,7 @@ def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
     needs = {"dual_mae": pretrain, "mae": pretrain, "xray": xray_pretrain}.get(cfg.init)
     done = not opts.force and lifecycle.open_run(opts.out, run_tag(cfg), asdict(cfg)).finished
     source = needs(cfg, opts=replace(opts, force=False)) if needs and not done else None
-    return _execute(run_tag(cfg), cfg, opts, prepare=_finetune_data,
+    return lifecycle.execute(run_tag(cfg), cfg, opts, prepare=_finetune_data,
                     train=partial(_finetune_train, source=source), evaluate=evaluate)
 
 
@@ -639,7 +623,7 @@ def run_many(cfg: Config, variants=({},), seeds=None, out="runs", data_root=None
              opts: RunOptions | None = None, **options) -> list:
     """Fine-tune every variant (dict of Config changes) for every seed (default: ``cfg.seed``);
     finished runs are reused. Returns the run folders."""
-    opts = _joined(opts or lifecycle.options(out, data_root, **options))
+    opts = lifecycle.join_processes(opts or lifecycle.options(out, data_root, **options))
     return [finetune(replace(cfg, seed=seed, **dict(overrides)), opts=opts)
             for overrides in variants for seed in (seeds or [cfg.seed])]
 

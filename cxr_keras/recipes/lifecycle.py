@@ -225,16 +225,20 @@ def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.A
 _SWITCH = {"auto": "auto", "on": True, "off": False}
 
 
-def config_from_args(config_cls, args, quick: dict | None = None, shortcuts=()):
+def config_from_args(config_cls, args, quick: dict | None = None, shortcuts=(), translate=None):
     """The Config a command line asks for: defaults, then the ``--quick`` preset, then
     ``--config FILE``, then the recipe's shortcut options given (``shortcuts``: argparse dests
-    that are Config fields), the standard ones (``--dataset``, ``--seed``, ...), then ``--set``."""
+    that are Config fields; ``translate(args) -> {field: value}`` for shortcuts that convert
+    their value or set several fields), the standard ones (``--dataset``, ``--seed``, ...), then
+    ``--set``."""
     cfg = config_cls()
     if args.quick and quick:
         cfg = with_settings(cfg, quick, "--quick")
     if args.config:
         cfg = with_settings(cfg, read_config_file(args.config), f"--config {args.config}")
     given = {name: getattr(args, name) for name in shortcuts if getattr(args, name) is not None}
+    if translate is not None:
+        given.update(translate(args))
     for name in ("dataset", "seed", "deterministic"):
         if getattr(args, name) is not None:
             given[name] = getattr(args, name)
@@ -245,9 +249,11 @@ def config_from_args(config_cls, args, quick: dict | None = None, shortcuts=()):
     return with_settings(cfg, parse_set(args.settings), "--set")
 
 
-def options_from_args(args) -> RunOptions:
-    """The :class:`RunOptions` of a command line."""
-    roots = {}
+def options_from_args(args, root_aliases: dict | None = None) -> RunOptions:
+    """The :class:`RunOptions` of a command line; ``root_aliases`` maps a reader to the argparse
+    dest of a recipe's own ``--xxx-root`` option, which fills ``roots`` like ``--root``."""
+    roots = {reader: getattr(args, dest) for reader, dest in (root_aliases or {}).items()
+             if getattr(args, dest, None) is not None}
     for pair in args.root:
         reader, sep, folder = pair.partition("=")
         if not sep or not reader or not folder:

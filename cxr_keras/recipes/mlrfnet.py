@@ -45,13 +45,13 @@ from ..explain.gradcam import grad_cam, overlay
 from ..inference.batches import gather_rows, predict_dataset
 from ..io import DataError, atomic_path
 from ..losses import BiasedFocalLoss, get_loss
-from ..models.mlrfnet import gradcam_layers, mlrfnet as mlrfnet_model
+from ..models.mlrfnet import gradcam_layers
+from ..models.mlrfnet import mlrfnet as mlrfnet_model
 from ..training import RunFolder, fit_stage, read_history
 from . import lifecycle
 from . import mlrfnet_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
-                        options_from_args)
+from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
 
 DATASETS = ("phantom", "phantom-nih", "phantom-chexpert", "nih", "chexpert")
 PAPER_MODEL = {"backbone": "res2net50", "use_eca": True, "use_mrfc": True, "loss": "bfl"}

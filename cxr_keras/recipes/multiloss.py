@@ -38,8 +38,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, confusion_matrix, matthews_corrcoef,
-                             precision_recall_fscore_support)
+from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
 
 from .. import ensemble as E
 from .._argtypes import nonnegative_float, nonnegative_int
@@ -65,8 +64,15 @@ from ..training import RunFolder, config_hash, fit_stage, multihost
 from . import lifecycle
 from . import multiloss_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
-                        join_processes, options_from_args, parse_set, with_settings)
+from .lifecycle import (
+    RunOptions,
+    add_run_args,
+    check_dataset,
+    config_from_args,
+    execute,
+    join_processes,
+    options_from_args,
+)
 
 SEGMENTATION_LOSSES = ("bce", "bce_dice", "focal", "tversky", "focal_tversky")
 CLASSIFICATION_LOSSES = ("cce", "focal", "kld", "hinge", "ls_cce", "ls_focal", "cal_cce",
@@ -171,8 +177,6 @@ def build_parser():
 
 def _shortcut_settings(args) -> dict:
     """The Config settings of the shortcut options that are not one field as given."""
-    # LIFECYCLE CANDIDATE: config_from_args could take such a function (shortcuts that translate
-    # their value or set several fields), applied before --set, instead of a second --set pass.
     given = {}
     if args.weights is not None:
         given["weights"] = None if args.weights.lower() == "none" else args.weights
@@ -190,13 +194,8 @@ def from_command_line(argv=None, with_stage=False) -> tuple:
     """(Config, RunOptions) of a ``cxr-keras run multiloss`` command line, and its ``--stage``
     third with ``with_stage``."""
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
-    cfg = with_settings(cfg, _shortcut_settings(args), "the command line")
-    cfg = with_settings(cfg, parse_set(args.settings), "--set")  # --set has the last word
-    # LIFECYCLE CANDIDATE: options_from_args(args, aliases={reader: dest}) for --xxx-root options
-    aliases = {"lungmasks": args.lungmask_root, "montgomery": args.montgomery_root}
-    opts = options_from_args(args)
-    opts = replace(opts, roots={**{k: v for k, v in aliases.items() if v is not None}, **opts.roots})
+    cfg = config_from_args(Config, args, QUICK, SHORTCUTS, translate=_shortcut_settings)
+    opts = options_from_args(args, {"lungmasks": "lungmask_root", "montgomery": "montgomery_root"})
     return (resolve(cfg), opts) + ((args.stage,) if with_stage else ())
 
 
