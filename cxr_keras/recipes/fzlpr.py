@@ -28,10 +28,11 @@ from ..evaluation import metrics as M
 from ..evaluation.delong import delong_test
 from ..evaluation.metrics import mean_of
 from ..evaluation.report import comparison_table
-from ..explain.gradcam import grad_cam, overlay
+from ..explain.figures import overlay_grid
+from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
 from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
-from ..io import DataError, atomic_path
+from ..io import DataError
 from ..losses import get_loss
 from ..models import densenet, densenet121_fzlpr
 from ..models.densenet_fzlpr import set_backbone_trainable
@@ -261,12 +262,6 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
 
 def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     """Fig. 7: Grad-CAM of the top predicted label on conv5, blended over test images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-
     # prefer images with findings, as the paper's figure does; keep only those rows in memory
     order = np.argsort(-np.nansum(test_y, axis=1), kind="stable")[:n]
     picked = gather_rows(test_ds, order)
@@ -274,21 +269,12 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     cls = np.argmax(test_prob[order], axis=1)
     cams = grad_cam(model, xs, cls, layer_name="relu")
     grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
-    cols = 3
-    rows = -(-len(order) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows))
-    for ax, i, g, cam, c in zip(np.ravel(axes), order, grey, cams, cls):
-        ax.imshow(overlay(g, cam))
+    titles = []
+    for i, c in zip(order, cls):
         truth = [labels[j] for j in np.flatnonzero(test_y[i] > 0.5)] or ["No Finding"]
         pred = [labels[j] for j in np.flatnonzero(test_prob[i] > 0.5)] or ["No Finding"]
-        ax.set_title(f"GT: {', '.join(truth)}\nPred: {', '.join(pred)}\nCAM: {labels[c]}",
-                     fontsize=7)
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+        titles.append(f"GT: {', '.join(truth)}\nPred: {', '.join(pred)}\nCAM: {labels[c]}")
+    overlay_grid(grey, cams, titles, path)
 
 
 def report(cfg: Config, m: dict) -> str:

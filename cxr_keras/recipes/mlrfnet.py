@@ -41,9 +41,10 @@ from ..evaluation.flops import count_flops
 from ..evaluation.localization import localization_scores, map_box
 from ..evaluation.metrics import mean_of
 from ..evaluation.report import comparison_table, metrics_table
-from ..explain.gradcam import grad_cam, overlay
+from ..explain.figures import overlay_grid
+from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
-from ..io import DataError, atomic_path
+from ..io import DataError
 from ..losses import BiasedFocalLoss, get_loss
 from ..models.mlrfnet import gradcam_layers
 from ..models.mlrfnet import mlrfnet as mlrfnet_model
@@ -447,32 +448,11 @@ def pointing_game(model, cfg: Config, run_dir, data: Data, test_prob) -> dict | 
 
 
 def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    n = len(xs)
-    if n == 0:
-        return
+    """Fig. 11: Grad-CAM at u4 with the finding's box and its predicted score."""
     grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
-    cols = min(3, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
-    for k, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if k >= n:
-            continue
-        ax.imshow(overlay(grey[k], heatmaps[k]))
-        x, y, w, h = boxes[k]
-        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
-        p = probs[k][labels.index(findings[k])] if findings[k] in labels else float("nan")
-        ax.set_title(f"box: {findings[k]}\nscore {p:.2f}", fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    titles = [f"box: {f}\nscore {(p[labels.index(f)] if f in labels else float('nan')):.2f}"
+              for f, p in zip(findings, probs)]
+    overlay_grid(grey, heatmaps, titles, path, boxes=boxes, fontsize=8)
 
 
 # -------------------------------------------------------------------------------------- report

@@ -51,7 +51,8 @@ from ..data.tables import finish_table, split_off_validation
 from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
 from ..evaluation.report import metrics_table
 from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
-from ..explain.gradcam import grad_cam, overlay
+from ..explain.figures import overlay_grid
+from ..explain.gradcam import grad_cam
 from ..export import load_keras_model as _load  # sub-models predict or lend weights
 from ..inference.batches import predict_dataset
 from ..io import DataError, atomic_path
@@ -794,11 +795,6 @@ def _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks):
 def gradcam_figure(cfg, run_dir, crops, members, k, n=None):
     """Fig. 9: Grad-CAM of the top members (their deepest conv) and of the model-level
     ensemble (its 1x1 conv) on test images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = n or cfg.gradcam_images
     _, _, test = _cls_datasets(cfg, crops)
     xs, ys = next(iter(test.unbatch().batch(n)))
@@ -809,19 +805,12 @@ def gradcam_figure(cfg, run_dir, crops, members, k, n=None):
                    _load(run_dir.file("ensemble", f"model_level_top{k}", "checkpoints",
                                       "best.keras")),
                    "ensemble_conv"))
-    fig, axes = plt.subplots(n, len(models), figsize=(2.6 * len(models), 2.6 * n), squeeze=False)
+    cams = [grad_cam(model, xs, ys, layer_name=layer) for _, model, layer in models]
     grey = np.clip(xs[..., 0], 0, 255).astype(np.uint8)
-    for c, (name, model, layer) in enumerate(models):
-        cams = grad_cam(model, xs, ys, layer_name=layer)
-        for r in range(n):
-            ax = axes[r, c]
-            ax.imshow(overlay(grey[r], cams[r]))
-            ax.set_title(f"{name}\n{CLASSES[ys[r]]}", fontsize=7)
-            ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(run_dir.file("plots", "fig9_gradcam.png")) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    panels = [(grey[r], cams[c][r], f"{name}\n{CLASSES[ys[r]]}")   # one row per image
+              for r in range(len(xs)) for c, (name, _, _) in enumerate(models)]
+    overlay_grid(*zip(*panels), run_dir.file("plots", "fig9_gradcam.png"), cols=len(models),
+                 cell=(2.6, 2.6), dpi=100)
 
 
 # ------------------------------------------------------------------------------------- report
