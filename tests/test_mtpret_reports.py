@@ -11,8 +11,9 @@ from cxr_keras.recipes import mtpret
 from cxr_keras.recipes import mtpret_paper as paper
 
 
-def _args(*extra):
-    return mtpret.build_parser().parse_args(["--quick", "--out", "x", *extra])
+def _cfg(*extra):
+    cfg, _ = mtpret.from_command_line(["--quick", "--out", "x", *extra])
+    return cfg
 
 
 def test_paper_tables_are_complete_and_cross_check():
@@ -71,21 +72,23 @@ def test_grid_report_puts_ours_beside_the_paper():
 
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(DataError, match="ImageNet weights"):
-        mtpret.config_from_args(_args("--init", "md_moco++"))
+        _cfg("--init", "md_moco++")
     with pytest.raises(DataError, match="multiple of 32"):
-        mtpret.config_from_args(_args(), image_size=(100, 96))
+        _cfg("--set", "image_size=[100,96]")
     with pytest.raises(DataError, match="unknown task.*deepcovid"):
         mtpret.parse_tasks("lung,deepcovid")
     with pytest.raises(DataError, match="READER=FOLDER"):
-        mtpret._roots(_args("--roots", "nih"))
-    assert mtpret._roots(_args("--roots", "nih=/a, mura=/b")) == {"nih": "/a", "mura": "/b"}
-    with pytest.raises(DataError, match="--dataset nih needs the nih folder"):
-        args = mtpret.build_parser().parse_args(["--dataset", "nih", "--out", str(tmp_path)])
-        mtpret.reader_root("nih", mtpret.config_from_args(args), args)
+        mtpret.from_command_line(["--roots", "nih"])
+    _, opts = mtpret.from_command_line(["--roots", "nih=/a, mura=/b", "--root", "tbx11k=/c"])
+    assert opts.roots == {"nih": "/a", "mura": "/b", "tbx11k": "/c"}
+    assert str(opts.root("mura")) == "/b"
+    with pytest.raises(DataError, match="dataset 'nih' needs the nih folder"):
+        cfg, opts = mtpret.from_command_line(["--dataset", "nih", "--out", str(tmp_path)])
+        mtpret.reader_root("nih", cfg, opts)
 
 
 def test_configurations_name_their_source_runs():
-    cfg = mtpret.config_from_args(_args())
+    cfg = _cfg()
     mt = mtpret.multitask_config(cfg, "mtpret")
     assert mt["pretrain"]["init"] == "md_moco" and mt["l2sp"] == (0.1, 0.01)
     assert "l2sp" not in mtpret.multitask_config(cfg, "mtpret--")
