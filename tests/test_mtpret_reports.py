@@ -107,3 +107,31 @@ def test_deeplab_head_reads_the_asked_feature_map(level, cells):
     assert model.output.shape[1:] == (64, 64, 1)
     aspp = model.get_layer("seg_deeplab_aspp0_conv")
     assert tuple(aspp.input.shape[1:3]) == cells
+
+
+def test_every_config_field_is_reachable_from_the_command_line(tmp_path):
+    from dataclasses import asdict, replace
+
+    from cxr_keras.training import config_hash
+
+    for name, value in asdict(mtpret.Config()).items():
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = mtpret.from_command_line(["--set", f"{name}={text}"])
+        assert json.dumps(getattr(got, name)) == json.dumps(value), name
+    # the shortcuts keep their meaning; a stage's default method when --init is not given
+    cfg, _ = mtpret.from_command_line(["--quick", "--init", "sd_moco", "--backbone", "resnet50",
+                                       "--rounds", "3", "--pretrain-epochs", "0",
+                                       "--finetune-epochs", "4", "--imagenet-weights", "w.h5"])
+    assert (cfg.init, cfg.backbone, cfg.rounds, cfg.pretrain_epochs, cfg.finetune_epochs,
+            cfg.imagenet_weights) == ("sd_moco", "resnet50", 3, 0, 4, "w.h5")
+    assert cfg.queue_size == mtpret.QUICK["queue_size"]                # the preset stands
+    assert _cfg("--stage", "pretrain").init == "md_moco"
+    assert _cfg("--stage", "multitask").init == "mtpret"
+    with pytest.raises(DataError, match="--stage pretrain takes --init"):
+        mtpret.pretrain(_cfg("--stage", "pretrain", "--init", "mtpret"), out=tmp_path)
+    # the full Config of a fine-tuning folder, read back, names the same folder
+    cfg = replace(_cfg("--set", "task=lung", "--seed", "2"), init="md_moco")
+    (tmp_path / "recipe_config.json").write_text(json.dumps(asdict(cfg)))
+    back, _ = mtpret.from_command_line(["--config", str(tmp_path / "recipe_config.json")])
+    assert back == cfg
+    assert config_hash(mtpret.finetune_config(back)) == config_hash(mtpret.finetune_config(cfg))

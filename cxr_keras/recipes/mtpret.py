@@ -424,27 +424,18 @@ def multitask_config(cfg: Config, variant: str) -> dict:
 
 # ----------------------------------------------------------------------------- run folders
 
-_RAN = {}  # (out, tag, config hash) -> RunFolder of a stage this process ran (distributed)
-
-
 def _execute(tag: str, cfg: Config, opts: RunOptions, config: dict, prepare, train,
              evaluate) -> RunFolder:
     """LIFECYCLE CANDIDATE: :func:`lifecycle.execute` of a stage whose folder is named by
-    ``config`` (what it depends on), the full ``cfg`` beside it (``recipe_config.json``); and
-    distributed, once per process (the workers' folders never get DONE: asked again, they alone
-    would train)."""
-    key = (str(opts.out), tag, config_hash(config))
-    if key in _RAN:
-        return _RAN[key]
-
+    ``config`` (what it depends on), with the full ``cfg`` beside it (``recipe_config.json``)."""
     def train_writing_config(cfg, run_dir, data, runtime, opts):
         run_dir.write_json("recipe_config.json", asdict(cfg))
         return train(cfg, run_dir, data, runtime, opts)
 
     run = execute(tag, cfg, opts, prepare=prepare, train=train_writing_config, evaluate=evaluate,
                   config=config)
-    if multihost.data_shard()[1] > 1:
-        _RAN[key] = run
+    if not multihost.is_chief():  # LIFECYCLE CANDIDATE: a worker's part is done too; asked for
+        run.mark_done()           # again (by the next fine-tuning), it skips it as process 0 does
     return run
 
 
