@@ -44,8 +44,11 @@ def _command():
 
 def test_mtpret_stages_on_two_processes(tmp_path):
     out = tmp_path / "runs"
+    # --xla on: eager JAX (the --quick preset's xla off) cannot scatter into the IoU metric's
+    # confusion matrix from a batch spread over processes (keras' jax scatter iterates it)
     cmd = _command() + ["--dataset", "phantom", "--quick", "--distributed", "--deterministic",
-                        "--tasks", "lung", "--verbose", "0", "--workers", "1", "--out", str(out)]
+                        "--xla", "on", "--tasks", "lung", "--verbose", "0", "--workers", "1",
+                        "--out", str(out)]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     logs = []
