@@ -11,8 +11,9 @@ from cxr_keras.recipes import mtpret
 from cxr_keras.recipes import mtpret_paper as paper
 
 
-def _args(*extra):
-    return mtpret.build_parser().parse_args(["--quick", "--out", "x", *extra])
+def _cfg(*extra):
+    cfg, _ = mtpret.from_command_line(["--quick", "--out", "x", *extra])
+    return cfg
 
 
 def test_paper_tables_are_complete_and_cross_check():
@@ -71,21 +72,23 @@ def test_grid_report_puts_ours_beside_the_paper():
 
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(DataError, match="ImageNet weights"):
-        mtpret.config_from_args(_args("--init", "md_moco++"))
+        _cfg("--init", "md_moco++")
     with pytest.raises(DataError, match="multiple of 32"):
-        mtpret.config_from_args(_args(), image_size=(100, 96))
+        _cfg("--set", "image_size=[100,96]")
     with pytest.raises(DataError, match="unknown task.*deepcovid"):
         mtpret.parse_tasks("lung,deepcovid")
     with pytest.raises(DataError, match="READER=FOLDER"):
-        mtpret._roots(_args("--roots", "nih"))
-    assert mtpret._roots(_args("--roots", "nih=/a, mura=/b")) == {"nih": "/a", "mura": "/b"}
-    with pytest.raises(DataError, match="--dataset nih needs the nih folder"):
-        args = mtpret.build_parser().parse_args(["--dataset", "nih", "--out", str(tmp_path)])
-        mtpret.reader_root("nih", mtpret.config_from_args(args), args)
+        mtpret.from_command_line(["--roots", "nih"])
+    _, opts = mtpret.from_command_line(["--roots", "nih=/a, mura=/b", "--root", "tbx11k=/c"])
+    assert opts.roots == {"nih": "/a", "mura": "/b", "tbx11k": "/c"}
+    assert str(opts.root("mura")) == "/b"
+    with pytest.raises(DataError, match="dataset 'nih' needs the nih folder"):
+        cfg, opts = mtpret.from_command_line(["--dataset", "nih", "--out", str(tmp_path)])
+        mtpret.reader_root("nih", cfg, opts)
 
 
 def test_configurations_name_their_source_runs():
-    cfg = mtpret.config_from_args(_args())
+    cfg = _cfg()
     mt = mtpret.multitask_config(cfg, "mtpret")
     assert mt["pretrain"]["init"] == "md_moco" and mt["l2sp"] == (0.1, 0.01)
     assert "l2sp" not in mtpret.multitask_config(cfg, "mtpret--")
@@ -104,3 +107,31 @@ def test_deeplab_head_reads_the_asked_feature_map(level, cells):
     assert model.output.shape[1:] == (64, 64, 1)
     aspp = model.get_layer("seg_deeplab_aspp0_conv")
     assert tuple(aspp.input.shape[1:3]) == cells
+
+
+def test_every_config_field_is_reachable_from_the_command_line(tmp_path):
+    from dataclasses import asdict, replace
+
+    from cxr_keras.training import config_hash
+
+    for name, value in asdict(mtpret.Config()).items():
+        text = json.dumps(list(value) if isinstance(value, tuple) else value)
+        got, _ = mtpret.from_command_line(["--set", f"{name}={text}"])
+        assert json.dumps(getattr(got, name)) == json.dumps(value), name
+    # the shortcuts keep their meaning; a stage's default method when --init is not given
+    cfg, _ = mtpret.from_command_line(["--quick", "--init", "sd_moco", "--backbone", "resnet50",
+                                       "--rounds", "3", "--pretrain-epochs", "0",
+                                       "--finetune-epochs", "4", "--imagenet-weights", "w.h5"])
+    assert (cfg.init, cfg.backbone, cfg.rounds, cfg.pretrain_epochs, cfg.finetune_epochs,
+            cfg.imagenet_weights) == ("sd_moco", "resnet50", 3, 0, 4, "w.h5")
+    assert cfg.queue_size == mtpret.QUICK["queue_size"]                # the preset stands
+    assert _cfg("--stage", "pretrain").init == "md_moco"
+    assert _cfg("--stage", "multitask").init == "mtpret"
+    with pytest.raises(DataError, match="--stage pretrain takes --init"):
+        mtpret.pretrain(_cfg("--stage", "pretrain", "--init", "mtpret"), out=tmp_path)
+    # the full Config of a fine-tuning folder, read back, names the same folder
+    cfg = replace(_cfg("--set", "task=lung", "--seed", "2"), init="md_moco")
+    (tmp_path / "recipe_config.json").write_text(json.dumps(asdict(cfg)))
+    back, _ = mtpret.from_command_line(["--config", str(tmp_path / "recipe_config.json")])
+    assert back == cfg
+    assert config_hash(mtpret.finetune_config(back)) == config_hash(mtpret.finetune_config(cfg))

@@ -13,6 +13,7 @@ positions); MoCo top-1 contrast accuracy 0.117 against chance 0.004. About 170 s
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,28 +56,30 @@ AP_MARGIN = 0.10
 CONTRAST_FACTOR = 10  # final MoCo top-1 accuracy at least this many times chance
 
 
-def _args(out):
-    return mtpret.build_parser().parse_args(["--quick", "--out", str(out), "--verbose", "0",
-                                             "--workers", "1", "--seed", str(SEED)])
+def _setup(out):
+    """(Config, RunOptions) of the smoke configuration on top of --quick."""
+    cfg, opts = mtpret.from_command_line(["--quick", "--out", str(out), "--verbose", "0",
+                                          "--workers", "1", "--seed", str(SEED)])
+    return replace(cfg, **SMOKE), opts
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("mtpret")
-    args = _args(out)
-    lung = mtpret.finetune(mtpret.config_from_args(args, task="lung", **SMOKE), args)
-    tbx = mtpret.finetune(mtpret.config_from_args(args, task="tbx", **SMOKE), args)
-    return out, args, lung, tbx
+    cfg, opts = _setup(out)
+    lung = mtpret.finetune(replace(cfg, task="lung"), opts=opts)
+    tbx = mtpret.finetune(replace(cfg, task="tbx"), opts=opts)
+    return out, (cfg, opts), lung, tbx
 
 
-def _split(task, args, split, target):
+def _split(task, setup, split, target):
     """Masks (N, H, W) or per-image xyxy boxes / labels of ``split`` as the recipe evaluates them
     (its cache, resized to image_size, no augmentation)."""
     from cxr_keras.data.cache import Cache
     from cxr_keras.data.pipeline import make_dataset
 
-    cfg = mtpret.config_from_args(args, task=task, **SMOKE)
-    cache = Cache(mtpret.task_cache(task, cfg, args))
+    cfg, opts = setup
+    cache = Cache(mtpret.task_cache(task, cfg, opts))
     ds = make_dataset(cache, split, preset="mtpret", target=target, normalization="mtpret",
                       batch_size=64, output_size=tuple(cfg.image_size))
     ys = np.concatenate([np.asarray(y) for _, y in ds])
@@ -124,7 +127,7 @@ def test_pretraining_on_the_union_of_the_pretraining_sets(runs):
 
 
 def test_multitask_round_visits_every_task_under_l2sp(runs):
-    out, args, _, _ = runs
+    out, (cfg, opts), _, _ = runs
     (pre,) = list(out.glob("mtpret-pretrain-md_moco-*"))
     (mt,) = list(out.glob("mtpret-multitask-mtpret-*"))
     m = json.loads((mt / "metrics.json").read_text())
@@ -138,7 +141,6 @@ def test_multitask_round_visits_every_task_under_l2sp(runs):
 
     # L2-SP's anchor in round 1 is the MD-MoCo backbone, and the shared weights after the last
     # visit are the saved multitask backbone: the logged distance is ||w - w0|| of those files
-    cfg = mtpret.config_from_args(args, **SMOKE)
     weights = []
     for run in (pre, mt):
         backbone = mtpret.build_backbone(cfg)
@@ -151,12 +153,18 @@ def test_multitask_round_visits_every_task_under_l2sp(runs):
         "from the saved backbones")
 
     stamp = (mt / "metrics.json").stat().st_mtime_ns
-    assert mtpret.multitask(cfg, args, "mtpret").path == mt  # finished: reused, not retrained
+    again = mtpret.multitask(cfg, opts=opts)  # finished: returned as it is, not retrained
+    assert again.path == mt and again.finished
+    assert (mt / "metrics.json").stat().st_mtime_ns == stamp
+    # either file of a stage's folder, given back on the command line, names that folder
+    for name in ("config.json", "recipe_config.json"):
+        back, back_opts = mtpret.from_command_line(["--config", str(mt / name), "--out", str(out)])
+        assert mtpret.multitask(back, opts=back_opts).path == mt
     assert (mt / "metrics.json").stat().st_mtime_ns == stamp
 
 
 def test_lung_segmentation_beats_the_mean_training_mask(runs):
-    _, args, lung, _ = runs
+    _, setup, lung, _ = runs
     m = lung.metrics()
     assert m["main_metric"] == "dice" and "MTPret" in m["start"]
     assert 0 < m["test"]["miou"] <= 1
@@ -166,8 +174,8 @@ def test_lung_segmentation_beats_the_mean_training_mask(runs):
     assert (lung.path / "plots" / "example_test.png").exists()
     assert "0.9537" in lung.file("report.md").read_text()  # the paper's MTPret Dice beside ours
 
-    test = _split("lung", args, "test", "mask") > 0.5
-    train = _split("lung", args, "train", "mask") > 0.5
+    test = _split("lung", setup, "test", "mask") > 0.5
+    train = _split("lung", setup, "train", "mask") > 0.5
     truth, hit = pred["y_true"][..., 0] > 0, pred["prob"][..., 0] > 127.5  # prob: 0-255
     assert np.array_equal(truth, test)  # the recipe scored the test split's masks
     per_image = np.mean([dice(p, t) for p, t in zip(hit, truth)])
@@ -186,7 +194,7 @@ def test_lung_segmentation_beats_the_mean_training_mask(runs):
 
 
 def test_detector_beats_box_priors(runs):
-    _, args, _, tbx = runs
+    _, setup, _, tbx = runs
     from cxr_keras.evaluation.detection import detection_ap
 
     m = tbx.metrics()
@@ -195,8 +203,8 @@ def test_detector_beats_box_priors(runs):
     pred = tbx.load_predictions("test")
     assert pred["pred_boxes"].shape[1] == 4 and len(pred["pred_scores"]) == len(pred["pred_image"])
 
-    test, classes = _split("tbx", args, "test", "boxes")
-    train, _ = _split("tbx", args, "train", "boxes")
+    test, classes = _split("tbx", setup, "test", "boxes")
+    train, _ = _split("tbx", setup, "train", "boxes")
     # the saved detections, scored on these boxes, give the reported AP
     preds = [{k: pred[f"pred_{k}"][pred["pred_image"] == i] for k in ("boxes", "scores", "labels")}
              for i in range(len(test))]

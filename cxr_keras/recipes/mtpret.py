@@ -18,23 +18,48 @@ continual learning, then fine-tuning on each task, and the baseline grid of Tabl
 - ``all`` (default): pretrain MD-MoCo, multitask MTPret, fine-tune every task; one summary table.
 - ``baselines``: every method of Table II on every task (ImageNet rows only with weights).
 
-Every run writes its own folder; runs are shared by the later stages that need them. DeepCovid
-has no reader here (its layout is not specified), so its rows stay the paper's alone.
+Python: ``mtpret.run(Config(task="lung"), out="runs")`` (phantom data; no task: every task);
+each stage alone: ``pretrain(Config(init="sd_moco"))``, ``multitask``, ``finetune``, ``run_grid``.
+Every stage writes its own folder named after the settings it depends on (``config.json``), shared
+by the later stages that need it, with the whole Config beside it (``recipe_config.json``;
+``--config`` of either reproduces the run). DeepCovid has no reader here (its layout is not
+specified), so its rows stay the paper's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import keras
 import numpy as np
+import pandas as pd
+from scipy.special import expit
 
 from .._argtypes import nonnegative_int, positive_int
-from ..io import DataError
+from ..data import load_table
+from ..data.cache import Cache, build_cache
+from ..data.detection_inputs import faster_rcnn_inputs, to_xyxy
+from ..data.pipeline import make_dataset
+from ..evaluation import metrics as M
+from ..evaluation.detection import detection_ap
+from ..evaluation.report import comparison_table, metrics_table
+from ..evaluation.segmentation import segmentation_metrics
+from ..inference.batches import predict_dataset
+from ..io import DataError, atomic_path, write_json, write_text
+from ..losses.segmentation import DiceLoss
+from ..models import FasterRCNN, MoCo, SimCLR, multiscale_backbone, task_model
+from ..training import RunFolder, config_hash, fit_stage, multihost, read_history
+from ..training.multitask import Task, continual_learning
+from . import lifecycle
 from . import mtpret_paper as paper
-from .common import add_standard_args, apply_args, cached, dataset_root
+from .common import cache_of, phantom_or_real_root
+from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
+                        options_from_args)
 
 STAGES = ("all", "pretrain", "multitask", "finetune", "baselines")
 PRETRAINED = ("sd_simclr", "md_simclr", "sd_moco", "md_moco", "md_moco++")
@@ -136,42 +161,74 @@ QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (
                         "tbx11k": 2400, "chexpert": 500},
              phantom_size=128, xla=False)
 
+SHORTCUTS = ("init", "backbone", "imagenet_weights", "pretrain_epochs", "rounds", "finetune_epochs")
+STAGE_INIT = {"pretrain": (PRETRAINED, "md_moco"), "multitask": (MULTITASK, "mtpret")}
+REAL = ("real",) + tuple(sorted({spec.reader for spec in TASKS.values()}))
+
 
 def build_parser():
     p = argparse.ArgumentParser(prog="cxr-keras run mtpret", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_standard_args(p, "<dataset>")
-    p.add_argument("--stage", choices=STAGES, default="all",
-                   help="pretrain, multitask, finetune, all (in turn), or baselines")
+    add_run_args(p, "real")
+    p.add_argument("--stage", choices=STAGES, default=None,
+                   help="pretrain, multitask, finetune, all (in turn; the default), or baselines")
     p.add_argument("--init", choices=INITS, default=None,
                    help="pretraining (stage pretrain), multitask variant (stage multitask) or "
                         "fine-tuning initialisation (stage finetune)")
-    p.add_argument("--backbone", choices=BACKBONES, default="resnet18",
+    p.add_argument("--backbone", choices=BACKBONES, default=None,
                    help="shared backbone (default resnet18)")
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated fine-tuning tasks (default: {','.join(FINETUNE_TASKS)})")
     p.add_argument("--roots", default=None,
                    help="real data: READER=FOLDER,... for nih, kermany, mura, lungmasks, tbx11k, "
-                        "chexpert (each defaults to --data-root)")
+                        "chexpert (each defaults to --data-root); the same as --root READER=DIR")
     p.add_argument("--imagenet-weights", default=None,
                    help="local ImageNet weights for the ImageNet-initialised runs "
                         "(default: download)")
-    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None, help="contrastive pretraining epochs")
-    p.add_argument("--rounds", type=positive_int, default=None, help="multitask continual-learning rounds")
-    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None, help="fine-tuning epochs per task")
+    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None,
+                   help="contrastive pretraining epochs")
+    p.add_argument("--rounds", type=positive_int, default=None,
+                   help="multitask continual-learning rounds")
+    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None,
+                   help="fine-tuning epochs per task")
     return p
 
 
-def config_from_args(args, **overrides) -> Config:
-    cfg = Config(**(QUICK if args.quick else {}))
-    cfg.backbone = args.backbone
-    apply_args(cfg, args, ("init", "imagenet_weights", "pretrain_epochs", "rounds",
-                           "finetune_epochs"), overrides)
-    check(cfg)
-    return cfg
+def from_command_line(argv=None) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of a ``cxr-keras run mtpret`` command line (``--stage`` and ``--tasks``
+    choose the runs: :func:`stage_of`, :func:`main`)."""
+    return _from_args(build_parser().parse_args(argv))
 
 
-def check(cfg: Config):
+def _from_args(args) -> tuple[Config, RunOptions]:
+    full = Path(args.config or ".").parent / "recipe_config.json"
+    if args.config and Path(args.config).name == "config.json" and full.exists():
+        args.config = str(full)  # LIFECYCLE CANDIDATE: a stage folder's config.json names it only
+    cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
+    stage = stage_of(args)
+    if stage in STAGE_INIT and args.init is None and cfg.init not in STAGE_INIT[stage][0]:
+        cfg = replace(cfg, init=STAGE_INIT[stage][1])  # the stage's default method
+    opts = options_from_args(args)
+    return resolve(cfg), replace(opts, roots={**parse_roots(args.roots), **opts.roots})
+
+
+def stage_of(args) -> str:
+    """``--stage``; by default the stage of the run folder ``--config`` comes from, else all."""
+    folder = Path(args.config).parent.name if args.config else ""
+    return args.stage or next((s for s in STAGE_INIT | {"finetune": 0}
+                               if folder.startswith(f"mtpret-{s}-")), "all")
+
+
+def parse_roots(text) -> dict:
+    """``--roots READER=FOLDER,...``: an alias of ``--root READER=DIR`` (repeated)."""
+    items = [item for item in (text or "").split(",") if item.strip()]
+    if any("=" not in item for item in items):
+        raise DataError(f"--roots takes READER=FOLDER items, got {text!r}")
+    return {k.strip(): v.strip() for k, v in (item.split("=", 1) for item in items)}
+
+
+def resolve(cfg: Config) -> Config:
+    """The configuration as it runs (JSON lists back to tuples), checked."""
     if cfg.backbone not in BACKBONES:
         raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
     if cfg.init not in INITS:
@@ -185,6 +242,8 @@ def check(cfg: Config):
     if h % 32 or w % 32:
         raise DataError(f"image_size {cfg.image_size} must be a multiple of 32 (DeepLab-V3 and "
                         "Faster R-CNN read the stride-32 and stride-16 maps)")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.backbone_options.items()}
+    return replace(cfg, image_size=tuple(cfg.image_size), backbone_options=options)
 
 
 def parse_tasks(text) -> list:
@@ -198,53 +257,50 @@ def parse_tasks(text) -> list:
     return names
 
 
+def setup(cfg: Config | None = None, out="runs", data_root=None, *,
+          opts: RunOptions | None = None, **options) -> tuple[Config, RunOptions]:
+    """(Config, RunOptions) of a call, checked; real data when a folder is given; with
+    ``distributed``, the processes joined (once: pass the result on to every later call)."""
+    opts = opts or lifecycle.options(out, data_root, **options)
+    cfg = resolve(cfg or Config())
+    if cfg.dataset == "phantom" and (opts.data_root is not None or opts.roots):
+        cfg = replace(cfg, dataset="real")
+    check_dataset(cfg, opts, REAL)
+    if cfg.dataset != "phantom":  # two copies of the data must not share a fine-tuning folder
+        cfg = replace(cfg, extra=dict(cfg.extra, roots=dict(opts.roots),
+                                      data_root=str(opts.data_root)))
+    if opts.distributed:  # LIFECYCLE CANDIDATE: join_processes once (initialize is not idempotent)
+        opts = replace(lifecycle.join_processes(opts), distributed=False)
+    return cfg, opts
+
+
 # ---------------------------------------------------------------------------------------- data
 
-def _roots(args) -> dict:
-    out = {}
-    for item in (getattr(args, "roots", None) or "").split(","):
-        if item.strip():
-            if "=" not in item:
-                raise DataError(f"--roots takes READER=FOLDER items, got {item!r}")
-            k, v = item.split("=", 1)
-            out[k.strip()] = v.strip()
-    return out
+def reader_root(reader: str, cfg: Config, opts: RunOptions) -> Path:
+    # seed 0: one phantom and one split for every seed
+    return phantom_or_real_root(reader, replace(cfg, seed=0), opts,
+                                phantom_n=cfg.phantom_n[reader], phantom_size=cfg.phantom_size)
 
 
-def reader_root(reader: str, cfg: Config, args) -> Path:
-    ns = argparse.Namespace(**vars(args))
-    ns.seed = 0  # one phantom and one split for every seed
-    return dataset_root(reader, ns, phantom_n=cfg.phantom_n[reader], phantom_size=cfg.phantom_size,
-                        data_root=_roots(args).get(reader))
-
-
-def task_cache(name: str, cfg: Config, args) -> Path:
+def task_cache(name: str, cfg: Config, opts: RunOptions) -> Path:
     spec = TASKS[name]
-    root = reader_root(spec.reader, cfg, args)
-    ns = argparse.Namespace(**vars(args))
-    return cached(spec.reader, root, ns, cache_size=cfg.cache_size,
-                  table_options=dict(spec.options), tag="mtpret")
+    return cache_of(spec.reader, reader_root(spec.reader, cfg, opts), opts,
+                    cache_size=cfg.cache_size, table_options=dict(spec.options), tag="mtpret")
 
 
-def pretrain_cache(cfg: Config, args, data: str) -> Path:
+def pretrain_cache(cfg: Config, opts: RunOptions, data: str) -> Path:
     """The unlabelled pretraining images: NIH alone (``sd``) or the union (``md``) of NIH and the
     training splits of the four multitask datasets (no validation or test image is seen)."""
-    import pandas as pd
-
-    from ..data import load_table
-    from ..data.cache import Cache, build_cache
-    from ..training import config_hash
-
     tables = {"nih": ("nih", None)} if data == "sd" else {
         "nih": ("nih", None), **{t: (TASKS[t].reader, "train") for t in MULTITASK_TASKS}}
 
     parts, keys = [], {}
     for name, (reader, split) in tables.items():
-        root = reader_root(reader, cfg, args)
+        root = reader_root(reader, cfg, opts)
         options = dict(TASKS[name].options) if name in TASKS else {}
         keys[name] = [str(Path(root).resolve()), options]
         parts.append((name, root, reader, options, split))
-    path = Path(args.out) / "_data" / f"cache-pretrain-{data}-{cfg.cache_size}-{config_hash(keys)}"
+    path = Path(opts.out) / "_data" / f"cache-pretrain-{data}-{cfg.cache_size}-{config_hash(keys)}"
     try:
         Cache(path)
         return path
@@ -258,8 +314,8 @@ def pretrain_cache(cfg: Config, args, data: str) -> Path:
         frames.append(pd.DataFrame({"path": t["path"].to_numpy(), "split": "train",
                                     "source": name}))
     table = pd.concat(frames, ignore_index=True)
-    table.attrs = {"dataset": f"mtpret-{data}", "root": str(Path(args.out).resolve())}
-    build_cache(table, path, size=cfg.cache_size, workers=args.workers)
+    table.attrs = {"dataset": f"mtpret-{data}", "root": str(Path(opts.out).resolve())}
+    build_cache(table, path, size=cfg.cache_size, workers=opts.workers)
     return path
 
 
@@ -267,9 +323,6 @@ def datasets_for(name: str, cfg: Config, cache, batch: int, model=None, splits=(
                                                                                  "test")):
     """tf.data pipelines of one task: {split: dataset}, Z-scored, resized to ``image_size``,
     augmented with ``mtpret`` in training. Detection batches become the Faster R-CNN dict."""
-    from ..data.detection_inputs import faster_rcnn_inputs
-    from ..data.pipeline import make_dataset
-
     kind = TASKS[name].kind
     out = {}
     for split in splits:
@@ -295,8 +348,6 @@ def datasets_for(name: str, cfg: Config, cache, batch: int, model=None, splits=(
 # --------------------------------------------------------------------------------------- models
 
 def build_backbone(cfg: Config, weights=None):
-    from ..models.backbones import multiscale_backbone
-
     return multiscale_backbone(cfg.backbone, input_shape=(*cfg.image_size, 3), weights=weights,
                                **cfg.backbone_options)
 
@@ -304,8 +355,6 @@ def build_backbone(cfg: Config, weights=None):
 def build_task_model(name: str, backbone, cfg: Config, num_outputs: int):
     """FC (classification), DeepLab-V3 (segmentation) or Faster R-CNN (detection) on
     ``backbone``."""
-    from ..models import FasterRCNN, task_model
-
     kind = TASKS[name].kind
     if kind in ("binary", "multilabel"):
         return task_model(backbone, "classification", num_outputs, name)
@@ -322,21 +371,12 @@ def build_task_model(name: str, backbone, cfg: Config, num_outputs: int):
 
 def num_outputs(name: str, cache) -> int:
     kind = TASKS[name].kind
-    if kind == "binary":
-        return 1
-    if kind == "multilabel":
-        return len(cache.labels)
-    if kind == "segmentation":
-        return 1
-    return len(cache.box_classes)
+    return (len(cache.labels) if kind == "multilabel" else
+            len(cache.box_classes) if kind == "detection" else 1)
 
 
 def loss_and_metrics(name: str, cfg: Config, n_out: int):
     """(loss, metrics, monitor, mode) of a task; detection computes its own loss."""
-    import keras
-
-    from ..losses.segmentation import DiceLoss
-
     kind = TASKS[name].kind
     if kind == "binary":
         return (keras.losses.BinaryCrossentropy(from_logits=True),
@@ -351,20 +391,6 @@ def loss_and_metrics(name: str, cfg: Config, n_out: int):
                 [keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.0, name="miou")],
                 "val_miou", "max")
     return None, [], "val_loss", "min"
-
-
-# ----------------------------------------------------------------------------- run folders
-
-def _run(args, tag, config, force=False):
-    """(RunFolder, finished?) for ``config`` under ``--out``."""
-    from ..training import RunFolder, config_hash
-
-    try:
-        return RunFolder.for_config(args.out, tag, config, force=force), False
-    except DataError as e:
-        if "finished run" not in str(e):
-            raise
-        return RunFolder(Path(args.out) / f"{tag}-{config_hash(config)}"), True
 
 
 def _shared_keys(cfg: Config) -> dict:
@@ -396,26 +422,40 @@ def multitask_config(cfg: Config, variant: str) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- run folders
+
+def _execute(tag: str, cfg: Config, opts: RunOptions, config: dict, prepare, train,
+             evaluate) -> RunFolder:
+    """LIFECYCLE CANDIDATE: :func:`lifecycle.execute` of a stage whose folder is named by
+    ``config`` (what it depends on), with the full ``cfg`` beside it (``recipe_config.json``)."""
+    def train_writing_config(cfg, run_dir, data, runtime, opts):
+        run_dir.write_json("recipe_config.json", asdict(cfg))
+        return train(cfg, run_dir, data, runtime, opts)
+
+    run = execute(tag, cfg, opts, prepare=prepare, train=train_writing_config, evaluate=evaluate,
+                  config=config)
+    if not multihost.is_chief():  # LIFECYCLE CANDIDATE: a worker's part is done too; asked for
+        run.mark_done()           # again (by the next fine-tuning), it skips it as process 0 does
+    return run
+
+
 # ---------------------------------------------------------------------------------- pretraining
 
-def pretrain(cfg: Config, args, init: str):
-    """Contrastive pretraining ``init`` (sd/md x simclr/moco, md_moco++); returns the run folder
-    (a finished one of the same configuration is reused)."""
-    import keras
+def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> RunFolder:
+    """Contrastive pretraining ``cfg.init`` (sd/md x simclr/moco, md_moco++; Sec. III-B) with seed
+    0 (one pretraining serves every fine-tuning seed); returns its run folder (a finished one of
+    the same settings as it is). ``options``: see :class:`RunOptions`."""
+    cfg, opts = setup(cfg, out, data_root, opts=opts, **options)
+    if cfg.init not in PRETRAINED:
+        raise DataError(f"--stage pretrain takes --init {'|'.join(PRETRAINED)}, got {cfg.init!r}")
+    cfg = replace(cfg, seed=0, task=None)
+    return _execute(f"mtpret-pretrain-{cfg.init}", cfg, opts, pretrain_config(cfg, cfg.init),
+                    _pretrain_data, _pretrain_train, _pretrain_evaluate)
 
-    from ..data.cache import Cache
-    from ..data.pipeline import make_dataset
-    from ..models import MoCo, SimCLR
-    from ..training import configure, fit_stage
 
-    if init not in PRETRAINED:
-        raise DataError(f"--stage pretrain takes --init {'|'.join(PRETRAINED)}, got {init!r}")
-    run_dir, finished = _run(args, f"mtpret-pretrain-{init}", pretrain_config(cfg, init))
-    if finished:
-        return run_dir
-    print(f"pretraining run folder: {run_dir.path}")
-    rt = configure(0, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    cache = Cache(pretrain_cache(cfg, args, "sd" if init.startswith("sd") else "md"))
+def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
+    cache = Cache(pretrain_cache(cfg, opts, "sd" if cfg.init.startswith("sd") else "md"))
     ds = make_dataset(cache, None, preset="mtpret", training=True, target="none", views=2,
                       batch_size=cfg.pretrain_batch, seed=0, normalization="mtpret",
                       output_size=tuple(cfg.image_size), drop_remainder=True)
@@ -423,37 +463,42 @@ def pretrain(cfg: Config, args, init: str):
     if steps == 0:
         raise DataError(f"{len(cache)} pretraining images are fewer than one batch of "
                         f"{cfg.pretrain_batch}")
+    return SimpleNamespace(train=ds, images=len(cache), steps=steps)
+
+
+def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    """MoCo v2 or SimCLR on the backbone + global average pooling; SGD momentum 0.9, lr x batch /
+    256, cosine to 0. Saves ``backbone.weights.h5`` (every process: later stages load it)."""
+    init = cfg.init
+    backbone = build_backbone(cfg, cfg.imagenet_weights if init == "md_moco++" else None)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone.outputs[-1])
+    encoder = keras.Model(backbone.input, pooled, name="encoder")
+    if "moco" in init:
+        model = MoCo(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden, queue_size=cfg.queue_size,
+                     momentum=cfg.moco_momentum, temperature=cfg.temperature, seed=0)
+    else:
+        model = SimCLR(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden,
+                       temperature=cfg.temperature)
     lr = cfg.pretrain_lr * cfg.pretrain_batch / 256
-    with rt.scope():
-        backbone = build_backbone(cfg, cfg.imagenet_weights if init == "md_moco++" else None)
-        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone.outputs[-1])
-        encoder = keras.Model(backbone.input, pooled, name="encoder")
-        if "moco" in init:
-            model = MoCo(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden,
-                         queue_size=cfg.queue_size, momentum=cfg.moco_momentum,
-                         temperature=cfg.temperature, seed=0)
-        else:
-            model = SimCLR(encoder, dim=cfg.head_dim, hidden=cfg.head_hidden,
-                           temperature=cfg.temperature)
-        schedule = keras.optimizers.schedules.CosineDecay(lr, steps * cfg.pretrain_epochs)
-        opt = keras.optimizers.SGD(schedule, momentum=0.9,
-                                   weight_decay=cfg.pretrain_weight_decay)
-        t0 = time.perf_counter()
-        resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
-        history = fit_stage(model, ds, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
-                            optimizer=opt, loss=None, monitor="loss", mode="min", seed=0,
-                            jit_compile=rt.jit_compile, verbose=args.verbose,
-                            tensorboard=args.tensorboard)
-        seconds = None if resumed else time.perf_counter() - t0
+    schedule = keras.optimizers.schedules.CosineDecay(lr, data.steps * cfg.pretrain_epochs)
+    opt = keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=cfg.pretrain_weight_decay)
+    t0 = time.perf_counter()
+    resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
+    history = fit_stage(model, data.train, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
+                        optimizer=opt, loss=None, monitor="loss", mode="min", seed=0,
+                        jit_compile=runtime.jit_compile, verbose=opts.verbose,
+                        tensorboard=opts.tensorboard)
+    seconds = None if resumed else time.perf_counter() - t0
     backbone.save_weights(run_dir.file("backbone.weights.h5"))
-    finish_pretrain(run_dir, cfg, init, history, len(cache), steps, seconds)
-    run_dir.mark_done()
-    return run_dir
+    return SimpleNamespace(history=history, seconds=seconds)
 
 
-def finish_pretrain(run_dir, cfg, init, history, n_images, steps, seconds):
+def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
+    """The loss terms' curves, throughput and the report."""
     from ..evaluation.plots import plot_training_curves
 
+    init, history, n_images, steps, seconds = (cfg.init, state.history, data.images, data.steps,
+                                               state.seconds)
     plot_training_curves(history, run_dir.file("plots", "pretraining_curves.png"),
                          title=f"{PAPER_NAME[init]} pretraining")
     epochs = len(history.get("loss", []))
@@ -483,37 +528,37 @@ def finish_pretrain(run_dir, cfg, init, history, n_images, steps, seconds):
 
 # ------------------------------------------------------------------------------------ multitask
 
-def multitask(cfg: Config, args, variant: str):
-    """MTPret / MTPret-- continual learning over the four multitask datasets, from the MD-MoCo
-    backbone; resumes at the last finished round. Returns the run folder."""
-    import json
+def multitask(cfg: Config | None = None, out="runs", data_root=None, *,
+              opts: RunOptions | None = None, **options) -> RunFolder:
+    """MTPret / MTPret-- (``cfg.init``) continual learning over the four multitask datasets
+    (Sec. III-C, Algorithm 2) from the ``cfg.multitask_from`` backbone (pretrained first if
+    needed), seed 0; resumes at the last finished round. Returns the run folder."""
+    cfg, opts = setup(cfg, out, data_root, opts=opts, **options)
+    if cfg.init not in MULTITASK:
+        raise DataError(f"--stage multitask takes --init {'|'.join(MULTITASK)}, got {cfg.init!r}")
+    source = pretrain(replace(cfg, init=cfg.multitask_from), opts=replace(opts, force=False))
+    cfg = replace(cfg, seed=0, task=None)
 
-    from ..data.cache import Cache
-    from ..evaluation.plots import plot_training_curves
-    from ..io import atomic_path, write_json
-    from ..training import configure
-    from ..training.multitask import Task, continual_learning
+    def prepare(cfg, opts):
+        caches = {name: Cache(task_cache(name, cfg, opts)) for name in MULTITASK_TASKS}
+        return SimpleNamespace(source=source, caches=caches)
 
-    if variant not in MULTITASK:
-        raise DataError(f"--stage multitask takes --init {'|'.join(MULTITASK)}, got {variant!r}")
-    source = pretrain(cfg, args, cfg.multitask_from)
-    run_dir, finished = _run(args, f"mtpret-multitask-{variant}", multitask_config(cfg, variant))
-    if finished:
-        return run_dir
-    print(f"multitask run folder: {run_dir.path}")
-    configure(0, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    return _execute(f"mtpret-multitask-{cfg.init}", cfg, opts, multitask_config(cfg, cfg.init),
+                    prepare, _multitask_train, _multitask_evaluate)
+
+
+def _multitask_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    """The rounds; each finished round checkpoints every task model (so the backbone)."""
     backbone = build_backbone(cfg)
-    backbone.load_weights(source.file("backbone.weights.h5"))
+    backbone.load_weights(data.source.file("backbone.weights.h5"))
     tasks = []
     for name in MULTITASK_TASKS:
-        cache = Cache(task_cache(name, cfg, args))
+        cache = data.caches[name]
         n_out = num_outputs(name, cache)
         model = build_task_model(name, backbone, cfg, n_out)
         loss, metrics, _, _ = loss_and_metrics(name, cfg, n_out)
         batch = cfg.detection_batch if TASKS[name].kind == "detection" else cfg.multitask_batch
-        # seed 0 as the run's config says (not --seed): one multitask run serves every seed
-        ds = datasets_for(name, replace(cfg, seed=0), cache, batch, model=model,
-                          splits=("train",))["train"]
+        ds = datasets_for(name, cfg, cache, batch, model=model, splits=("train",))["train"]
         tasks.append(Task(name, model, ds, loss, metrics=metrics))
     state_path = run_dir.file("checkpoints", "rounds.json")
     records = json.loads(state_path.read_text()) if state_path.exists() else []
@@ -536,21 +581,28 @@ def multitask(cfg: Config, args, variant: str):
 
     t0 = time.perf_counter()
     continual_learning(backbone, tasks, rounds=cfg.rounds, epochs=cfg.visit_epochs,
-                       max_lr=cfg.max_lr, min_lr=cfg.min_lr, variant=variant,
-                       l2sp=tuple(cfg.l2sp), seed=0, verbose=0 if args.verbose == 0 else 2,
+                       max_lr=cfg.max_lr, min_lr=cfg.min_lr, variant=cfg.init,
+                       l2sp=tuple(cfg.l2sp), seed=0, verbose=0 if opts.verbose == 0 else 2,
                        on_visit=on_visit, start_round=done_rounds + 1)
     seconds = time.perf_counter() - t0
     backbone.save_weights(run_dir.file("backbone.weights.h5"))
-    loss_by_task = {t.name: [r["history"]["loss"][-1] for r in records if r["task"] == t.name]
-                    for t in tasks}
+    return SimpleNamespace(records=records, seconds=seconds)
+
+
+def _multitask_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
+    from ..evaluation.plots import plot_training_curves
+
+    variant, records = cfg.init, state.records
+    loss_by_task = {name: [r["history"]["loss"][-1] for r in records if r["task"] == name]
+                    for name in MULTITASK_TASKS}
     plot_training_curves({f"{k} loss": v for k, v in loss_by_task.items()},
                          run_dir.file("plots", "multitask_losses.png"),
                          title=f"{PAPER_NAME[variant]}: last-epoch loss per visit")
-    run_dir.update_metrics(variant=variant, visits=records, train_seconds=seconds,
+    run_dir.update_metrics(variant=variant, visits=records, train_seconds=state.seconds,
                            loss_by_task=loss_by_task)
     lines = [f"# mtpret multitask continual learning: {PAPER_NAME[variant]}", "",
-             f"From {PAPER_NAME[cfg.multitask_from]} ({source.path.name}); {cfg.rounds} rounds of "
-             f"{cfg.visit_epochs} epoch(s) per task visit; "
+             f"From {PAPER_NAME[cfg.multitask_from]} ({data.source.path.name}); {cfg.rounds} "
+             f"rounds of {cfg.visit_epochs} epoch(s) per task visit; "
              + ("order reshuffled every round, cyclic cosine lr (eq. 4) per visit, L2-SP "
                 f"alpha {cfg.l2sp[0]}, beta {cfg.l2sp[1]} toward the round's start."
                 if variant == "mtpret" else "fixed order, one cosine decay, no L2-SP."), "",
@@ -564,21 +616,39 @@ def multitask(cfg: Config, args, variant: str):
     lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/multitask_losses.png`.",
               ""]
     run_dir.write_text("report.md", "\n".join(lines))
-    run_dir.mark_done()
-    return run_dir
 
 
 # -------------------------------------------------------------------------------- fine-tuning
 
-def init_weights(cfg: Config, args):
+def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> RunFolder:
+    """Fine-tune the whole network on ``cfg.task`` from ``cfg.init`` (its pretraining or multitask
+    run first, if needed) and test the best epoch; returns the run folder."""
+    cfg, opts = setup(cfg, out, data_root, opts=opts, **options)
+    if cfg.task is None:
+        raise DataError(f"fine-tuning needs a task: Config(task=...), one of {', '.join(TASKS)}")
+    plain = replace(opts, force=False)  # --force reruns the fine-tuning, not its start
+    source = (pretrain(cfg, opts=plain) if cfg.init in PRETRAINED else
+              multitask(cfg, opts=plain) if cfg.init in MULTITASK else None)
+
+    def prepare(cfg, opts):
+        cache = Cache(task_cache(cfg.task, cfg, opts))
+        detection = TASKS[cfg.task].kind == "detection"
+        return SimpleNamespace(cache=cache, n_out=num_outputs(cfg.task, cache),
+                               init=init_weights(cfg, source),
+                               batch=cfg.detection_batch if detection else cfg.finetune_batch)
+
+    return _execute(f"mtpret-finetune-{cfg.task}-{cfg.init}-seed{cfg.seed}", cfg, opts,
+                    finetune_config(cfg), prepare, _finetune_train, _finetune_evaluate)
+
+
+def init_weights(cfg: Config, source: RunFolder | None):
     """(backbone weights for build_backbone, file to load afterwards, description)."""
     if cfg.init == "scratch":
         return None, None, "random initialisation (Kaiming normal, fan-out, as torchvision)"
     if cfg.init == "imagenet":
         return cfg.imagenet_weights, None, f"ImageNet ({cfg.imagenet_weights})"
-    stage = pretrain if cfg.init in PRETRAINED else multitask
-    run = stage(cfg, args, cfg.init)
-    return None, run.file("backbone.weights.h5"), f"{PAPER_NAME[cfg.init]} ({run.path.name})"
+    return None, source.file("backbone.weights.h5"), f"{PAPER_NAME[cfg.init]} ({source.path.name})"
 
 
 def finetune_config(cfg: Config) -> dict:
@@ -590,65 +660,45 @@ def finetune_config(cfg: Config) -> dict:
     return out
 
 
-def finetune(cfg: Config, args):
-    """Fine-tune the whole network on ``cfg.task`` from ``cfg.init`` and test the best epoch;
-    returns the run folder."""
-    import keras
+def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
+    """Adam with cosine decay, the whole network; the best epoch by the validation main metric
+    (``checkpoints/best.keras``). Returns the training seconds."""
+    name, kind, batch = cfg.task, TASKS[cfg.task].kind, data.batch
+    weights, load, _ = data.init
+    backbone = build_backbone(cfg, weights)
+    if load is not None:
+        backbone.load_weights(load)
+    model = build_task_model(name, backbone, cfg, data.n_out)
+    ds = datasets_for(name, cfg, data.cache, batch, model=model, splits=("train", "val"))
+    steps = len(data.cache.rows("train")) // batch
+    if steps == 0:
+        raise DataError(f"task {name}: {len(data.cache.rows('train'))} training images are fewer "
+                        f"than one batch of {batch}")
+    loss, metrics, monitor, mode = loss_and_metrics(name, cfg, data.n_out)
+    epochs = cfg.detection_epochs if kind == "detection" and cfg.detection_epochs else \
+        cfg.finetune_epochs
+    schedule = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, steps * epochs)
+    t0 = time.perf_counter()
+    fit_stage(model, ds["train"], ds["val"], run_dir, "finetune",
+              epochs=epochs, optimizer=keras.optimizers.Adam(schedule),
+              loss=loss, metrics=metrics, monitor=monitor, mode=mode, seed=cfg.seed,
+              jit_compile=runtime.jit_compile and kind != "detection", verbose=opts.verbose,
+              tensorboard=opts.tensorboard)
+    return time.perf_counter() - t0
 
-    from ..data.cache import Cache
-    from ..training import configure, fit_stage
 
-    name = cfg.task
-    weights, load, start = init_weights(cfg, args)
-    if cfg.dataset != "phantom":
-        cfg.extra = dict(cfg.extra, roots=_roots(args), data_root=str(args.data_root))
-    tag = f"mtpret-finetune-{name}-{cfg.init}-seed{cfg.seed}"
-    run_dir, finished = _run(args, tag, finetune_config(cfg), force=args.force)
-    if finished:
-        return run_dir
-    print(f"fine-tuning run folder: {run_dir.path}")
-    rt = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
-    cache = Cache(task_cache(name, cfg, args))
-    n_out = num_outputs(name, cache)
-    kind = TASKS[name].kind
-    batch = cfg.detection_batch if kind == "detection" else cfg.finetune_batch
-    with rt.scope():
-        backbone = build_backbone(cfg, weights)
-        if load is not None:
-            backbone.load_weights(load)
-        model = build_task_model(name, backbone, cfg, n_out)
-        data = datasets_for(name, cfg, cache, batch, model=model)
-        steps = len(cache.rows("train")) // batch
-        if steps == 0:
-            raise DataError(f"task {name}: {len(cache.rows('train'))} training images are fewer "
-                            f"than one batch of {batch}")
-        loss, metrics, monitor, mode = loss_and_metrics(name, cfg, n_out)
-        epochs = cfg.detection_epochs if kind == "detection" and cfg.detection_epochs else \
-            cfg.finetune_epochs
-        schedule = keras.optimizers.schedules.CosineDecay(cfg.finetune_lr, steps * epochs)
-        t0 = time.perf_counter()
-        fit_stage(model, data["train"], data["val"], run_dir, "finetune",
-                  epochs=epochs, optimizer=keras.optimizers.Adam(schedule),
-                  loss=loss, metrics=metrics, monitor=monitor, mode=mode, seed=cfg.seed,
-                  jit_compile=rt.jit_compile and kind != "detection", verbose=args.verbose,
-                  tensorboard=args.tensorboard)
-        seconds = time.perf_counter() - t0
+def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: RunOptions):
+    """The best checkpoint on the test split (process 0, no distribution)."""
+    model = build_task_model(cfg.task, build_backbone(cfg), cfg, data.n_out)
     model.load_weights(run_dir.checkpoints / "best.keras")
-    evaluate(model, name, cfg, run_dir, cache, data, start, seconds)
-    run_dir.mark_done()
-    print(f"report: {run_dir.file('report.md')}")
-    return run_dir
+    test = datasets_for(cfg.task, cfg, data.cache, data.batch, splits=("test",))
+    evaluate(model, cfg.task, cfg, run_dir, data.cache, test, data.init[2], seconds)
 
 
 def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
     """Test metrics of one task (the paper's: AUC + accuracy, mAUC + per-class AUC, Dice + mIoU,
     mAP + per-class AP at IoU 0.5), predictions, plots and the report."""
-    from scipy.special import expit
-
-    from ..evaluation import metrics as M
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
-    from ..inference.batches import predict_dataset
-    from ..training import read_history
 
     kind = TASKS[name].kind
     test = data["test"]
@@ -670,7 +720,6 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
                         title=f"ROC, {paper.TASK_NAMES[name]} test")
     elif kind == "segmentation":
         from ..evaluation.multiclass_plots import plot_mask_overlay
-        from ..evaluation.segmentation import segmentation_metrics
 
         logits, y = predict_dataset(model, test, np.float32)
         p = expit(logits)
@@ -683,9 +732,6 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
         plot_mask_overlay(np.asarray(x0), y[0], p[0], run_dir.file("plots", "example_test.png"),
                           title=f"lung segmentation, Dice {seg['per_image']['dice'][0]:.3f}")
     else:
-        from ..data.detection_inputs import to_xyxy
-        from ..evaluation.detection import detection_ap
-
         preds, gts = [], []
         for images, boxes in test.raw:
             preds += model.detect(np.asarray(images))
@@ -717,8 +763,6 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
 
 
 def finetune_report(cfg: Config, m: dict) -> str:
-    from ..evaluation.report import comparison_table
-
     name, method = m["task"], m["method"]
     bb = cfg.backbone if cfg.backbone in paper.BACKBONES else "resnet18"
     lines = [f"# mtpret fine-tuning: {paper.TASK_NAMES[name]}, {method}, {cfg.backbone}", ""]
@@ -756,21 +800,35 @@ def finetune_report(cfg: Config, m: dict) -> str:
 
 # ------------------------------------------------------------------------------------- grids
 
-def run_grid(args, inits, tasks):
+def baseline_inits(cfg: Config) -> list:
+    """Every method of Table II; the ImageNet rows only with ImageNet weights."""
+    return [i for i in INITS if cfg.imagenet_weights is not None or i not in ("imagenet",
+                                                                              "md_moco++")]
+
+
+def run_grid(cfg: Config | None, inits, tasks, out="runs", data_root=None, *,
+             opts: RunOptions | None = None, **options) -> list:
     """Fine-tune every ``init`` on every task; finished runs are reused. Returns run folders."""
-    runs = []
-    for init in inits:
-        for task in tasks:
-            cfg = config_from_args(args, init=init, task=task)
-            runs.append(finetune(cfg, args))
-    return runs
+    cfg, opts = setup(cfg, out, data_root, opts=opts, **options)
+    return [finetune(replace(cfg, init=init, task=task), opts=opts) for init in inits
+            for task in tasks]
+
+
+def run(cfg: Config | None = None, out="runs", data_root=None, *, tasks=None,
+        opts: RunOptions | None = None, **options):
+    """The paper's chain for ``cfg.init`` (default MTPret: MD-MoCo pretraining, then multitask
+    learning) and fine-tuning on ``cfg.task``: its run folder; without a task, on every task of
+    ``tasks`` (default every task with a reader): a list of run folders."""
+    cfg = cfg or Config()
+    if cfg.task is not None:
+        return finetune(cfg, out, data_root, opts=opts, **options)
+    return run_grid(cfg, [cfg.init], tasks or FINETUNE_TASKS, out, data_root, opts=opts,
+                    **options)
 
 
 def grid_report(runs, title="mtpret") -> str:
     """Tables II (main metric per task), III (lung and TBX) and IV (CheXpert) of every method
     run, ours with the paper's in brackets."""
-    from ..evaluation.report import metrics_table
-
     ms = sorted((r.metrics() for r in runs), key=lambda m: paper.METHODS.index(m["method"]))
     bb = ms[0]["backbone"] if ms else "resnet18"
     bb = bb if bb in paper.BACKBONES else "resnet18"
@@ -808,29 +866,26 @@ def grid_report(runs, title="mtpret") -> str:
 
 
 def main(argv=None) -> int:
-    from ..io import write_text
-
     args = build_parser().parse_args(argv)
-    tasks = parse_tasks(args.tasks)
-    if args.stage == "pretrain":
-        pretrain(config_from_args(args, init=args.init or "md_moco"), args, args.init or "md_moco")
+    cfg, opts = _from_args(args)
+    stage = stage_of(args)
+    tasks = [cfg.task] if cfg.task and not args.tasks else parse_tasks(args.tasks)
+    cfg, opts = setup(cfg, opts=opts)  # joins the processes once (--distributed)
+    if stage == "pretrain":
+        pretrain(cfg, opts=opts)
         return 0
-    if args.stage == "multitask":
-        cfg = config_from_args(args, init=args.init or "mtpret")
-        multitask(cfg, args, cfg.init)
+    if stage == "multitask":
+        multitask(cfg, opts=opts)
         return 0
-    if args.stage == "baselines":
-        imagenet = not args.quick or args.imagenet_weights is not None
-        inits = [i for i in INITS if imagenet or i not in ("imagenet", "md_moco++")]
-        if not imagenet:
-            print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
-                  "with --imagenet-weights or the default download)")
-    else:
-        inits = [args.init or "mtpret"]
+    inits = baseline_inits(cfg) if stage == "baselines" else [cfg.init]
+    if stage == "baselines" and "imagenet" not in inits:
+        print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
+              "with --imagenet-weights or the default download)")
     t0 = time.perf_counter()
-    runs = run_grid(args, inits, tasks)
-    out = Path(args.out) / f"mtpret_{args.stage}_tables.md"
-    write_text(out, grid_report(runs, title=f"mtpret --stage {args.stage}") +
-               f"\nWall time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n")
-    print(f"wrote {out}")
+    runs = run_grid(cfg, inits, tasks, opts=opts)
+    if multihost.is_chief():
+        path = Path(opts.out) / f"mtpret_{stage}_tables.md"
+        write_text(path, grid_report(runs, title=f"mtpret --stage {stage}") +
+                   f"\nWall time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n")
+        print(f"wrote {path}")
     return 0
