@@ -8,14 +8,12 @@ Opt-in (several minutes on 2 cores: XLA compiles every network on each process):
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
-from _cli import console_script
 from test_multihost import HAS_JAX, _h5_arrays, run_two_processes
 
-from cxr_keras import cli
+from _cli import console_script
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,22 +31,13 @@ TINY = dict(image_size=[64, 64], cache_size=64, phantom_size=64,
             detection_batch=4, det_level=1, anchor_sizes=[10], anchor_ratios=[1.0], proposals=64)
 
 
-def _command():
-    """The console script once ``cxr-keras run`` lets mtpret through with --distributed (the
-    recipe supports it; cli.DISTRIBUTED is the lead's to extend), else the recipe's main."""
-    if "mtpret" in cli.DISTRIBUTED:
-        return [console_script(), "run", "mtpret"]
-    return [sys.executable, "-c",
-            "import sys; from cxr_keras.recipes import mtpret; sys.exit(mtpret.main(sys.argv[1:]))"]
-
-
 def test_mtpret_stages_on_two_processes(tmp_path):
     out = tmp_path / "runs"
-    # --xla on: eager JAX (the --quick preset's xla off) cannot scatter into the IoU metric's
+    # XLA stays at its default (on under JAX): eager JAX cannot scatter into the IoU metric's
     # confusion matrix from a batch spread over processes (keras' jax scatter iterates it)
-    cmd = _command() + ["--dataset", "phantom", "--quick", "--distributed", "--deterministic",
-                        "--xla", "on", "--tasks", "lung", "--verbose", "0", "--workers", "1",
-                        "--out", str(out)]
+    cmd = [console_script(), "run", "mtpret", "--dataset", "phantom", "--quick", "--distributed",
+           "--deterministic", "--tasks", "lung", "--verbose", "0", "--workers", "1",
+           "--out", str(out)]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     logs = []

@@ -296,42 +296,6 @@ def test_full_size_model_parameters_and_levels():
                                atol=1e-5)
 
 
-def test_run_or_reuse_returns_the_finished_folder(tmp_path):
-    """The experiment grids start again without retraining: a finished configuration gives back
-    its folder; any other error still propagates."""
-    from dataclasses import asdict, dataclass
-    from types import SimpleNamespace
-
-    from cxr_keras.io import DataError
-    from cxr_keras.recipes.common import run_or_reuse
-    from cxr_keras.training import RunFolder
-
-    @dataclass
-    class Cfg:
-        a: int = 1
-
-    calls = []
-
-    def fake_run(cfg, args):
-        calls.append(cfg)
-        folder = RunFolder.for_config(args.out, "tag", asdict(cfg))
-        folder.mark_done()
-        return folder
-
-    args = SimpleNamespace(out=str(tmp_path))
-    first = run_or_reuse(fake_run, Cfg(), args, "tag")
-    again = run_or_reuse(fake_run, Cfg(), args, "tag")
-    assert again.path == first.path and len(calls) == 2
-    other = run_or_reuse(fake_run, Cfg(a=2), args, "tag")
-    assert other.path != first.path
-
-    def broken(cfg, args):
-        raise DataError("something else")
-
-    with pytest.raises(DataError, match="something else"):
-        run_or_reuse(broken, Cfg(), args, "tag")
-
-
 def test_every_config_field_is_reachable_from_the_command_line():
     cfg, opts = mlrfnet.from_command_line(
         ["--quick", "--ablation", "densenet121", "--uncertain", "ones", "--split", "random",

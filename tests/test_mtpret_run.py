@@ -17,6 +17,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
+from cxr_keras.recipes import mtpret
+from cxr_keras.recipes import mtpret_paper as paper
+
 from _baselines import (  # tests/ is on sys.path under pytest
     box_prior_predictions,
     centred_disc_dice,
@@ -25,9 +29,6 @@ from _baselines import (  # tests/ is on sys.path under pytest
     mean_mask_dice,
     mean_mask_image_dice,
 )
-
-from cxr_keras.recipes import mtpret
-from cxr_keras.recipes import mtpret_paper as paper
 
 SEED = 0  # fine-tuning seed (pretraining and the multitask round always run with seed 0)
 

@@ -38,6 +38,8 @@ from .._argtypes import positive_int
 from ..io import DataError
 from ..training import RunFolder
 
+FULL_CONFIG = "recipe_config.json"  # beside a config.json that names a folder by part of a Config
+
 
 @dataclass
 class RunOptions:
@@ -235,7 +237,10 @@ def config_from_args(config_cls, args, quick: dict | None = None, shortcuts=(), 
     if args.quick and quick:
         cfg = with_settings(cfg, quick, "--quick")
     if args.config:
-        cfg = with_settings(cfg, read_config_file(args.config), f"--config {args.config}")
+        path = Path(args.config)
+        if path.name == "config.json" and (path.parent / FULL_CONFIG).exists():
+            path = path.parent / FULL_CONFIG  # a stage folder named by part of its Config
+        cfg = with_settings(cfg, read_config_file(path), f"--config {path}")
     given = {name: getattr(args, name) for name in shortcuts if getattr(args, name) is not None}
     if translate is not None:
         given.update(translate(args))
@@ -297,11 +302,14 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     ``prepare(cfg, opts) -> data``; ``train(cfg, run, data, runtime, opts) -> state`` (inside the
     runtime's scope, every process); ``evaluate(cfg, run, data, state, opts)`` (process 0 only,
     without distribution: load checkpoints there). ``config``: what names the run folder
-    (default: every field of ``cfg``).
+    (default: every field of ``cfg``); when it is part of the Config (a stage folder shared by
+    runs that differ elsewhere), the whole Config is written beside it as ``recipe_config.json``,
+    which ``--config RUN/config.json`` then reads.
     """
     from ..training import configure, multihost
 
     opts = join_processes(opts)
+    partial = config is not None
     config = dataclasses.asdict(cfg) if config is None else config
     run = open_run(opts.out, tag, config, force=opts.force)
     # every process's copy is marked done together: they agree, or one would train alone
@@ -310,6 +318,8 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
         print(f"finished earlier: {run.path} (--force to run it again)", flush=True)
         return run
     print(f"run folder: {run.path}", flush=True)
+    if partial:  # the folder is named by part of the Config: keep all of it beside
+        run.write_json(FULL_CONFIG, dataclasses.asdict(cfg))
     runtime = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
     data = prepare(cfg, opts)
     with runtime.scope():

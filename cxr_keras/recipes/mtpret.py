@@ -58,8 +58,7 @@ from ..training.multitask import Task, continual_learning
 from . import lifecycle
 from . import mtpret_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import (RunOptions, add_run_args, check_dataset, config_from_args, execute,
-                        options_from_args)
+from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
 
 STAGES = ("all", "pretrain", "multitask", "finetune", "baselines")
 PRETRAINED = ("sd_simclr", "md_simclr", "sd_moco", "md_moco", "md_moco++")
@@ -201,9 +200,6 @@ def from_command_line(argv=None) -> tuple[Config, RunOptions]:
 
 
 def _from_args(args) -> tuple[Config, RunOptions]:
-    full = Path(args.config or ".").parent / "recipe_config.json"
-    if args.config and Path(args.config).name == "config.json" and full.exists():
-        args.config = str(full)  # LIFECYCLE CANDIDATE: a stage folder's config.json names it only
     cfg = config_from_args(Config, args, QUICK, SHORTCUTS)
     stage = stage_of(args)
     if stage in STAGE_INIT and args.init is None and cfg.init not in STAGE_INIT[stage][0]:
@@ -269,9 +265,7 @@ def setup(cfg: Config | None = None, out="runs", data_root=None, *,
     if cfg.dataset != "phantom":  # two copies of the data must not share a fine-tuning folder
         cfg = replace(cfg, extra=dict(cfg.extra, roots=dict(opts.roots),
                                       data_root=str(opts.data_root)))
-    if opts.distributed:  # LIFECYCLE CANDIDATE: join_processes once (initialize is not idempotent)
-        opts = replace(lifecycle.join_processes(opts), distributed=False)
-    return cfg, opts
+    return cfg, lifecycle.join_processes(opts)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -424,21 +418,6 @@ def multitask_config(cfg: Config, variant: str) -> dict:
 
 # ----------------------------------------------------------------------------- run folders
 
-def _execute(tag: str, cfg: Config, opts: RunOptions, config: dict, prepare, train,
-             evaluate) -> RunFolder:
-    """LIFECYCLE CANDIDATE: :func:`lifecycle.execute` of a stage whose folder is named by
-    ``config`` (what it depends on), with the full ``cfg`` beside it (``recipe_config.json``)."""
-    def train_writing_config(cfg, run_dir, data, runtime, opts):
-        run_dir.write_json("recipe_config.json", asdict(cfg))
-        return train(cfg, run_dir, data, runtime, opts)
-
-    run = execute(tag, cfg, opts, prepare=prepare, train=train_writing_config, evaluate=evaluate,
-                  config=config)
-    if not multihost.is_chief():  # LIFECYCLE CANDIDATE: a worker's part is done too; asked for
-        run.mark_done()           # again (by the next fine-tuning), it skips it as process 0 does
-    return run
-
-
 # ---------------------------------------------------------------------------------- pretraining
 
 def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
@@ -450,8 +429,8 @@ def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
     if cfg.init not in PRETRAINED:
         raise DataError(f"--stage pretrain takes --init {'|'.join(PRETRAINED)}, got {cfg.init!r}")
     cfg = replace(cfg, seed=0, task=None)
-    return _execute(f"mtpret-pretrain-{cfg.init}", cfg, opts, pretrain_config(cfg, cfg.init),
-                    _pretrain_data, _pretrain_train, _pretrain_evaluate)
+    return execute(f"mtpret-pretrain-{cfg.init}", cfg, opts, config=pretrain_config(cfg, cfg.init),
+                   prepare=_pretrain_data, train=_pretrain_train, evaluate=_pretrain_evaluate)
 
 
 def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
@@ -543,8 +522,8 @@ def multitask(cfg: Config | None = None, out="runs", data_root=None, *,
         caches = {name: Cache(task_cache(name, cfg, opts)) for name in MULTITASK_TASKS}
         return SimpleNamespace(source=source, caches=caches)
 
-    return _execute(f"mtpret-multitask-{cfg.init}", cfg, opts, multitask_config(cfg, cfg.init),
-                    prepare, _multitask_train, _multitask_evaluate)
+    return execute(f"mtpret-multitask-{cfg.init}", cfg, opts, config=multitask_config(cfg, cfg.init),
+                   prepare=prepare, train=_multitask_train, evaluate=_multitask_evaluate)
 
 
 def _multitask_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
@@ -638,8 +617,9 @@ def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
                                init=init_weights(cfg, source),
                                batch=cfg.detection_batch if detection else cfg.finetune_batch)
 
-    return _execute(f"mtpret-finetune-{cfg.task}-{cfg.init}-seed{cfg.seed}", cfg, opts,
-                    finetune_config(cfg), prepare, _finetune_train, _finetune_evaluate)
+    return execute(f"mtpret-finetune-{cfg.task}-{cfg.init}-seed{cfg.seed}", cfg, opts,
+                   config=finetune_config(cfg), prepare=prepare, train=_finetune_train,
+                   evaluate=_finetune_evaluate)
 
 
 def init_weights(cfg: Config, source: RunFolder | None):
