@@ -163,12 +163,14 @@ def test_overlay():
     out = overlay(grey, heat, alpha=0.4)
     assert out.shape == (16, 16, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(overlay(grey, heat, alpha=0.0), np.dstack([grey] * 3))
-    # Reference blend with OpenCV on the upsampled heatmap.
-    up = cv2.resize(heat, (16, 16), interpolation=cv2.INTER_LINEAR)
-    jet = cv2.cvtColor(cv2.applyColorMap(np.uint8(np.round(255 * up)), cv2.COLORMAP_JET),
-                       cv2.COLOR_BGR2RGB)
-    ref = cv2.addWeighted(np.dstack([grey] * 3), 0.6, jet, 0.4, 0)
-    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    # Values by hand: JET maps 1 to dark red (128, 0, 0) and 0 to dark blue (0, 0, 128) in RGB;
+    # 0.6 * 100 + 0.4 * 128 = 111.2 -> 111, 0.6 * 100 = 60.
+    flat = np.full((4, 4), 100, np.uint8)
+    assert overlay(flat, np.ones((4, 4))).reshape(-1, 3).tolist() == [[111, 60, 60]] * 16
+    assert overlay(flat, np.zeros((2, 2))).reshape(-1, 3).tolist() == [[60, 60, 111]] * 16
+    assert overlay(flat, np.full((4, 4), 7.0))[0, 0].tolist() == [111, 60, 60]   # clipped to 1
+    # the 4x4 heatmap is stretched over 16x16: its hot corner stays in the top-left
+    assert out[0, 0, 0] > out[0, 0, 2] and out[15, 15, 2] > out[15, 15, 0]
     hot = overlay(np.zeros((2, 2, 1), np.uint8), np.ones((2, 2)), alpha=1.0)
     assert np.all(hot[..., 0] > hot[..., 2])                        # high = red
     with pytest.raises(ValueError):
