@@ -185,7 +185,8 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
         shutil.rmtree(backup, ignore_errors=True)  # left by a kill between marker and clean-up
         model.load_weights(marker)
         return read_history(run.file("logs", f"history_{stage}.csv"))
-    compile_built(model, optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)
+    compile_built(model, optimizer, loss=loss, metrics=list(metrics) or None,
+                  jit_compile=jit_compile)  # None: Keras 3.10 refuses [] for dict outputs
     nan_stop = StopOnNaN()
     cbs = [EpochCallback(train_ds), EpochReseed(seed), nan_stop,
            BestCheckpoint(run.checkpoints, monitor, mode, stage),
