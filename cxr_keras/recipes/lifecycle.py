@@ -321,6 +321,10 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     if partial:  # the folder is named by part of the Config: keep all of it beside
         run.write_json(FULL_CONFIG, dataclasses.asdict(cfg))
     runtime = configure(cfg.seed, cfg.deterministic, cfg.mixed_precision, cfg.xla)
+    if multihost.joined() and not runtime.jit_compile:
+        # eager JAX cannot update metrics (e.g. IoU's scatter) from a batch spread over processes
+        print("distributed: XLA on (eager steps cannot run across processes)", flush=True)
+        runtime = dataclasses.replace(runtime, jit_compile=True)
     data = prepare(cfg, opts)
     with runtime.scope():
         state = train(cfg, run, data, runtime, opts)
