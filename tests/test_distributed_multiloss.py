@@ -23,9 +23,6 @@ def _command():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="first try (before XLA was on by default on JAX, so the steps "
-                   "ran op by op): the first U-Net's model.fit stopped in jax Array.__iter__ on an "
-                   "array neither fully replicated nor addressable; not yet re-run with XLA")
 @pytest.mark.skipif(not HAS_JAX, reason="jax is not installed")
 @pytest.mark.skipif(os.environ.get("CXR_SLOW_TESTS") != "1",
                     reason="minutes on 2 cores (XLA compiles five networks on each process, gloo "
@@ -45,7 +42,8 @@ def test_multiloss_distributed_two_processes(tmp_path):
     [worker] = list((out / "_workers" / "process1").glob("multiloss-*"))
     assert chief.name == worker.name                            # the same configuration
     assert (chief / "report.md").exists() and (chief / "DONE").exists()
-    assert not (worker / "report.md").exists() and not (worker / "DONE").exists()
+    # every copy is marked done (a rerun finds them all finished); only process 0 reports
+    assert not (worker / "report.md").exists() and (worker / "DONE").exists()
     for model in ("segment/bce", "classify/cce", "classify/ls_cce", "ensemble/model_level_top3"):
         a = _h5_arrays(chief / model / "checkpoints" / "train.weights.h5")
         b = _h5_arrays(worker / model / "checkpoints" / "train.weights.h5")
