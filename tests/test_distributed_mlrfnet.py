@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from test_multihost import run_two_processes
+from test_multihost import _h5_arrays, run_two_processes
 
 from _cli import console_script
 
@@ -21,16 +21,6 @@ pytestmark = [
                               "process, gloo all-reduces every step): set CXR_SLOW_TESTS=1"),
 ]
 
-
-
-def _weights(path):
-    import h5py
-
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[()])
-                     if isinstance(obj, h5py.Dataset) else None)
-    return out
 
 
 def test_cli_run_mlrfnet_distributed_two_processes(tmp_path):
@@ -51,8 +41,8 @@ def test_cli_run_mlrfnet_distributed_two_processes(tmp_path):
     assert chief.name == worker.name                            # the same configuration
     assert (chief / "report.md").exists() and (chief / "DONE").exists()
     assert not (worker / "report.md").exists() and not (worker / "metrics.json").exists()
-    a = _weights(chief / "checkpoints" / "train.weights.h5")
-    b = _weights(worker / "checkpoints" / "train.weights.h5")
+    a = _h5_arrays(chief / "checkpoints" / "train.weights.h5")
+    b = _h5_arrays(worker / "checkpoints" / "train.weights.h5")
     assert a.keys() == b.keys() and len(a) > 50
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

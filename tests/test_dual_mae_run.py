@@ -30,6 +30,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from _reports import markdown_tables
 
 from cxr_keras.recipes import dual_mae
 from cxr_keras.recipes import dual_mae_paper as paper
@@ -148,26 +149,6 @@ def test_finetune_auc_beats_a_permutation_null(runs, which):
          "99th percentile (p < 0.01)"), m["test_auc"])
 
 
-def _tables(text: str) -> dict:
-    """``{title: [row dicts keyed by the header]}`` of the markdown tables in ``text``; a table's
-    title is the last ``### `` heading above it."""
-    def cells(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    lines, tables, title = text.splitlines(), {}, None
-    for i, line in enumerate(lines):
-        if line.startswith("### "):
-            title = line[4:]
-        elif line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
-            header, rows = cells(line), []
-            for row in lines[i + 2:]:
-                if not row.startswith("|"):
-                    break
-                rows.append(dict(zip(header, cells(row))))
-            tables[title] = rows
-    return tables
-
-
 def _table(tables: dict, prefix: str) -> dict:
     """The one table whose title starts with ``prefix``, as ``{first cell: row}``."""
     (rows,) = [v for k, v in tables.items() if k and k.startswith(prefix)]
@@ -182,7 +163,7 @@ def test_report_cells_equal_metrics(runs):
     for run in (vit_run, cnn_run):
         m = run.metrics()
         name = paper.NAME_OF[(m["backbone"], m["init"])]
-        tables = _tables(run.file("report.md").read_text())
+        tables = markdown_tables(run.file("report.md").read_text())
         # Table 3: item | paper | ours | difference
         t3 = _table(tables, "Table 3")
         expected = dict(m["test_auc"], Mean=m["test_mean_auc"])
@@ -208,7 +189,7 @@ def test_report_cells_equal_metrics(runs):
             assert row["ours"] == f4(m["test_mean_auc"]), (name, title)
     # the pretraining report: | term | first epoch | last epoch |
     pre, m = _pretraining(out)
-    (terms,) = [rows for rows in _tables((pre / "report.md").read_text()).values()
+    (terms,) = [rows for rows in markdown_tables((pre / "report.md").read_text()).values()
                 if rows and "term" in rows[0]]
     assert {r["term"]: (r["first epoch"], r["last epoch"]) for r in terms} == {
         k: (f4(m["first"][k]), f4(m["final"][k])) for k in m["final"]}

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from _reports import markdown_tables
 
 from cxr_keras.evaluation.metrics import youden_thresholds
 from cxr_keras.recipes import mlrfnet
@@ -90,32 +91,12 @@ def test_cost_and_localisation_are_measured(finished_run):
     assert set(thr) == {"youden_val", "p0.5"}
 
 
-def test_report_prints_paper_tables(finished_run):
+def test_report_prints_papermarkdown_tables(finished_run):
     run, _, _ = finished_run
     text = run.file("report.md").read_text()
     for number in ("0.8530", "0.9630", "79.3000", "4.2900", "0.0460", "0.8300"):
         assert number in text, number
     assert "phantom" in text and "pointing game" in text
-
-
-def _tables(text):
-    """``{title: [{column: cell}, ...]}`` for every Markdown table of ``text``; a table's title
-    is the last ``### `` heading above it."""
-    def cells(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    lines, tables, title = text.splitlines(), {}, None
-    for i, line in enumerate(lines):
-        if line.startswith("### "):
-            title = line[4:]
-        elif line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
-            header, rows = cells(line), []
-            for row in lines[i + 2:]:
-                if not row.startswith("|"):
-                    break
-                rows.append(dict(zip(header, cells(row))))
-            tables[title] = rows
-    return tables
 
 
 def test_report_cells_equal_metrics(finished_run):
@@ -126,7 +107,7 @@ def test_report_cells_equal_metrics(finished_run):
     run, _, cfg = finished_run
     m = json.loads(run.file("metrics.json").read_text())
     text = run.file("report.md").read_text()
-    tables = _tables(text)
+    tables = markdown_tables(text)
 
     def table(prefix):
         (rows,) = [v for k, v in tables.items() if k and k.startswith(prefix)]
