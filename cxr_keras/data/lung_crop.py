@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from ..progress import Progress
+from .images import read_image, write_image
 
 
 def and_ensemble(masks, threshold=0.5):
@@ -119,3 +123,23 @@ def lung_crop(image, mask, size=512, margin=0.0, low=1.0, high=99.0, return_info
     if return_info:
         return out, {"bbox_mask": box, "bbox_image": (y0, y1, x0, x1), "found": found}
     return out
+
+
+def write_lung_crops(paths, masks, out, *, size=512, margin=0.0, low=1.0, high=99.0,
+                     progress: bool = True) -> tuple[list, int]:
+    """:func:`lung_crop` every image ``paths[i]`` with ``masks[i]`` into ``out/<i:05d>_<stem>.png``
+    (8-bit; files already there are kept, so an interrupted run resumes). Returns the crops'
+    paths and how many masks were empty (those images are kept whole)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, bar = [], Progress(len(paths), "lung crops", enabled=progress)
+    for i, (path, mask) in enumerate(zip(paths, masks)):
+        dest = out / f"{i:05d}_{Path(path).stem}.png"
+        if not dest.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an empty mask: counted below
+                crop = lung_crop(read_image(path), mask, size=size, margin=margin, low=low, high=high)
+            write_image(dest, np.round(crop * 255).astype(np.uint8))
+        written.append(str(dest.resolve()))
+        bar.update(1)
+    return written, int(sum(not np.any(m) for m in masks))

@@ -42,6 +42,12 @@ def normalize(image, normalization: str):
     raise ValueError(f"unknown normalization {normalization!r}; known: {NORMALIZATIONS}")
 
 
+def imagenet_grey(x) -> np.ndarray:
+    """ImageNet-normalised images (N, H, W, C) back to grey uint8 (N, H, W), for figures."""
+    rgb = np.asarray(x) * np.asarray(IMAGENET_STD) + np.asarray(IMAGENET_MEAN)
+    return np.clip(rgb[..., 0] * 255, 0, 255).astype(np.uint8)
+
+
 class EpochCallback(keras.callbacks.Callback):
     """Tell a pipeline which epoch is starting (needed for exact resumption)."""
 

@@ -205,3 +205,19 @@ def count_flops(model, batch_size=1, input_shape=None) -> dict:
     macs = sum(m for _, _, m in per_layer)
     return {"macs": macs, "gflops": macs / 1e9, "flops_2x": 2 * macs,
             "per_layer": per_layer, "uncounted": counter.uncounted}
+
+
+def seconds_per_image(model, n: int = 20, input_shape=None) -> float:
+    """Measured seconds of one forward pass at batch 1 (mean of ``n`` after a first, traced one),
+    on random input of the model's input shape."""
+    import time
+
+    import numpy as np
+
+    shape = tuple(input_shape or model.input_shape[1:])
+    x = np.random.default_rng(0).normal(size=(1,) + shape).astype(np.float32)
+    model.predict_on_batch(x)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        model.predict_on_batch(x)
+    return (time.perf_counter() - t0) / max(n, 1)

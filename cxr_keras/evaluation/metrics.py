@@ -155,3 +155,22 @@ def youden_thresholds(y_true, prob) -> np.ndarray:
         k = int(np.argmax(tpr - fpr))
         out[j] = min(float(thr[k]), 1.0)
     return out
+
+
+def multilabel_summary(val_y, val_prob, test_y, test_prob, labels, *, n_boot: int = 0,
+                       seed: int = 0) -> dict:
+    """The numbers of a multi-label report: per-class and mean AUC on validation and test (and a
+    bootstrap 95% interval of the test mean with ``n_boot`` resamples), per-class Youden
+    thresholds chosen on validation, and the test metrics at them (``"youden_val"``: positive
+    when prob >= threshold, as ``roc_curve`` counts) and at probability 0.5 (``"p0.5"``)."""
+    val_auc, test_auc = per_class_auc(val_y, val_prob, labels), per_class_auc(test_y, test_prob, labels)
+    thr = youden_thresholds(val_y, val_prob)
+    just_below = np.nextafter(thr, -np.inf)[None, :]  # threshold_metrics counts score > threshold
+    out = dict(val_auc=val_auc, val_mean_auc=mean_of(val_auc), test_auc=test_auc,
+               test_mean_auc=mean_of(test_auc), thresholds=dict(zip(labels, map(float, thr))),
+               test_threshold_metrics={"youden_val": threshold_metrics(test_y, test_prob - just_below, 0.0, labels),
+                                       "p0.5": threshold_metrics(test_y, test_prob, 0.5, labels)})
+    if n_boot:
+        _, lo, hi = bootstrap_ci(mean_auc, test_y, test_prob, n_boot=n_boot, seed=seed)
+        out["test_mean_auc_ci95"] = [lo, hi]
+    return out

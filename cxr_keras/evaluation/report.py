@@ -60,3 +60,12 @@ def metrics_table(ours: dict, paper: dict, metrics, title: str = "", names: dict
             cells.append(text)
         lines.append(f"| {names.get(key, key)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def phantom_note(dataset: str, data: str, more: str = "") -> list:
+    """A report's first lines when its run used phantom data (``dataset`` "phantom..."): its
+    numbers show the pipeline, not the paper's results; ``[]`` for real data."""
+    if not dataset.startswith("phantom"):
+        return []
+    return [f"Data: **phantom** {data} (synthetic). Numbers are not comparable with the paper's; "
+            "the tables show the pipeline end to end." + (f" {more}" if more else ""), ""]

@@ -25,7 +25,6 @@ writes its own folder; pretraining runs are shared by the fine-tunes that need t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -38,13 +37,13 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from .._argtypes import nonnegative_int, open_fraction, positive_int
+from .._argtypes import open_fraction, positive_int
 from ..data import load_table
 from ..data.augment import PRESETS, Preset
 from ..data.cache import Cache
 from ..data.pipeline import make_dataset
 from ..evaluation import metrics as M
-from ..evaluation.report import comparison_table, metrics_table
+from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..inference.batches import predict_dataset
 from ..io import DataError, write_text
 from ..losses import get_loss
@@ -56,7 +55,7 @@ from ..training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from . import dual_mae_paper as paper
 from . import lifecycle
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, options_from_args
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, options_from_args
 
 STAGES = ("all", "pretrain", "finetune", "baselines")
 METHODS = ("dual_mae", "mae")
@@ -65,9 +64,9 @@ INITS = ("dual_mae", "mae", "scratch", "imagenet", "xray")
 
 
 @dataclass
-class Config:
-    """Every setting; defaults are the paper's (Sec. III-B, IV) unless marked CHOICE."""
-    dataset: str = "phantom"            # or "pedicxr" (the real data; adult X-rays alike)
+class Config(RecipeConfig):
+    """Every setting; defaults are the paper's (Sec. III-B, IV) unless marked CHOICE. ``dataset``:
+    "phantom" or "pedicxr" (the real data; the adult X-rays alike)."""
     backbone: str = "vit_s"
     init: str | None = None             # the fine-tuning start; None: dual_mae (ViT), scratch
     mask_ratio: float | None = None     # None: 0.75 dual-MAE, 0.85 MAE (Table 2's best)
@@ -115,11 +114,6 @@ class Config:
     phantom_n: int = 2000               # PediCXR phantom images
     adult_phantom_n: tuple = (2000, 1000)  # NIH, CheXpert phantom images
     phantom_size: int = 256
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: object = "auto"
-    xla: object = "auto"
-    extra: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -136,34 +130,28 @@ QUICK = dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, decod
              imagenet_weights=None, phantom_n=900, adult_phantom_n=(700, 300), phantom_size=128,
              resnet_options={"widths": (16, 32, 64, 128)}, xla=True)  # XLA: 2x faster on CPU
 
-SHORTCUTS = ("backbone", "init", "mask_ratio", "label_fraction", "imagenet_weights",
-             "pretrain_epochs", "finetune_epochs", "phantom_n")
+SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
+    "backbone": dict(choices=BACKBONES, help="fine-tuned network (default vit_s)"),
+    "init": dict(choices=INITS, help="fine-tuning start (default: dual_mae for vit_s, scratch for resnet34)"),
+    "mask_ratio": dict(type=open_fraction, help="fraction of patches masked in pretraining (paper: 0.75)"),
+    "label_fraction": "1%%/10%%/50%%/100%% runs",
+    "imagenet_weights": "local ImageNet weights for --init imagenet (default: download): FILE, or "
+                        "vit_s=FILE,resnet34=FILE for --stage baselines",
+    "pretrain_epochs": "pretraining epochs",
+    "finetune_epochs": "fine-tuning epochs",
+    "phantom_n": dict(type=positive_int, help="images in the phantom PediCXR"),
+}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="cxr-keras run dual_mae", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, "pedicxr")
+    p = lifecycle.parser("dual_mae", __doc__, "pedicxr", Config, SHORTCUTS)
     p.add_argument("--stage", choices=STAGES, default="all",
                    help="pretrain, finetune, all (pretrain then fine-tune), or baselines")
     p.add_argument("--method", choices=METHODS, default=None, dest="init",
                    help="pretraining method (default dual_mae): --init dual_mae|mae")
-    p.add_argument("--backbone", choices=BACKBONES, default=None,
-                   help="fine-tuned network (default vit_s)")
-    p.add_argument("--init", choices=INITS, default=None,
-                   help="fine-tuning start (default: dual_mae for vit_s, scratch for resnet34)")
-    p.add_argument("--mask-ratio", type=open_fraction, default=None,
-                   help="fraction of patches masked in pretraining (paper: 0.75)")
-    p.add_argument("--label-fraction", type=float, default=None, help="1%%/10%%/50%%/100%% runs")
     p.add_argument("--seeds", default=None, help="comma-separated fine-tuning seeds, e.g. 0,1,2")
     p.add_argument("--nih-root", default=None, help="NIH ChestX-ray14 (= --root nih=DIR)")
     p.add_argument("--chexpert-root", default=None, help="CheXpert (= --root chexpert=DIR)")
-    p.add_argument("--imagenet-weights", default=None,
-                   help="local ImageNet weights for --init imagenet (default: download): FILE, or "
-                        "vit_s=FILE,resnet34=FILE for --stage baselines")
-    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None, help="pretraining epochs")
-    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None, help="fine-tuning epochs")
-    p.add_argument("--phantom-n", type=positive_int, default=None, help="images in the phantom PediCXR")
     return p
 
 
@@ -213,11 +201,7 @@ def seeds_of(seeds: str | None, default: int) -> list:
 def _setup(cfg, out, data_root, opts, options) -> tuple[Config, RunOptions]:
     """The resolved Config and the RunOptions of a stage, the processes joined once."""
     opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = resolve(cfg or Config())
-    if cfg.dataset == "phantom" and opts.data_root is not None:
-        cfg = replace(cfg, dataset="pedicxr")
-    check_dataset(cfg, opts, ("pedicxr",))
-    return cfg, lifecycle.join_processes(opts)
+    return lifecycle.bind_data(resolve(cfg or Config()), opts, ("pedicxr",)), lifecycle.join_processes(opts)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -494,10 +478,6 @@ def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
     """Fine-tune on PediCXR and evaluate on its test set (pretraining first when ``cfg.init``
     needs it and it has not run); returns the run folder, a finished one as it is."""
     cfg, opts = _setup(cfg, out, data_root, opts, options)
-    if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
-        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
-                                      nih_root=str(opts.roots.get("nih")),
-                                      chexpert_root=str(opts.roots.get("chexpert"))))
     needs = {"dual_mae": pretrain, "mae": pretrain, "xray": xray_pretrain}.get(cfg.init)
     done = not opts.force and lifecycle.open_run(opts.out, run_tag(cfg), asdict(cfg)).finished
     source = needs(cfg, opts=replace(opts, force=False)) if needs and not done else None
@@ -553,18 +533,11 @@ def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | No
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
     run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=np.array(labels))
     val_p, test_p = expit(val_logits), expit(test_logits)
-    test_auc = M.per_class_auc(test_y, test_p, labels)
-    thr = M.youden_thresholds(val_y, val_p)
-    # positive when prob >= threshold (threshold_metrics is strict)
-    at_youden = M.threshold_metrics(test_y, test_p - np.nextafter(thr, -np.inf)[None, :], 0.0, labels)
-    at_half = M.threshold_metrics(test_y, test_p, 0.5, labels)
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
         label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start,
-        val_auc=M.per_class_auc(val_y, val_p, labels), test_auc=test_auc,
-        test_mean_auc=M.mean_of(test_auc), thresholds=dict(zip(labels, map(float, thr))),
-        test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
+        **M.multilabel_summary(val_y, val_p, test_y, test_p, labels),
         epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
         train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
@@ -585,9 +558,7 @@ def report(cfg: Config, m: dict) -> str:
     name = paper.NAME_OF[(cfg.backbone, cfg.init)]
     lines = [f"# dual_mae fine-tuning: {name}, seed {cfg.seed}"
              + (f", {cfg.label_fraction:.0%} of the labels" if cfg.label_fraction < 1 else ""), ""]
-    if cfg.dataset == "phantom":
-        lines += ["Data: **phantom** PediCXR and adult X-rays (synthetic). Numbers are not "
-                  "comparable with the paper's; the tables show the pipeline end to end.", ""]
+    lines += phantom_note(cfg.dataset, "PediCXR and adult X-rays")
     lines += [f"Start: {m['start']}. {cfg.backbone} at {cfg.image_size} px, {m['epochs_trained']} "
               f"epochs of batch {cfg.finetune_batch} on {m['train_images']} images; best epoch by "
               "validation mean AUC.", ""]

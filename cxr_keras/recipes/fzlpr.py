@@ -11,23 +11,22 @@ and the tau ablation (Table 4, Fig. 6) through :func:`run` and :func:`compare_ru
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import keras
 import numpy as np
 from scipy.special import expit
 
-from .._argtypes import nonnegative_int, positive_float, positive_int
+from .._argtypes import positive_float, positive_int
 from ..data.augment import PRESETS
 from ..data.cache import Cache
-from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_dataset
+from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
 from ..evaluation.delong import delong_test
 from ..evaluation.metrics import mean_of
-from ..evaluation.report import comparison_table
+from ..evaluation.report import comparison_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
@@ -35,22 +34,22 @@ from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
 from ..io import DataError
 from ..losses import get_loss
 from ..models import densenet, densenet121_fzlpr
+from ..models.batchnorm import set_bn_momentum
 from ..models.densenet_fzlpr import set_backbone_trainable
 from ..training import RunFolder, fit_stage, read_history
 from . import fzlpr_paper as paper
 from . import lifecycle
 from .common import prepared_cache
-from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 LOSSES = ("bce", "focal", "zlpr", "fzlpr")
 
 
 @dataclass
-class Config:
+class Config(RecipeConfig):
     """Every setting of a run; defaults are the paper's (Sec. 4.2) unless marked CHOICE."""
     loss: str = "fzlpr"
     tau: float | None = 0.2
-    dataset: str = "phantom"
     weights: str | None = "imagenet"   # "imagenet", None, or a local weights file (backbone)
     backbone_blocks: tuple = (6, 12, 24, 16)  # DenseNet121; --quick uses a reduced DenseNet
     bn_momentum: float = 0.99          # Keras default; reduced (quick) models use 0.9
@@ -71,42 +70,26 @@ class Config:
     gradcam_images: int = 9
     phantom_n: int = 2000
     phantom_size: int = 256
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: object = "auto"
-    xla: object = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 QUICK = dict(weights=None, backbone_blocks=(1, 2, 2, 1), bn_momentum=0.9, cache_size=184, crop=160,
              batch_size=32, stage1_epochs=2, stage1_lr=1e-3, stage2_epochs=6, stage2_lr=1e-3,
              lr_floor=1e-5, bootstrap=200, phantom_n=700, phantom_size=256)
 
-
-SHORTCUTS = ("loss", "tau", "weights", "batch_size", "stage1_epochs", "stage2_epochs", "val_by",
-             "phantom_n")
+SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
+    "loss": dict(choices=LOSSES, help="training loss (default fzlpr)"),
+    "tau": dict(type=positive_float, help="FZLPR temperature (default 0.2; 1.0 = ZLPR)"),
+    "weights": "'imagenet' (default), 'none', or a local backbone weights file",
+    "batch_size": dict(type=positive_int, help="global batch size (paper: 64)"),
+    "stage1_epochs": "epochs of stage 1, the new top only (paper: 5)",
+    "stage2_epochs": "epochs of stage 2, all layers (paper: 20)",
+    "val_by": dict(choices=["image", "patient"], help="hold the validation set out by image or by patient"),
+    "phantom_n": dict(type=positive_int, help="images in the phantom dataset"),
+}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="cxr-keras run fzlpr", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, "nih")
-    p.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default fzlpr)")
-    p.add_argument("--tau", type=positive_float, default=None,
-                   help="FZLPR temperature (default 0.2; 1.0 = ZLPR)")
-    p.add_argument("--weights", default=None,
-                   help="'imagenet' (default), 'none', or a local backbone weights file")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="global batch size (paper: 64)")
-    p.add_argument("--stage1-epochs", type=nonnegative_int, default=None,
-                   help="epochs of stage 1, the new top only (paper: 5)")
-    p.add_argument("--stage2-epochs", type=nonnegative_int, default=None,
-                   help="epochs of stage 2, all layers (paper: 20)")
-    p.add_argument("--val-by", choices=["image", "patient"], default=None,
-                   help="hold the validation set out by image or by patient")
-    p.add_argument("--phantom-n", type=positive_int, default=None,
-                   help="images in the phantom dataset")
-    return p
+    return lifecycle.parser("fzlpr", __doc__, "nih", Config, SHORTCUTS)
 
 
 def resolve(cfg: Config) -> Config:
@@ -137,13 +120,7 @@ def build_model(cfg: Config, num_classes: int):
         return densenet121_fzlpr(num_classes, weights=cfg.weights, input_shape=shape)
     # A reduced DenseNet (same design, fewer layers per block) for quick CPU runs and tests.
     base = densenet(cfg.backbone_blocks, input_shape=shape)
-    model = densenet121_fzlpr(num_classes, weights=None, base=base)
-    # A quick run has ~100 steps: with Keras' BN momentum 0.99 the moving statistics would still
-    # be near their initial values at evaluation. 0.9 lets them settle (quick runs only).
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = cfg.bn_momentum
-    return model
+    return set_bn_momentum(densenet121_fzlpr(num_classes, weights=None, base=base), cfg.bn_momentum)
 
 
 def run_tag(cfg: Config) -> str:
@@ -155,13 +132,7 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptio
     """Train and evaluate one configuration (phantom NIH when ``data_root`` is None); returns
     its run folder (a finished one as it is). ``options``: see :class:`RunOptions`."""
     opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = resolve(cfg or Config())
-    if cfg.dataset == "phantom" and opts.data_root is not None:
-        cfg = replace(cfg, dataset="nih")
-    check_dataset(cfg, opts, ("nih",))
-    if cfg.dataset != "phantom":  # two copies of the data must not share a run folder
-        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
-                                      cache=str(opts.cache)))
+    cfg = lifecycle.bind_data(resolve(cfg or Config()), opts, ("nih",))
     return execute(run_tag(cfg), cfg, opts, prepare=_prepare, train=_train, evaluate=_evaluate)
 
 
@@ -268,7 +239,7 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
     xs = np.stack([picked[i] for i in order])
     cls = np.argmax(test_prob[order], axis=1)
     cams = grad_cam(model, xs, cls, layer_name="relu")
-    grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
+    grey = imagenet_grey(xs)
     titles = []
     for i, c in zip(order, cls):
         truth = [labels[j] for j in np.flatnonzero(test_y[i] > 0.5)] or ["No Finding"]
@@ -280,9 +251,7 @@ def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
 def report(cfg: Config, m: dict) -> str:
     loss = cfg.loss
     lines = [f"# fzlpr run: loss {loss}" + (f", tau {cfg.tau:g}" if loss == "fzlpr" else ""), ""]
-    if cfg.dataset == "phantom":
-        lines += ["Data: **phantom** NIH ChestX-ray14 (synthetic). Numbers are not comparable with "
-                  "the paper's; the tables show the pipeline end to end.", ""]
+    lines += phantom_note(cfg.dataset, "NIH ChestX-ray14")
     lines += [f"Backbone blocks {list(cfg.backbone_blocks)}, weights {cfg.weights}, input "
               f"{cfg.crop}x{cfg.crop} from a {cfg.cache_size} cache, batch {cfg.batch_size}, "
               f"epochs {cfg.stage1_epochs}+{cfg.stage2_epochs}.", ""]

@@ -34,11 +34,23 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._argtypes import positive_int
+from .._argtypes import nonnegative_int, positive_int
 from ..io import DataError
 from ..training import RunFolder
 
 FULL_CONFIG = "recipe_config.json"  # beside a config.json that names a folder by part of a Config
+
+
+@dataclass
+class RecipeConfig:
+    """The fields every recipe's ``Config`` has (its own come after): where the data comes from
+    ("phantom", or a real dataset's name) and how the run executes."""
+    dataset: str = "phantom"
+    seed: int = 0
+    deterministic: bool = False
+    mixed_precision: object = "auto"   # "auto", True or False
+    xla: object = "auto"               # "auto", True or False
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -115,6 +127,8 @@ def _coerce(key: str, value, hint):
         if isinstance(value, str):
             return value
     elif hint is tuple or typing.get_origin(hint) is tuple:
+        if isinstance(value, str):  # "a,b,c" (a command-line list); each item JSON where it parses
+            value = [_json_or_text(v.strip()) for v in value.split(",") if v.strip()]
         if isinstance(value, (list, tuple)):
             return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     elif hint is dict or typing.get_origin(hint) is dict:
@@ -137,6 +151,13 @@ def with_settings(cfg, settings: dict, source: str = "--set"):
     return dataclasses.replace(cfg, **{k: _coerce(k, v, hints[k]) for k, v in settings.items()})
 
 
+def _json_or_text(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_set(pairs) -> dict:
     """``["KEY=VALUE", ...]`` -> dict; a value is JSON when it parses as JSON, else a string."""
     out = {}
@@ -144,10 +165,7 @@ def parse_set(pairs) -> dict:
         key, sep, text = pair.partition("=")
         if not sep or not key.strip():
             raise DataError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            out[key.strip()] = text
+        out[key.strip()] = _json_or_text(text)
     return out
 
 
@@ -178,6 +196,33 @@ def read_config_file(path) -> dict:
 
 
 # ------------------------------------------------------------------ the command line
+
+
+def parser(paper: str, doc: str, default_dataset: str, config_cls=None,
+           shortcuts: dict | None = None) -> argparse.ArgumentParser:
+    """``cxr-keras run <paper>``'s parser: :func:`add_run_args`, then one option per entry of
+    ``shortcuts`` (Config field -> help text, or a dict of ``add_argument`` keywords with
+    ``help``), named after the field (``stage2_lr`` -> ``--stage2-lr``), typed by the field's
+    annotation unless the entry gives a ``type``."""
+    p = argparse.ArgumentParser(prog=f"cxr-keras run {paper}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_args(p, default_dataset)
+    hints = typing.get_type_hints(config_cls) if shortcuts else {}
+    for name, spec in (shortcuts or {}).items():
+        spec = {"help": spec} if isinstance(spec, str) else dict(spec)
+        hint = hints[name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: as X
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if hint is bool:
+            spec.setdefault("action", "store_true")
+        elif "choices" not in spec:
+            spec.setdefault("type", {int: nonnegative_int, float: float}.get(hint, str))
+        given = next((a for a in p._actions if a.dest == name), None)
+        if given is not None:  # a standard option (--dataset): the recipe's choices and help
+            vars(given).update(choices=spec.get("choices"), help=spec["help"])
+        else:
+            p.add_argument("--" + name.replace("_", "-"), default=None, **spec)
+    return p
 
 
 def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.ArgumentParser:
@@ -336,6 +381,20 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     if multihost.is_chief():
         print(f"report: {run.file('report.md')}", flush=True)
     return run
+
+
+def bind_data(cfg, opts: RunOptions, real: tuple):
+    """``cfg`` as it runs on ``opts``' data: "phantom" becomes ``real[0]`` when a data folder is
+    given; checked (:func:`check_dataset`); for real data, the folders go into ``cfg.extra`` so
+    that runs on two copies of a dataset never share a run folder."""
+    if cfg.dataset == "phantom" and (opts.data_root is not None or opts.roots):
+        cfg = dataclasses.replace(cfg, dataset=real[0])
+    check_dataset(cfg, opts, real)
+    if cfg.dataset == "phantom" or cfg.dataset.startswith("phantom-"):
+        return cfg
+    folders = dict(data_root=str(opts.data_root), cache=str(opts.cache),
+                   roots={k: str(v) for k, v in opts.roots.items()})
+    return dataclasses.replace(cfg, extra=dict(cfg.extra, **folders))
 
 
 def check_dataset(cfg, opts: RunOptions, real: tuple) -> None:

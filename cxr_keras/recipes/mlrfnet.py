@@ -21,7 +21,6 @@ Python::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import dataclass, field, replace
@@ -30,29 +29,29 @@ import keras
 import numpy as np
 from scipy.special import expit
 
-from .._argtypes import nonnegative_int, positive_int
+from .._argtypes import positive_int
 from ..data.augment import PRESETS
 from ..data.cache import Cache
 from ..data.datasets.chexpert import COMPETITION_LABELS, MIXED_POLICY
 from ..data.datasets.nih import load_boxes
-from ..data.pipeline import IMAGENET_MEAN, IMAGENET_STD, make_dataset
+from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
-from ..evaluation.flops import count_flops
+from ..evaluation.flops import count_flops, seconds_per_image
 from ..evaluation.localization import localization_scores, map_box
-from ..evaluation.metrics import mean_of
-from ..evaluation.report import comparison_table, metrics_table
+from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
 from ..io import DataError
 from ..losses import BiasedFocalLoss, get_loss
+from ..models.batchnorm import set_bn_momentum
 from ..models.mlrfnet import gradcam_layers
 from ..models.mlrfnet import mlrfnet as mlrfnet_model
 from ..training import RunFolder, fit_stage, read_history
 from . import lifecycle
 from . import mlrfnet_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 DATASETS = ("phantom", "phantom-nih", "phantom-chexpert", "nih", "chexpert")
 PAPER_MODEL = {"backbone": "res2net50", "use_eca": True, "use_mrfc": True, "loss": "bfl"}
@@ -71,9 +70,8 @@ SPLITS = ("official", "random")
 
 
 @dataclass
-class Config:
+class Config(RecipeConfig):
     """Every setting of a run; defaults are the paper's (Sec. III-IV) unless marked CHOICE."""
-    dataset: str = "phantom"
     ablation: str = "full"             # Tables 9-11: sets the four fields below (resolve)
     backbone: str = "res2net50"
     use_eca: bool = True
@@ -110,11 +108,6 @@ class Config:
     latency_images: int = 20
     phantom_n: int = 2000
     phantom_size: int = 256
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: object = "auto"
-    xla: object = "auto"
-    extra: dict = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -133,32 +126,22 @@ QUICK = dict(weights=None, backbone_options=quick_backbone_options("res2net50"),
              cache_size=128, crop=112, batch_size=32, epochs=8, lr=1e-3, bootstrap=200,
              gradcam_images=4, max_boxes=60, latency_images=10, phantom_n=600, phantom_size=256)
 
-SHORTCUTS = ("ablation", "uncertain", "split", "weights", "batch_size", "epochs", "phantom_n")
+SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
+    "dataset": dict(choices=DATASETS, help="'phantom' (= phantom-nih) or 'phantom-chexpert' (synthetic, "
+                    "official layout), or 'nih' / 'chexpert' (the real data under --data-root)"),
+    "ablation": dict(choices=list(ABLATIONS), help="Tables 9-11: no_eca, no_mrfc, resnet50, densenet121, "
+                     "bce, focal (default: full, the paper's model)"),
+    "uncertain": dict(choices=POLICIES, help="CheXpert uncertainty policy: mixed (U-O&U-Z, default), ones, zeros"),
+    "split": dict(choices=SPLITS, help="NIH: official lists (default) or a 70/10/20 patient split (Table 2)"),
+    "weights": "'imagenet' (default), 'none', or a local backbone weights file",
+    "batch_size": dict(type=positive_int, help="global batch size"),
+    "epochs": "training epochs",
+    "phantom_n": dict(type=positive_int, help="images in the phantom dataset"),
+}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="cxr-keras run mlrfnet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, "nih")
-    for action in p._actions:
-        if action.dest == "dataset":
-            action.choices = DATASETS
-            action.help = ("'phantom' (= phantom-nih) or 'phantom-chexpert' (synthetic, official "
-                           "layout), or 'nih' / 'chexpert' (the real data under --data-root)")
-    p.add_argument("--ablation", choices=list(ABLATIONS), default=None,
-                   help="Tables 9-11: no_eca, no_mrfc, resnet50, densenet121, bce, focal "
-                        "(default: full, the paper's model)")
-    p.add_argument("--uncertain", choices=POLICIES, default=None,
-                   help="CheXpert uncertainty policy: mixed (U-O&U-Z, default), ones, zeros")
-    p.add_argument("--split", choices=SPLITS, default=None,
-                   help="NIH: official lists (default) or a 70/10/20 patient split (Table 2)")
-    p.add_argument("--weights", default=None,
-                   help="'imagenet' (default), 'none', or a local backbone weights file")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
-    p.add_argument("--epochs", type=nonnegative_int, default=None, help="training epochs")
-    p.add_argument("--phantom-n", type=positive_int, default=None,
-                   help="images in the phantom dataset")
-    return p
+    return lifecycle.parser("mlrfnet", __doc__, "nih", Config, SHORTCUTS)
 
 
 def set_ablation(cfg: Config, ablation: str) -> Config:
@@ -220,13 +203,7 @@ def build_model(cfg: Config, num_classes: int, full_size: bool = False):
                           weights=None if full_size else cfg.weights,
                           input_shape=(224, 224, 3) if full_size else (cfg.crop, cfg.crop, 3),
                           backbone_options=None if full_size else cfg.backbone_options)
-    if cfg.bn_momentum is not None and not full_size:
-        # A quick run has ~100 steps: with momentum 0.99 the moving statistics would still be
-        # near their initial values at evaluation; 0.9 lets them settle.
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = cfg.bn_momentum
-    return model
+    return set_bn_momentum(model, None if full_size else cfg.bn_momentum)
 
 
 def build_loss(cfg: Config):
@@ -300,13 +277,7 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptio
     its run folder (a finished one as it is). ``options``: see :class:`RunOptions` (``roots``:
     e.g. ``{"chexpert": DIR}``)."""
     opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = resolve(cfg or Config())
-    if cfg.dataset == "phantom" and opts.data_root is not None:
-        cfg = replace(cfg, dataset="nih")
-    check_dataset(cfg, opts, ("nih", "chexpert"))
-    if not cfg.dataset.startswith("phantom"):  # two copies of the data must not share a folder
-        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.root(cfg.source)),
-                                      cache=str(opts.cache)))
+    cfg = lifecycle.bind_data(resolve(cfg or Config()), opts, ("nih", "chexpert"))
     return execute(run_tag(cfg), cfg, opts, prepare=Data, train=_train, evaluate=_evaluate)
 
 
@@ -351,15 +322,8 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     val_y, test_y = val_y[:, cols], test_y[:, cols]
     names = data.eval_labels
 
-    val_auc = M.per_class_auc(val_y, val_prob, names)
-    test_auc = M.per_class_auc(test_y, test_prob, names)
-    est, lo, hi = M.bootstrap_ci(lambda t, s: M.mean_auc(t, s), test_y, test_prob,
-                                 n_boot=cfg.bootstrap, seed=cfg.seed)
-    thr = M.youden_thresholds(val_y, val_prob)
-    # positive when prob >= threshold, as in roc_curve (threshold_metrics is strict)
-    at_youden = M.threshold_metrics(test_y, test_prob - np.nextafter(thr, -np.inf)[None, :], 0.0,
-                                    names)
-    at_half = M.threshold_metrics(test_y, test_prob, 0.5, names)
+    summary = M.multilabel_summary(val_y, val_prob, test_y, test_prob, names, n_boot=cfg.bootstrap,
+                                   seed=cfg.seed)
     cost = cost_figures(model, cfg, data, len(data.labels))
     localization = None
     if cfg.source == "nih":
@@ -369,11 +333,7 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     metrics = run_dir.update_metrics(
         ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
         "chexpert" else None,
-        val_auc=val_auc, val_mean_auc=mean_of(val_auc),
-        test_auc=test_auc, test_mean_auc=mean_of(test_auc), test_mean_auc_ci95=[lo, hi],
-        thresholds={k: float(t) for k, t in zip(names, thr)},
-        test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
-        cost=cost, localization=localization,
+        **summary, cost=cost, localization=localization,
         epochs_trained=len(history.get("loss", [])),
         train_seconds=train_seconds, train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_prob, names, run_dir.file("plots", "roc_test.png"),
@@ -387,24 +347,15 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
 def cost_figures(model, cfg: Config, data: Data, num_classes: int) -> dict:
     """Table 8: FLOPs (multiply-accumulates, counted from the layers) and measured seconds per
     image at batch 1, for the trained model and (for a reduced model) the paper-size one."""
-    def latency(m, shape, n):
-        x = np.random.default_rng(0).normal(size=(1,) + tuple(shape)).astype(np.float32)
-        m.predict_on_batch(x)  # trace once
-        t0 = time.perf_counter()
-        for _ in range(n):
-            m.predict_on_batch(x)
-        return (time.perf_counter() - t0) / max(n, 1)
-
     shape = (cfg.crop, cfg.crop, 3)
     out = {"trained": {"input": list(shape), "gmacs": count_flops(model)["gflops"],
                        "params": int(model.count_params()),
-                       "seconds_per_image": latency(model, shape, cfg.latency_images)}}
+                       "seconds_per_image": seconds_per_image(model, cfg.latency_images)}}
     if cfg.backbone_options or cfg.crop != 224:
         full = build_model(cfg, num_classes, full_size=True)
         out["paper_size"] = {"input": [224, 224, 3], "gmacs": count_flops(full)["gflops"],
                              "params": int(full.count_params()),
-                             "seconds_per_image": latency(full, (224, 224, 3),
-                                                          max(1, cfg.latency_images // 4))}
+                             "seconds_per_image": seconds_per_image(full, max(1, cfg.latency_images // 4))}
     else:
         out["paper_size"] = out["trained"]
     return out
@@ -449,7 +400,7 @@ def pointing_game(model, cfg: Config, run_dir, data: Data, test_prob) -> dict | 
 
 def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
     """Fig. 11: Grad-CAM at u4 with the finding's box and its predicted score."""
-    grey = np.clip((xs * IMAGENET_STD + IMAGENET_MEAN)[..., 0] * 255, 0, 255).astype(np.uint8)
+    grey = imagenet_grey(xs)
     titles = [f"box: {f}\nscore {(p[labels.index(f)] if f in labels else float('nan')):.2f}"
               for f, p in zip(findings, probs)]
     overlay_grid(grey, heatmaps, titles, path, boxes=boxes, fontsize=8)
@@ -460,9 +411,7 @@ def gradcam_figure(xs, heatmaps, boxes, findings, probs, labels, path):
 def report(cfg: Config, m: dict) -> str:
     lines = [f"# mlrfnet run: {cfg.source}, ablation {cfg.ablation}" +
              (f", uncertainty policy {cfg.uncertain}" if cfg.source == "chexpert" else ""), ""]
-    if cfg.dataset.startswith("phantom"):
-        lines += [f"Data: **phantom** {cfg.source} (synthetic). Numbers are not comparable with the "
-                  "paper's; the tables show the pipeline end to end.", ""]
+    lines += phantom_note(cfg.dataset, cfg.source)
     lines += [f"Backbone {cfg.backbone}" + (f" (reduced: {cfg.backbone_options})"
                                             if cfg.backbone_options else "") +
               f", ECA {cfg.use_eca}, MRFC {cfg.use_mrfc}, loss {cfg.loss}, weights {cfg.weights}, "

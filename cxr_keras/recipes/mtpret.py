@@ -28,7 +28,6 @@ specified), so its rows stay the paper's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -40,14 +39,14 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from .._argtypes import nonnegative_int, positive_int
+from .._argtypes import positive_int
 from ..data import load_table
 from ..data.cache import Cache, build_cache
 from ..data.detection_inputs import faster_rcnn_inputs, to_xyxy
 from ..data.pipeline import make_dataset
 from ..evaluation import metrics as M
 from ..evaluation.detection import detection_ap
-from ..evaluation.report import comparison_table, metrics_table
+from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics
 from ..inference.batches import predict_dataset
 from ..io import DataError, atomic_path, write_json, write_text
@@ -58,7 +57,7 @@ from ..training.multitask import Task, continual_learning
 from . import lifecycle
 from . import mtpret_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import RunOptions, add_run_args, check_dataset, config_from_args, execute, options_from_args
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 STAGES = ("all", "pretrain", "multitask", "finetune", "baselines")
 PRETRAINED = ("sd_simclr", "md_simclr", "sd_moco", "md_moco", "md_moco++")
@@ -92,9 +91,8 @@ METRIC_OF_KIND = {"binary": "auc", "multilabel": "mauc", "segmentation": "dice",
 
 
 @dataclass
-class Config:
+class Config(RecipeConfig):
     """Every setting; the paper's where it gives one, else marked CHOICE (docs/FIDELITY.md)."""
-    dataset: str = "phantom"
     backbone: str = "resnet18"
     init: str = "mtpret"
     task: str | None = None                # fine-tuning task (one run per task)
@@ -142,11 +140,6 @@ class Config:
         "nih": 3000, "kermany": 1500, "mura": 1500, "lungmasks": 600, "tbx11k": 6000,
         "chexpert": 1500})
     phantom_size: int = 512
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: object = "auto"
-    xla: object = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (16, 32, 64, 128)},
@@ -160,36 +153,28 @@ QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (
                         "tbx11k": 2400, "chexpert": 500},
              phantom_size=128, xla=False)
 
-SHORTCUTS = ("init", "backbone", "imagenet_weights", "pretrain_epochs", "rounds", "finetune_epochs")
+SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
+    "init": dict(choices=INITS, help="pretraining (stage pretrain), multitask variant (stage multitask) "
+                 "or fine-tuning initialisation (stage finetune)"),
+    "backbone": dict(choices=BACKBONES, help="shared backbone (default resnet18)"),
+    "imagenet_weights": "local ImageNet weights for the ImageNet-initialised runs (default: download)",
+    "pretrain_epochs": "contrastive pretraining epochs",
+    "rounds": dict(type=positive_int, help="multitask continual-learning rounds"),
+    "finetune_epochs": "fine-tuning epochs per task",
+}
 STAGE_INIT = {"pretrain": (PRETRAINED, "md_moco"), "multitask": (MULTITASK, "mtpret")}
 REAL = ("real",) + tuple(sorted({spec.reader for spec in TASKS.values()}))
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="cxr-keras run mtpret", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, "real")
+    p = lifecycle.parser("mtpret", __doc__, "real", Config, SHORTCUTS)
     p.add_argument("--stage", choices=STAGES, default=None,
                    help="pretrain, multitask, finetune, all (in turn; the default), or baselines")
-    p.add_argument("--init", choices=INITS, default=None,
-                   help="pretraining (stage pretrain), multitask variant (stage multitask) or "
-                        "fine-tuning initialisation (stage finetune)")
-    p.add_argument("--backbone", choices=BACKBONES, default=None,
-                   help="shared backbone (default resnet18)")
     p.add_argument("--tasks", default=None,
                    help=f"comma-separated fine-tuning tasks (default: {','.join(FINETUNE_TASKS)})")
     p.add_argument("--roots", default=None,
                    help="real data: READER=FOLDER,... for nih, kermany, mura, lungmasks, tbx11k, "
                         "chexpert (each defaults to --data-root); the same as --root READER=DIR")
-    p.add_argument("--imagenet-weights", default=None,
-                   help="local ImageNet weights for the ImageNet-initialised runs "
-                        "(default: download)")
-    p.add_argument("--pretrain-epochs", type=nonnegative_int, default=None,
-                   help="contrastive pretraining epochs")
-    p.add_argument("--rounds", type=positive_int, default=None,
-                   help="multitask continual-learning rounds")
-    p.add_argument("--finetune-epochs", type=nonnegative_int, default=None,
-                   help="fine-tuning epochs per task")
     return p
 
 
@@ -258,14 +243,7 @@ def setup(cfg: Config | None = None, out="runs", data_root=None, *,
     """(Config, RunOptions) of a call, checked; real data when a folder is given; with
     ``distributed``, the processes joined (once: pass the result on to every later call)."""
     opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = resolve(cfg or Config())
-    if cfg.dataset == "phantom" and (opts.data_root is not None or opts.roots):
-        cfg = replace(cfg, dataset="real")
-    check_dataset(cfg, opts, REAL)
-    if cfg.dataset != "phantom":  # two copies of the data must not share a fine-tuning folder
-        cfg = replace(cfg, extra=dict(cfg.extra, roots=dict(opts.roots),
-                                      data_root=str(opts.data_root)))
-    return cfg, lifecycle.join_processes(opts)
+    return lifecycle.bind_data(resolve(cfg or Config()), opts, REAL), lifecycle.join_processes(opts)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -746,9 +724,7 @@ def finetune_report(cfg: Config, m: dict) -> str:
     name, method = m["task"], m["method"]
     bb = cfg.backbone if cfg.backbone in paper.BACKBONES else "resnet18"
     lines = [f"# mtpret fine-tuning: {paper.TASK_NAMES[name]}, {method}, {cfg.backbone}", ""]
-    if cfg.dataset == "phantom":
-        lines += ["Data: **phantom** (synthetic, in the official layout). Numbers are not "
-                  "comparable with the paper's; the tables show the pipeline end to end.", ""]
+    lines += phantom_note(cfg.dataset, "datasets in their official layouts")
     lines += [f"Start: {m['start']}. {m['epochs_trained']} epochs on {m['train_images']} images at "
               f"{cfg.image_size[0]}x{cfg.image_size[1]}; best epoch by the validation main "
               f"metric; tested on {m['test_images']} images.", ""]

@@ -27,10 +27,9 @@ process makes the predictions the next stage is built from; process 0 alone the 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,15 +40,15 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
 
 from .. import ensemble as E
-from .._argtypes import nonnegative_float, nonnegative_int
+from .._argtypes import nonnegative_float
 from ..data.augment import get_preset
 from ..data.cache import Cache, build_cache
-from ..data.images import read_image, write_image
-from ..data.lung_crop import and_ensemble, lung_crop
+from ..data.images import read_image
+from ..data.lung_crop import and_ensemble, write_lung_crops
 from ..data.pipeline import make_dataset
 from ..data.tables import finish_table, split_off_validation
 from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
-from ..evaluation.report import metrics_table
+from ..evaluation.report import metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
@@ -59,31 +58,24 @@ from ..io import DataError, atomic_path
 from ..losses.calibrated import get_classification_loss
 from ..losses.segmentation import SEGMENTATION_LOSSES as SEGMENTATION_LOSS_FNS
 from ..models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
+from ..models.batchnorm import set_bn_momentum
 from ..models.efficientnet_unet import DEEPEST_CONV
-from ..progress import Progress
 from ..training import RunFolder, config_hash, fit_stage, multihost
 from . import lifecycle
 from . import multiloss_paper as paper
 from .common import cache_of, phantom_or_real_root
-from .lifecycle import (
-    RunOptions,
-    add_run_args,
-    check_dataset,
-    config_from_args,
-    execute,
-    join_processes,
-    options_from_args,
-)
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, join_processes, options_from_args
 
 SEGMENTATION_LOSSES = ("bce", "bce_dice", "focal", "tversky", "focal_tversky")
 CLASSIFICATION_LOSSES = ("cce", "focal", "kld", "hinge", "ls_cce", "ls_focal", "cal_cce",
                          "cce_entropy", "cal_neg_entropy", "cal_kld", "cal_focal", "cal_hinge")
 STAGES = ("segment", "classify", "ensemble")
 CLASSES = paper.CLASSES
+
+
 @dataclass
-class Config:
+class Config(RecipeConfig):
     """Every setting of a run; defaults are the paper's (Secs. 2.2-2.3) unless marked CHOICE."""
-    dataset: str = "phantom"
     weights: str | None = "imagenet"        # encoder of the U-Nets: "imagenet", None or a file
     width_coefficient: float = 1.0          # EfficientNet-B0; --quick uses a narrower one
     depth_coefficient: float = 1.0          # B0 depth; --quick uses 10 blocks instead of 16
@@ -127,11 +119,6 @@ class Config:
     phantom_montgomery: int = 138
     phantom_kermany: int = 1200
     phantom_size: int = 512
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: object = "auto"
-    xla: object = "auto"
-    extra: dict = field(default_factory=dict)
 
 
 QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
@@ -144,32 +131,27 @@ QUICK = dict(weights=None, width_coefficient=0.25, depth_coefficient=0.5,
 
 # ------------------------------------------------------------------------------- command line
 
-SHORTCUTS = ("seg_epochs", "cls_epochs", "crop_margin")  # options that set one field as given
+SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
+    "weights": "U-Net encoder: 'imagenet' (default), 'none', or a local weights file",
+    "seg_losses": "comma-separated subset of: " + ", ".join(SEGMENTATION_LOSSES),
+    "cls_losses": "comma-separated subset of: " + ", ".join(CLASSIFICATION_LOSSES),
+    "seg_epochs": "U-Net training epochs",
+    "cls_epochs": "classifier training epochs",
+    "select_on": dict(choices=["val", "test"], help="pick the top-K (and the AND-ed masks) on validation "
+                      "(default) or on test as the paper did (select_on and seg_select_on)"),
+    "crop_margin": dict(type=nonnegative_float, help="widen the lung box by this fraction per side "
+                        "(original code: 0.05)"),
+}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="cxr-keras run multiloss", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_args(p, "real")
+    p = lifecycle.parser("multiloss", __doc__, "real", Config, SHORTCUTS)
     p.add_argument("--stage", choices=STAGES + ("all",), default="all",
                    help="segment, classify, ensemble, or all in turn (default)")
     p.add_argument("--lungmask-root", default=None,
                    help="Kaggle 'Chest X-ray Masks and Labels' (= --root lungmasks=DIR)")
     p.add_argument("--montgomery-root", default=None,
                    help="the folder holding MontgomerySet (= --root montgomery=DIR)")
-    p.add_argument("--weights", default=None,
-                   help="U-Net encoder: 'imagenet' (default), 'none', or a local weights file")
-    p.add_argument("--seg-losses", default=None, help="comma-separated subset of: "
-                   + ", ".join(SEGMENTATION_LOSSES))
-    p.add_argument("--cls-losses", default=None, help="comma-separated subset of: "
-                   + ", ".join(CLASSIFICATION_LOSSES))
-    p.add_argument("--seg-epochs", type=nonnegative_int, default=None, help="U-Net training epochs")
-    p.add_argument("--cls-epochs", type=nonnegative_int, default=None, help="classifier training epochs")
-    p.add_argument("--select-on", choices=["val", "test"], default=None,
-                   help="pick the top-K (and the AND-ed masks) on validation (default) or on "
-                        "test as the paper did (select_on and seg_select_on)")
-    p.add_argument("--crop-margin", type=nonnegative_float, default=None,
-                   help="widen the lung box by this fraction per side (original code: 0.05)")
     p.add_argument("--original-optimizer", action="store_true", default=None,
                    help="the original code's SGD: lr 1e-4, Nesterov momentum 0.9 (cls_lr, "
                         "cls_nesterov)")
@@ -177,18 +159,9 @@ def build_parser():
 
 
 def _shortcut_settings(args) -> dict:
-    """The Config settings of the shortcut options that are not one field as given."""
-    given = {}
-    if args.weights is not None:
-        given["weights"] = None if args.weights.lower() == "none" else args.weights
-    for name in ("seg_losses", "cls_losses"):
-        if getattr(args, name) is not None:
-            given[name] = tuple(n.strip() for n in getattr(args, name).split(",") if n.strip())
-    if args.select_on is not None:
-        given.update(select_on=args.select_on, seg_select_on=args.select_on)
-    if args.original_optimizer:
-        given.update(cls_lr=1e-4, cls_nesterov=True)
-    return given
+    """The Config settings of the options that set other fields than their own."""
+    given = {"seg_select_on": args.select_on} if args.select_on is not None else {}
+    return dict(given, **(dict(cls_lr=1e-4, cls_nesterov=True) if args.original_optimizer else {}))
 
 
 def from_command_line(argv=None, with_stage=False) -> tuple:
@@ -236,13 +209,7 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, stage: str = "
         raise DataError(f"stage must be one of {', '.join(STAGES)} or 'all', got {stage!r}")
     if opts.cache is not None:
         raise DataError("cache: multiloss builds its three caches under out/_data")
-    if cfg.dataset == "phantom" and opts.data_root is not None:
-        cfg = replace(cfg, dataset="real")
-    check_dataset(cfg, opts, ("real", "kermany"))
-    if not cfg.dataset.startswith("phantom"):  # two copies of the data must not share a run folder
-        cfg = replace(cfg, extra=dict(cfg.extra, data_root=str(opts.data_root),
-                                      lungmask_root=str(opts.roots.get("lungmasks")),
-                                      montgomery_root=str(opts.roots.get("montgomery"))))
+    cfg = lifecycle.bind_data(cfg, opts, ("real", "kermany"))
     return _execute(cfg, opts, STAGES if stage == "all" else (stage,))
 
 
@@ -389,10 +356,7 @@ def train_segmenter(cfg, run_dir, data, loss_name, rt, opts):
                               width_coefficient=cfg.width_coefficient,
                               decoder_filters=tuple(cfg.decoder_filters),
                               depth_coefficient=cfg.depth_coefficient)
-    if cfg.bn_momentum is not None:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = cfg.bn_momentum
+    set_bn_momentum(model, cfg.bn_momentum)
     factor, patience = cfg.seg_plateau
     fit_stage(model, train, val, sub, "train", epochs=cfg.seg_epochs,
               optimizer=keras.optimizers.Adam(cfg.seg_lr), loss=SEGMENTATION_LOSS_FNS[loss_name](),
@@ -517,24 +481,13 @@ def crop_kermany(cfg, run_dir, data, top) -> Path:
     except DataError:
         pass
     rows = Cache(data.kermany).rows(None)
-    masks = _kermany_masks(cfg, run_dir, data, top)
-    out.mkdir(exist_ok=True)
-    records, empty = [], 0
-    bar = Progress(len(rows), "lung crops")
-    for j, (_, row) in enumerate(rows.iterrows()):
-        dest = out / f"{j:05d}_{Path(row['path']).stem}.png"
-        if not dest.exists():
-            image = read_image(row["path"])
-            if not masks[j].any():
-                empty += 1
-            crop = lung_crop(image, masks[j], size=cfg.crop_size, margin=cfg.crop_margin,
-                             low=cfg.stretch[0], high=cfg.stretch[1])
-            write_image(dest, np.round(crop * 255).astype(np.uint8))
-        records.append(dict(path=str(dest.resolve()), split=row["split"],
-                            patient_id=row.get("patient_id", ""), label=int(row["label"]),
-                            source=row["path"]))
-        bar.update(1)
-    table = finish_table(pd.DataFrame(records), dataset="kermany_lungcrop", root=out,
+    crops, empty = write_lung_crops(rows["path"].tolist(), _kermany_masks(cfg, run_dir, data, top), out,
+                                    size=cfg.crop_size, margin=cfg.crop_margin, low=cfg.stretch[0],
+                                    high=cfg.stretch[1])
+    records = pd.DataFrame(dict(path=crops, split=rows["split"].to_numpy(), label=rows["label"].astype(int).to_numpy(),
+                                patient_id=rows["patient_id"].to_numpy() if "patient_id" in rows else "",
+                                source=rows["path"].to_numpy()))
+    table = finish_table(records, dataset="kermany_lungcrop", root=out,
                          classes=CLASSES)
     build_cache(table, cache_dir, size=cfg.cls_size, workers=1, progress=False)
     run_dir.update_metrics(crops={"images": len(records), "empty_masks": empty})
@@ -817,11 +770,8 @@ def gradcam_figure(cfg, run_dir, crops, members, k, n=None):
 
 def report(cfg: Config, m: dict) -> str:
     lines = ["# multiloss run", ""]
-    if cfg.dataset == "phantom":
-        lines += ["Data: **phantom** lung-mask, Montgomery and Kermany sets (synthetic). Numbers "
-                  "are not comparable with the paper's; the tables show the pipeline end to end. "
-                  "Paper values are in parentheses; `-` where the paper's table did not survive "
-                  "in its text.", ""]
+    lines += phantom_note(cfg.dataset, "lung-mask, Montgomery and Kermany sets", "Paper values are in "
+                          "parentheses; `-` where the paper's table did not survive in its text.")
     lines += [f"U-Net: EfficientNet-B0 (width x{cfg.width_coefficient:g}), weights {cfg.weights}, "
               f"{cfg.seg_size}px, {cfg.seg_epochs} epochs; classifiers {cfg.cls_size}px, "
               f"{cfg.cls_epochs} epochs, SGD lr {cfg.cls_lr:g}.", ""]
