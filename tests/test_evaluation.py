@@ -164,3 +164,25 @@ def test_metrics_table_puts_paper_values_in_parentheses():
     assert lines[0] == "### Table 2"
     assert "| CCE | 0.5000 (0.8996) | (0.1, 0.9) |" in lines
     assert "| prior | - (0.8700 ± 0.0100) | - |" in lines
+
+
+def test_multilabel_summary_by_hand():
+    """Youden thresholds chosen on validation, applied as prob >= threshold on test; AUCs as
+    sklearn's; the 0.5 rule strict."""
+    from cxr_keras.evaluation.metrics import multilabel_summary
+
+    val_y = np.array([[0], [0], [1], [1]], float)
+    val_p = np.array([[0.1], [0.3], [0.3], [0.8]])   # J is 1/2 at 0.8 and at 0.3: roc_curve's first, 0.8
+    test_y = np.array([[0], [1], [1], [0]], float)
+    test_p = np.array([[0.2], [0.8], [0.5], [0.9]])
+    s = multilabel_summary(val_y, val_p, test_y, test_p, ["x"])
+    assert s["thresholds"] == {"x": 0.8}
+    assert s["val_auc"]["x"] == pytest.approx(roc_auc_score(val_y[:, 0], val_p[:, 0]))
+    assert s["test_mean_auc"] == pytest.approx(roc_auc_score(test_y[:, 0], test_p[:, 0]))
+    youden = s["test_threshold_metrics"]["youden_val"]["per_class"]["x"]   # 0.8 and 0.9 positive
+    assert (youden["tp"], youden["fp"], youden["fn"], youden["tn"]) == (1, 1, 1, 1)
+    half = s["test_threshold_metrics"]["p0.5"]["per_class"]["x"]          # 0.5 itself negative
+    assert (half["tp"], half["fp"], half["fn"], half["tn"]) == (1, 1, 1, 1)
+    assert "test_mean_auc_ci95" not in s
+    lo, hi = multilabel_summary(val_y, val_p, test_y, test_p, ["x"], n_boot=50)["test_mean_auc_ci95"]
+    assert 0 <= lo <= hi <= 1

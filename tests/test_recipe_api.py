@@ -100,3 +100,21 @@ def test_finished_is_a_state_and_config_json_reproduces_the_run(tiny_run, capsys
                                           "--out", str(out)])
     assert back == replace(cfg, backbone_blocks=tuple(cfg.backbone_blocks))
     assert fzlpr.run(back, opts=replace(opts, workers=1, verbose=0)).path == run.path
+
+
+def test_shortcut_options_and_data_binding(tmp_path):
+    """A recipe's own options are typed by its Config (lists split on commas); a data folder turns
+    "phantom" into the real dataset, recorded in the Config so two copies never share a folder."""
+    from cxr_keras.recipes import multiloss
+
+    cfg, _ = multiloss.from_command_line(["--seg-losses", "bce, focal", "--cls-epochs", "3",
+                                          "--set", "top_k=3,5", "--weights", "none"])
+    assert (cfg.seg_losses, cfg.cls_epochs, cfg.top_k, cfg.weights) == (("bce", "focal"), 3, (3, 5), None)
+    with pytest.raises(SystemExit):
+        multiloss.from_command_line(["--cls-epochs", "-1"])
+    opts = lifecycle.options(tmp_path, data_root=tmp_path / "nih")
+    bound = lifecycle.bind_data(fzlpr.Config(), opts, ("nih",))
+    assert bound.dataset == "nih" and bound.extra["data_root"] == str(tmp_path / "nih")
+    assert lifecycle.bind_data(fzlpr.Config(), lifecycle.options(tmp_path), ("nih",)) == fzlpr.Config()
+    with pytest.raises(DataError, match="needs its folder"):
+        lifecycle.bind_data(fzlpr.Config(dataset="nih"), lifecycle.options(tmp_path), ("nih",))

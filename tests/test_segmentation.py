@@ -335,3 +335,26 @@ def test_lung_crop_on_phantom():
     _, info = lung_crop(image, np.zeros_like(m), size=128, return_info=True)
     assert not info["found"] and info["bbox_image"] == (0, 128, 0, 128)
     np.testing.assert_allclose(whole, contrast_stretch(image), atol=1e-6)
+
+
+def test_write_lung_crops_writes_resumes_and_counts_empty_masks(tmp_path):
+    """Each image's crop is the box of its mask (here the left half, exactly), contrast-stretched
+    and resized; files already there are kept; empty masks are counted and keep the whole image."""
+    from cxr_keras.data.images import read_image, write_image
+    from cxr_keras.data.lung_crop import write_lung_crops
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(32, 32), dtype=np.uint8)
+    write_image(tmp_path / "a.png", image)
+    left = np.zeros((32, 32), np.uint8)
+    left[:, :16] = 1
+    crops, empty = write_lung_crops([tmp_path / "a.png", tmp_path / "a.png"], [left, np.zeros_like(left)],
+                                    tmp_path / "out", size=(32, 16), low=0.0, high=100.0, progress=False)
+    assert [p.rsplit("/", 1)[-1] for p in crops] == ["00000_a.png", "00001_a.png"] and empty == 1
+    half = image[:, :16].astype(np.float64)  # same size: the resize is the identity
+    want = np.round((half - half.min()) / (half.max() - half.min()) * 255)
+    np.testing.assert_allclose(read_image(crops[0]), want, atol=1)
+    assert read_image(crops[1]).shape == (32, 16)  # the whole image, squeezed to the size
+    (tmp_path / "out" / "00000_a.png").write_bytes(b"kept")
+    write_lung_crops([tmp_path / "a.png"], [left], tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "00000_a.png").read_bytes() == b"kept"
