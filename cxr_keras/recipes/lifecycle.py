@@ -18,8 +18,8 @@ Python::
     run = fzlpr.run(fzlpr.Config(loss="fzlpr", tau=0.2), out="runs")   # phantom data
     run.metrics()["test_mean_auc"]
 
-Command line: every ``Config`` field can be set, ``--set stage2_lr=3e-5 --set crop=224`` or
-``--config FILE`` (JSON or TOML: a mapping of fields; a run folder's ``config.json`` reproduces
+Command line: every ``Config`` field can be set, ``--set stage2_lr=3e-5 --set crop=224`` (JSON
+values; a tuple field also takes a comma list, ``--set cls_losses=cce,focal``) or ``--config FILE`` (JSON or TOML: a mapping of fields; a run folder's ``config.json`` reproduces
 that run), besides the recipe's own shortcut options. Unknown fields and values of the wrong type
 are errors naming the field.
 """
