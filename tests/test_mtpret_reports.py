@@ -135,3 +135,20 @@ def test_every_config_field_is_reachable_from_the_command_line(tmp_path):
     back, _ = mtpret.from_command_line(["--config", str(tmp_path / "recipe_config.json")])
     assert back == cfg
     assert config_hash(mtpret.finetune_config(back)) == config_hash(mtpret.finetune_config(cfg))
+
+
+def test_segmentation_loss_is_eq7_mean_of_per_image_dice():
+    """Eq. 7 averages 1 - Dice over the images; on this batch the pooled Dice differs."""
+    y = np.zeros((2, 4, 4, 1), "float32")
+    y[0, :2] = 1.0                       # 8 lung pixels
+    y[1, 0, 0] = 1.0                     # 1 lung pixel
+    p = np.full((2, 4, 4, 1), 0.1, "float32")
+    p[0, :2] = 0.9
+    p[1] = 0.6
+    logits = np.log(p / (1 - p))
+    loss, *_ = mtpret.loss_and_metrics("lung", mtpret.Config(), 1)
+    inter, sums = (y * p).sum(axis=(1, 2, 3)), y.sum(axis=(1, 2, 3)) + p.sum(axis=(1, 2, 3))
+    per_image = np.mean(1 - (2 * inter + 1) / (sums + 1))
+    pooled = 1 - (2 * inter.sum() + 1) / (sums.sum() + 1)
+    assert abs(per_image - pooled) > 0.05
+    assert float(loss(y, logits)) == pytest.approx(per_image, rel=1e-5)

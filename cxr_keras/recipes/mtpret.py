@@ -359,7 +359,8 @@ def loss_and_metrics(name: str, cfg: Config, n_out: int):
                 [keras.metrics.AUC(multi_label=True, num_labels=n_out, from_logits=True,
                                    name="auc")], "val_auc", "max")
     if kind == "segmentation":
-        return (DiceLoss(smooth=cfg.dice_smooth, from_logits=True),
+        # eq. 7: 1 / N_Seg * sum_i (1 - Dice_i), one Dice per image (not pooled over the batch)
+        return (DiceLoss(smooth=cfg.dice_smooth, per_image=True, from_logits=True),
                 [keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.0, name="miou")],
                 "val_miou", "max")
     return None, [], "val_loss", "min"
