@@ -110,6 +110,26 @@ def test_hand_made_confusion_matrix_and_mcc():
     assert list(m["per_class"]) == [0, 1, 2]
 
 
+def test_majority_vote_tie_rule_reaches_every_thresholded_entry():
+    """Case 0: three members vote 0, 1, 2; class 2 has the most summed probability (1.4), so the
+    vote's tie rule says 2 (correct) where argmax of the vote fractions says 0. Cases 1-3 are
+    unanimous and correct."""
+    from cxr_keras.ensemble import majority_vote, vote_proba
+
+    y = np.array([2, 0, 1, 2])
+    probas = np.tile(np.eye(3)[y] * 0.8 + 0.1, (3, 1, 1))
+    probas[:, 0] = [[0.5, 0.2, 0.3], [0.1, 0.5, 0.4], [0.2, 0.1, 0.7]]
+    m = multiclass_metrics(y, vote_proba(probas), pred=majority_vote(probas), n_boot=20)
+    assert m["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 2]]
+    assert m["accuracy"] == 1.0 and m["mcc"] == 1.0
+    assert m["per_class"][2]["recall"] == 1.0 and m["per_class"][0]["precision"] == 1.0
+    assert m["mcc_interval"]["estimate"] == 1.0
+    # Clopper-Pearson at k = n = 4: [(alpha / 2) ** (1 / n), 1]
+    assert m["mcc_interval"]["clopper-pearson"] == pytest.approx([0.025 ** 0.25, 1.0])
+    with pytest.raises(ValueError, match="class indices"):
+        multiclass_metrics(y, vote_proba(probas), pred=[0, 1, 3, 0])
+
+
 def test_absent_class_and_bad_input():
     y, proba = _data(n=60)
     y = np.where(y == 2, 0, y)                     # class 2 never occurs

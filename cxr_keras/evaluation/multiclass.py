@@ -165,8 +165,14 @@ def _weighted_nanmean(values, weights):
     return float(np.sum(values[keep] * weights[keep]) / np.sum(weights[keep]))
 
 
-def multiclass_metrics(y_true, proba, labels=None, alpha=0.05, n_boot=0, seed=0) -> dict:
+def multiclass_metrics(y_true, proba, labels=None, alpha=0.05, n_boot=0, seed=0,
+                       pred=None) -> dict:
     """The paper's classification metrics for single-label K-class predictions (Tables 2-5).
+
+    ``pred``: the predicted classes (N,) when they are not ``argmax(proba)`` (a majority vote
+    with its tie rule, :func:`cxr_keras.ensemble.majority_vote`); every thresholded entry below
+    (accuracy to per-class values, the MCC interval and the confusion matrix) then uses them,
+    the AUROC / AUPRC still ``proba``.
 
     - ``accuracy``: fraction of ``argmax(proba) == y_true`` (``accuracy_score``).
     - ``auroc``: one-vs-rest ROC AUC averaged with class-support weights
@@ -190,7 +196,13 @@ def multiclass_metrics(y_true, proba, labels=None, alpha=0.05, n_boot=0, seed=0)
     n, k = proba.shape
     labels = column_names(labels, k)
     classes = np.arange(k)
-    pred = np.argmax(proba, axis=1)
+    if pred is None:
+        pred = np.argmax(proba, axis=1)
+    else:
+        pred = np.asarray(pred)
+        if pred.shape != (n,) or not np.all((pred >= 0) & (pred < k)):
+            raise ValueError(f"pred must hold {n} class indices in [0, {k}), got shape "
+                             f"{pred.shape}")
     onehot = y_true[:, None] == classes[None, :]
     support = onehot.sum(axis=0)
 
@@ -217,7 +229,7 @@ def multiclass_metrics(y_true, proba, labels=None, alpha=0.05, n_boot=0, seed=0)
     mcc = float(matthews_corrcoef(y_true, pred))
     interval = mcc_interval(mcc, n, alpha)
     if n_boot:
-        _, lo, hi = bootstrap_ci(_mcc_from_scores, y_true, proba, n_boot=n_boot, alpha=alpha,
+        _, lo, hi = bootstrap_ci(matthews_corrcoef, y_true, pred, n_boot=n_boot, alpha=alpha,
                                  seed=seed)
         interval["bootstrap"] = _interval_pair(lo, hi)
         interval["n_boot"] = int(n_boot)

@@ -37,7 +37,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix
 
 from .. import ensemble as E
 from .._argtypes import nonnegative_float
@@ -692,11 +692,10 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
                    "weighted averaging": E.weighted_average(pt, w),
                    "stacking": E.stacking_predict(stack, pt)}
         for method, proba in outputs.items():
-            m = multiclass_metrics(y_test, proba, labels=CLASSES)
-            if method == "majority voting":  # the votes' argmax with the tie rule
-                pred = E.majority_vote(pt)
-                m.update(_hard_metrics(y_test, pred))
-            table3[f"{method}, top-{k}"] = m
+            # the vote's classes with its tie rule, in every thresholded entry
+            pred = E.majority_vote(pt) if method == "majority voting" else None
+            table3[f"{method}, top-{k}"] = multiclass_metrics(y_test, proba, labels=CLASSES,
+                                                              pred=pred)
         sub = _sub(run_dir, "ensemble", f"model_level_top{k}")
         model_level[k] = {split: p[1] for split, p in class_predictions(sub, crops, cfg).items()}
         if k == max(cfg.top_k):
@@ -726,12 +725,6 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
     run_dir.update_metrics(ensembles=out)
     _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks)
     return out
-
-
-def _hard_metrics(y, pred):
-    p, r, f, _ = precision_recall_fscore_support(y, pred, average="weighted", zero_division=0)
-    return {"accuracy": float(accuracy_score(y, pred)), "precision": float(p),
-            "recall": float(r), "f1": float(f), "mcc": float(matthews_corrcoef(y, pred))}
 
 
 def _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks):
