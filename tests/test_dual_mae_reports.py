@@ -61,3 +61,28 @@ def test_imagenet_weights_per_backbone():
         dual_mae.imagenet_weights(cfg)
     cfg.imagenet_weights = "one.weights.h5"
     assert dual_mae.imagenet_weights(cfg) == "one.weights.h5"
+
+
+def test_the_tested_model_is_the_final_one_unless_best_val_is_asked(tmp_path):
+    """The paper tests the model after fine-tuning; best.keras (best validation epoch) only with
+    --select best_val."""
+    from types import SimpleNamespace
+
+    import keras
+
+    inp = keras.Input((2,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.set_weights([np.full((2, 1), 1.0), np.zeros(1)])
+    model.save(tmp_path / "best.keras")                            # best validation epoch
+    model.set_weights([np.full((2, 1), 2.0), np.zeros(1)])
+    model.save_weights(tmp_path / "finetune.weights.h5")           # after the last epoch
+    run_dir = SimpleNamespace(checkpoints=tmp_path)
+    x = np.ones((1, 2), "float32")
+    cfg, _ = dual_mae.from_command_line(["--quick"])
+    assert cfg.select == "final"
+    assert float(dual_mae.tested_model(cfg, run_dir)(x)[0, 0]) == 4.0
+    cfg, _ = dual_mae.from_command_line(["--quick", "--select", "best_val"])
+    assert float(dual_mae.tested_model(cfg, run_dir)(x)[0, 0]) == 2.0
+    assert dual_mae.from_command_line(["--set", "select=best_val"])[0].select == "best_val"
+    with pytest.raises(DataError, match="select must be"):
+        dual_mae.from_command_line(["--set", "select=last"])
