@@ -38,6 +38,21 @@ def test_heads_parameter_counts_and_shapes():
     assert sum(int(np.prod(w.shape)) for w in cls.trainable_weights) - backbone == 512 * 14 + 14
 
 
+def test_aspp_rates_follow_the_output_stride():
+    """DeepLab-V3's 6/12/18 belong to output stride 16: 3/6/9 on C5 (stride 32), 6/12/18 on C4."""
+    from cxr_keras.models.task_heads import aspp_rates
+
+    assert aspp_rates(16) == (6, 12, 18) and aspp_rates(8) == (12, 24, 36)
+    b = multiscale_backbone("resnet18", input_shape=(128, 64, 3), widths=(4, 8, 8, 8))
+    for level, stride, rates in ((-1, 32, (3, 6, 9)), (2, 16, (6, 12, 18))):
+        seg = task_model(b, "segmentation", 1, f"seg{stride}", filters=4, level=level)
+        assert seg.get_layer(f"seg{stride}_deeplab_aspp0_conv").input.shape[1:3] == (
+            128 // stride, 64 // stride)
+        got = tuple(seg.get_layer(f"seg{stride}_deeplab_aspp{i}_conv").dilation_rate[0]
+                    for i in (1, 2, 3))
+        assert got == rates
+
+
 def test_task_models_share_the_backbone():
     b = multiscale_backbone("resnet18", input_shape=(32, 32, 3), widths=(4, 8, 8, 8))
     a = task_model(b, "classification", 2, "a")

@@ -6,11 +6,13 @@ the shared weights (multitask continual learning).
 - FC: global average pooling of C5 and one Dense layer giving logits (sigmoid / BCE for binary and
   multi-label tasks, softmax / CE for multi-class, as the paper).
 - DeepLab-V3 (Chen et al. 2017): ASPP on C5 -- a 1x1 convolution, three 3x3 atrous convolutions
-  (rates 6, 12, 18) and image pooling, each 256 wide with BN and ReLU, concatenated, projected by a
-  1x1 convolution (256, BN, ReLU), a 3x3 convolution (256, BN, ReLU) and a 1x1 classifier; the logits
-  are upsampled bilinearly by the backbone's stride to the input size. CHOICE: the backbone keeps
-  its stride 32 (no dilated last stages, which DeepLab-V3 uses for output stride 16 or 8), so that
-  every task shares one unchanged backbone; the rates are arguments.
+  and image pooling, each 256 wide with BN and ReLU, concatenated, projected by a 1x1 convolution
+  (256, BN, ReLU), a 3x3 convolution (256, BN, ReLU) and a 1x1 classifier; the logits are
+  upsampled bilinearly by the backbone's stride to the input size. DeepLab-V3's rates 6, 12, 18
+  are those of output stride 16 (doubled at 8); CHOICE: the backbone keeps its stride 32 (no
+  dilated last stage, so that every task shares one unchanged backbone; torchvision's BasicBlock
+  of ResNet-18/34 has no dilation either), and the rates are scaled to the stride of the map the
+  head reads (:func:`aspp_rates`: 3, 6, 9 on C5), so that the taps cover the same image extent.
 """
 
 from __future__ import annotations
@@ -32,13 +34,28 @@ def _conv_bn_relu(x, filters, kernel, rate, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def deeplabv3_head(features, num_classes: int, input_size, rates=(6, 12, 18), filters: int = 256,
+DEEPLAB_RATES = (6, 12, 18)  # DeepLab-V3's ASPP rates at output stride 16
+
+
+def aspp_rates(output_stride: int, rates=DEEPLAB_RATES) -> tuple:
+    """DeepLab-V3's ASPP ``rates`` (given at output stride 16; it doubles them at stride 8) at
+    ``output_stride``: ``r * 16 / output_stride`` rounded, at least 1 (3, 6, 9 at stride 32)."""
+    return tuple(max(1, int(round(r * 16 / int(output_stride)))) for r in rates)
+
+
+def deeplabv3_head(features, num_classes: int, input_size, rates=None, filters: int = 256,
                    name: str = "deeplab", level: int = -1):
     """Segmentation logits ``(batch, H, W, num_classes)`` at the input size ``(H, W)``, from the
     feature map ``features[level]`` (default C5; an earlier map gives a finer output stride on
-    small inputs, where C5 is a few cells wide)."""
+    small inputs, where C5 is a few cells wide). ``rates``: the atrous rates; ``None``:
+    DeepLab-V3's scaled to the map's stride (:func:`aspp_rates`)."""
     c5 = features[level]
     h, w = int(c5.shape[1]), int(c5.shape[2])
+    size = (int(input_size[0]), int(input_size[1]))
+    if size[0] % h or size[1] % w:
+        raise ValueError(f"{name}: input {size} is not a multiple of the feature map {h}x{w}")
+    if rates is None:
+        rates = aspp_rates(size[0] // h)
     branches = [_conv_bn_relu(c5, filters, 1, 1, f"{name}_aspp0")]
     for i, r in enumerate(rates, start=1):
         branches.append(_conv_bn_relu(c5, filters, 3, int(r), f"{name}_aspp{i}"))
@@ -49,9 +66,6 @@ def deeplabv3_head(features, num_classes: int, input_size, rates=(6, 12, 18), fi
     x = _conv_bn_relu(x, filters, 1, 1, f"{name}_project")
     x = _conv_bn_relu(x, filters, 3, 1, f"{name}_head")
     x = layers.Conv2D(int(num_classes), 1, name=f"{name}_classifier")(x)
-    size = (int(input_size[0]), int(input_size[1]))
-    if size[0] % h or size[1] % w:
-        raise ValueError(f"{name}: input {size} is not a multiple of the feature map {h}x{w}")
     return layers.UpSampling2D((size[0] // h, size[1] // w), interpolation="bilinear",
                                name=f"{name}_upsample")(x)
 

@@ -125,7 +125,8 @@ class Config(RecipeConfig):
     detection_batch: int = 4
     finetune_lr: float = 1e-4
     # heads
-    aspp_rates: tuple = (6, 12, 18)
+    aspp_rates: tuple | None = None        # None: DeepLab-V3's 6/12/18 (stride 16) scaled to
+                                           # the map's stride: 3/6/9 on C5 (stride 32)
     aspp_filters: int = 256
     seg_level: int = 3                     # ASPP on C5 (0..3 = C2..C5)
     det_level: int = 2                     # C4, stride 16
@@ -331,7 +332,8 @@ def build_task_model(name: str, backbone, cfg: Config, num_outputs: int):
     if kind in ("binary", "multilabel"):
         return task_model(backbone, "classification", num_outputs, name)
     if kind == "segmentation":
-        return task_model(backbone, "segmentation", 1, name, rates=tuple(cfg.aspp_rates),
+        rates = None if cfg.aspp_rates is None else tuple(cfg.aspp_rates)
+        return task_model(backbone, "segmentation", 1, name, rates=rates,
                           filters=cfg.aspp_filters, level=cfg.seg_level)
     model = FasterRCNN(backbone, num_outputs, level=cfg.det_level, stride=4 * 2 ** cfg.det_level,
                        anchor_sizes=cfg.anchor_sizes, anchor_ratios=cfg.anchor_ratios,
