@@ -72,7 +72,7 @@ def np_per_sample(name, y, p):
         "ls_cce": lambda: np_ce(np_smooth(y, 0.2), p),
         "ls_focal": lambda: np_focal(np_smooth(y, 0.2), p, 1.0),
         "cal_cce": lambda: np_ce(y, p) + 10 * d,
-        "cce_entropy": lambda: np_ce(y, p),
+        "cce_entropy": lambda: np_ce(y, p) - 2.0 * np_entropy(p),
         "cal_neg_entropy": lambda: np_ce(y, p) - 0.001 * np_entropy(p) + 10 * d,
         "cal_kld": lambda: np_kld(y, p) + 1 * d,
         "cal_focal": lambda: np_focal(y, p, 1.0) + 1 * d,
@@ -97,10 +97,8 @@ def test_registry_has_the_12_losses_in_paper_order():
         "cal_neg_entropy", "cal_kld", "cal_focal", "cal_hinge")
     for name, spec in CLASSIFICATION_LOSSES.items():
         assert isinstance(spec, LossSpec) and spec.name == name and spec.title
-        assert (spec.output_regularizer is not None) == (name == "cce_entropy")
+        assert spec.output_regularizer is None  # cce_entropy's penalty is in its loss
     assert CLASSIFICATION_LOSSES["cal_cce"].title == "Calibrated CCE"
-    reg = CLASSIFICATION_LOSSES["cce_entropy"].output_regularizer    # an instance, beta 2
-    assert isinstance(reg, EntropyRegularizer) and reg.beta == 2.0
 
 
 def test_unknown_name_and_option():
@@ -112,15 +110,16 @@ def test_unknown_name_and_option():
 
 
 def test_original_code_presets_and_overrides():
-    assert get_classification_loss("cce_entropy", original_code=True).output_regularizer is None
-    assert get_classification_loss("cce_entropy", entropy_regularizer=False).build()[1] is None
+    plain = get_classification_loss("cce_entropy", original_code=True).make_loss()
+    assert type(plain) is keras.losses.CategoricalCrossentropy      # trained without the penalty
+    assert type(get_classification_loss("cce_entropy", entropy_regularizer=False).make_loss()) \
+        is keras.losses.CategoricalCrossentropy
     o = get_classification_loss("ls_focal", original_code=True).options
     assert o["smoothing_denominator"] == 2.0 and o["gamma"] == 2.0
     assert get_classification_loss("cal_kld", original_code=True).options["gradient"] is False
     assert get_classification_loss("cal_hinge", original_code=True, gradient=True).options[
         "gradient"] is True
-    reg = get_classification_loss("cce_entropy", beta=0.5).build()[1]
-    assert isinstance(reg, EntropyRegularizer) and reg.beta == 0.5
+    assert get_classification_loss("cce_entropy", beta=0.5).make_loss().beta == 0.5
 
 
 # ---------------------------------------------------------------- values
@@ -202,9 +201,24 @@ def test_sample_weight_scales_the_difference_by_mean_weight():
 
 
 @pytest.mark.parametrize("batch", [3, 16])
+def test_cce_entropy_training_loss_against_numpy(batch):
+    """Eq. 24 with beta 2: the loss a model trains on is mean_batch(CE - 2 H(p)) at any batch size,
+    on every Keras version (whether or not it divides activity losses by the batch size)."""
+    loss, reg = get_classification_loss("cce_entropy").build()
+    model = _tiny_model(reg)
+    model.compile(optimizer="sgd", loss=loss)
+    rng = np.random.default_rng(batch)
+    x = rng.normal(size=(batch, 8)).astype(np.float32)
+    y = np.eye(K, dtype=np.float32)[rng.integers(0, K, batch)]
+    p = keras.ops.convert_to_numpy(model(x)).astype(np.float64)
+    expected = np.mean(np_ce(y, p) - 2.0 * np_entropy(p))
+    np.testing.assert_allclose(model.test_on_batch(x, y), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [3, 16])
 def test_entropy_and_regularizer_against_numpy(batch):
-    """The penalty a softmax layer adds is -beta * mean_batch(H(p)) at any batch size, whether or
-    not this Keras divides activity losses by the batch size (3.14+ does, 3.10-3.13 do not)."""
+    """The penalty EntropyRegularizer adds is -beta * mean_batch(H(p)) at any batch size, whether
+    or not this Keras divides activity losses by the batch size (3.14+ does, 3.10-3.13 do not)."""
     y, p = _data(8)
     pd = p.astype(np.float64)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(entropy(p)), np_entropy(pd), rtol=1e-5)
@@ -271,8 +285,7 @@ def test_each_loss_trains_one_step_without_nan():
 
 
 def test_save_and_reload_with_entropy_regularizer(tmp_path):
-    loss, reg = get_classification_loss("cce_entropy").build()
-    model = _tiny_model(reg)
+    model = _tiny_model(EntropyRegularizer(2.0))
     model.compile(optimizer="sgd", loss=get_classification_loss("cal_cce").make_loss())
     x = np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32)
     path = tmp_path / "m.keras"

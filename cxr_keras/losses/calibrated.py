@@ -15,8 +15,9 @@ formula). With a sample weight ``w`` (e.g. ``class_weight`` in ``fit``) it gives
 counted ``B`` times.
 
 Use :func:`get_classification_loss` / :data:`CLASSIFICATION_LOSSES` to get the paper's 12
-configurations by name; ``"cce_entropy"`` additionally needs an output (activity) regulariser,
-see :class:`LossSpec`.
+configurations by name. ``"cce_entropy"`` (eq. 24) is CCE - beta * H(p) averaged over the batch in
+the loss itself (:class:`NegativeEntropyCrossentropy`): the value of the paper's activity
+regulariser on the softmax layer divided by the batch size, on every Keras version.
 """
 
 from __future__ import annotations
@@ -182,13 +183,11 @@ def keras_divides_activity_losses() -> bool:
 class EntropyRegularizer(keras.regularizers.Regularizer):
     """Entropy activity regulariser for a softmax output (paper eq. 24): ``-beta * H(p)``.
 
-    Attach it as ``activity_regularizer`` of the final ``Dense(K, activation="softmax")``. The
-    penalty added to the training loss is ``-beta * mean_batch(H(p))`` on every Keras version:
-    ``__call__`` returns the batch sum ``beta * sum_{batch, k} p log p`` where Keras divides
-    activity losses by the batch size (3.14 and later), and the batch mean where it does not.
-    A positive ``beta`` penalises confident outputs. (The original code's regulariser factory
-    returns ``None``, so its "beta 2" model trained without it: see
-    ``entropy_regularizer=False`` in :func:`get_classification_loss`.)
+    The registry's ``"cce_entropy"`` does not use it (its loss holds the penalty, which does not
+    depend on how Keras treats activity losses); kept for models saved with it and for users of
+    the activity form. Attached as ``activity_regularizer`` of the final softmax ``Dense``, the
+    penalty is ``-beta * mean_batch(H(p))``: ``__call__`` returns the batch sum where Keras
+    divides activity losses by the batch size (3.14 and later), the batch mean where it does not.
     """
 
     def __init__(self, beta=2.0):
@@ -213,10 +212,10 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
 class LossSpec:
     """One of the paper's losses with its hyper-parameters.
 
-    ``make_loss()`` builds a fresh keras Loss. ``output_regularizer`` is ``None`` or the activity
-    regulariser (a stateless, serializable :class:`EntropyRegularizer` instance) that the final
-    softmax ``Dense`` layer must carry: pass it as ``activity_regularizer`` (only
-    ``"cce_entropy"``). ``options`` are the resolved keyword options (paper defaults + overrides).
+    ``make_loss()`` builds a fresh keras Loss. ``output_regularizer``: an activity regulariser the
+    final softmax ``Dense`` must carry, or ``None`` (every loss of the registry: ``"cce_entropy"``
+    holds its entropy penalty in the loss). ``options`` are the resolved keyword options (paper
+    defaults + overrides).
     """
 
     name: str
@@ -272,8 +271,11 @@ def _make_cal_cce(name, lam, gradient, divide_by_classes):
 
 
 def _make_cce_entropy(name, beta, entropy_regularizer):
-    del beta, entropy_regularizer       # they configure the output regulariser, not the loss
-    return keras.losses.CategoricalCrossentropy(name=name)
+    # eq. 24, -log p_y - beta H(p), averaged over the batch by the loss: what the paper's activity
+    # regulariser on the softmax layer adds to the CCE (tf.keras divided it by the batch size)
+    if not entropy_regularizer:  # the original code: its regulariser factory returns None
+        return keras.losses.CategoricalCrossentropy(name=name)
+    return NegativeEntropyCrossentropy(beta=beta, name=name)
 
 
 def _make_cal_neg_entropy(name, beta, lam, gradient):
@@ -293,32 +295,28 @@ def _make_cal_hinge(name, lam, gradient):
     return CalibratedLoss(keras.losses.CategoricalHinge(), lam=lam, gradient=gradient, name=name)
 
 
-def _entropy_regularizer(options):
-    return EntropyRegularizer(beta=options["beta"]) if options["entropy_regularizer"] else None
-
-
-# name -> (title, equation, builder, paper defaults, options -> output regulariser, or None)
+# name -> (title, equation, builder, paper defaults)
 _TABLE = collections.OrderedDict([
-    ("cce", ("CCE", "eq. 13", _make_cce, {}, None)),
-    ("focal", ("Categorical focal", "eq. 14", _make_focal, {"gamma": 1.0}, None)),
-    ("kld", ("KL divergence", "eq. 15", _make_kld, {}, None)),
-    ("hinge", ("Categorical hinge", "eqs. 17-19", _make_hinge, {}, None)),
+    ("cce", ("CCE", "eq. 13", _make_cce, {})),
+    ("focal", ("Categorical focal", "eq. 14", _make_focal, {"gamma": 1.0})),
+    ("kld", ("KL divergence", "eq. 15", _make_kld, {})),
+    ("hinge", ("Categorical hinge", "eqs. 17-19", _make_hinge, {})),
     ("ls_cce", ("Label-smoothed CCE", "eqs. 13, 20", _make_ls_cce,
-                {"label_smoothing": 0.2}, None)),
+                {"label_smoothing": 0.2})),
     ("ls_focal", ("Label-smoothed categorical focal", "eqs. 14, 20", _make_ls_focal,
-                  {"gamma": 1.0, "label_smoothing": 0.2, "smoothing_denominator": None}, None)),
+                  {"gamma": 1.0, "label_smoothing": 0.2, "smoothing_denominator": None})),
     ("cal_cce", ("Calibrated CCE", "eqs. 21-22", _make_cal_cce,
-                 {"lam": 10.0, "gradient": True, "divide_by_classes": False}, None)),
+                 {"lam": 10.0, "gradient": True, "divide_by_classes": False})),
     ("cce_entropy", ("CCE with entropy-based regularization", "eqs. 23-24", _make_cce_entropy,
-                     {"beta": 2.0, "entropy_regularizer": True}, _entropy_regularizer)),
+                     {"beta": 2.0, "entropy_regularizer": True})),
     ("cal_neg_entropy", ("Calibrated negative entropy", "eqs. 22-25", _make_cal_neg_entropy,
-                         {"beta": 0.001, "lam": 10.0, "gradient": True}, None)),
+                         {"beta": 0.001, "lam": 10.0, "gradient": True})),
     ("cal_kld", ("Calibrated KL divergence", "eqs. 22, 26", _make_cal_kld,
-                 {"lam": 1.0, "gradient": True}, None)),
+                 {"lam": 1.0, "gradient": True})),
     ("cal_focal", ("Calibrated categorical focal", "eqs. 22, 27", _make_cal_focal,
-                   {"gamma": 1.0, "lam": 1.0, "gradient": True}, None)),
+                   {"gamma": 1.0, "lam": 1.0, "gradient": True})),
     ("cal_hinge", ("Calibrated categorical hinge", "eqs. 22, 28", _make_cal_hinge,
-                   {"lam": 10.0, "gradient": True}, None)),
+                   {"lam": 10.0, "gradient": True})),
 ])
 
 # Presets reproducing the authors' TF 2.4 script (applied by ``original_code=True``).
@@ -334,11 +332,9 @@ _ORIGINAL_CODE = {
 
 
 def _make_spec(name, options):
-    title, equation, builder, _, reg_factory = _TABLE[name]
-    return LossSpec(
-        name=name, title=title, equation=equation, options=dict(options),
-        make_loss=functools.partial(builder, name=name, **options),
-        output_regularizer=reg_factory(options) if reg_factory is not None else None)
+    title, equation, builder, _ = _TABLE[name]
+    return LossSpec(name=name, title=title, equation=equation, options=dict(options),
+                    make_loss=functools.partial(builder, name=name, **options))
 
 
 #: The paper's 12 losses with its hyper-parameters, in the paper's order (name -> LossSpec).
