@@ -40,3 +40,17 @@ def test_loss_and_tau_reports(tmp_path):
     text = fzlpr.tau_report(taus, tmp_path / "fig6.png")
     assert "0.8911" in text and "0.7406" in text   # Table 4, Hernia at tau 0.2 and 1.0
     assert (tmp_path / "fig6.png").stat().st_size > 1000
+
+
+def test_report_states_the_papers_gpu_and_derives_its_throughput():
+    """Sec. 4.2 states 186 min on an "RTX 1080Ti"; 174 images/s is ours (77,872 x 25 / 186 min)."""
+    cfg = fzlpr.Config()
+    auc = dict.fromkeys(LABELS, 0.7)
+    m = {"val_mean_auc": 0.7, "test_auc": auc, "test_mean_auc": 0.7,
+         "test_mean_auc_ci95": [0.6, 0.8], "tta_auc": {"none": {"mean": 0.7}},
+         "test_threshold_metrics": {"mean": {"f1": 0.5}}, "train_seconds": 600.0,
+         "train_images": 1200}
+    line = next(x for x in fzlpr.report(cfg, m).splitlines() if x.startswith("Training:"))
+    assert "Nvidia GeForce RTX 1080Ti" in line and "GTX" not in line
+    assert "about 174 images/s derived" in line and "not stated" in line
+    assert "about 50.0 images/s" in line                  # ours: 1200 x 25 / 600 s
