@@ -86,3 +86,21 @@ def test_the_tested_model_is_the_final_one_unless_best_val_is_asked(tmp_path):
     assert dual_mae.from_command_line(["--set", "select=best_val"])[0].select == "best_val"
     with pytest.raises(DataError, match="select must be"):
         dual_mae.from_command_line(["--set", "select=last"])
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_on_biases_only_with_decay_all(decay_all):
+    """MAE's convention: no weight decay on vectors (biases, norms); decay_all=True decays every
+    weight, the paper's "weight decay of 0.05" read literally. A zero gradient leaves AdamW's
+    decoupled decay alone: w <- w (1 - 0.05 lr)."""
+    import keras
+
+    cfg = dual_mae.Config(decay_all=decay_all)
+    opt = dual_mae.optimizer(0.1, steps_per_epoch=10, epochs=1, warmup=0, cfg=cfg)
+    dense = keras.layers.Dense(2, bias_initializer="ones")
+    dense.build((None, 3))
+    kernel = np.asarray(dense.kernel)
+    opt.apply_gradients([(np.zeros((3, 2), "float32"), dense.kernel),
+                         (np.zeros(2, "float32"), dense.bias)])
+    np.testing.assert_allclose(np.asarray(dense.kernel), kernel * 0.995, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(dense.bias), 0.995 if decay_all else 1.0, rtol=1e-6)

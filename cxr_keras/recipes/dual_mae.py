@@ -92,6 +92,7 @@ class Config(RecipeConfig):
     pretrain_batch: int = 256
     base_lr: float = 1.5e-4             # x batch / 256
     weight_decay: float = 0.05
+    decay_all: bool = False             # CHOICE: no decay on biases and norms (MAE); True: all
     betas: tuple = (0.9, 0.95)
     pretrain_seed: int = 0              # the seeds vary the fine-tuning (paper: weight init)
     adult_val_fraction: float = 0.05    # supervised X-ray pretraining only (CHOICE)
@@ -259,14 +260,16 @@ def pedicxr_cache(cfg: Config, opts: RunOptions) -> Path:
 
 def optimizer(lr: float, steps_per_epoch: int, epochs: int, warmup: int, cfg: Config,
               multipliers=None):
-    """AdamW (betas, decoupled weight decay, none on biases and norms as MAE), linear warm-up
-    then cosine to 0, per step (MAE's schedule); per-variable lr ``multipliers`` (layer decay)."""
+    """AdamW (betas, decoupled weight decay, none on biases and norms as MAE unless
+    ``cfg.decay_all``), linear warm-up then cosine to 0, per step (MAE's schedule); per-variable lr
+    ``multipliers`` (layer decay)."""
     total = max(1, steps_per_epoch * epochs)
     warm = min(total - 1, steps_per_epoch * warmup)
     schedule = keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), alpha=0.0,
                                                       warmup_target=lr, warmup_steps=warm)
     return LayerDecayAdamW(schedule, beta_1=cfg.betas[0], beta_2=cfg.betas[1],
-                           weight_decay=cfg.weight_decay, lr_multipliers=multipliers)
+                           weight_decay=cfg.weight_decay, lr_multipliers=multipliers,
+                           decay_vectors=cfg.decay_all)
 
 
 # ---------------------------------------------------------------------------------- pretraining
@@ -291,7 +294,7 @@ def pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
         raise DataError(f"pretraining is dual_mae or mae (--method), not init {cfg.init!r}")
     keys = ("dataset", "image_size", "patch_size", "width", "depth", "num_heads", "decoder_width",
             "decoder_depth", "decoder_heads", "norm_pix_loss", "cache_size", "pretrain_epochs",
-            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "betas",
+            "pretrain_warmup", "pretrain_batch", "base_lr", "weight_decay", "decay_all", "betas",
             "pretrain_seed", "adult_phantom_n", "phantom_size", "mixed_precision", "xla", "init",
             "mask_ratio") + (("tau", "loss_weights", "l1_region") if cfg.init == "dual_mae" else ())
     return lifecycle.execute(f"dual_mae-pretrain-{cfg.init}-r{int(round(cfg.ratio * 100))}",
@@ -438,8 +441,8 @@ def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
     cfg, opts = _setup(cfg, out, data_root, opts, options)
     keys = ("dataset", "backbone", "image_size", "patch_size", "width", "depth", "num_heads",
             "resnet_options", "cache_size", "xray_epochs", "xray_lr", "xray_batch",
-            "weight_decay", "betas", "pretrain_seed", "adult_phantom_n", "phantom_size",
-            "adult_val_fraction", "mixed_precision", "xla")
+            "weight_decay", "decay_all", "betas", "pretrain_seed", "adult_phantom_n",
+            "phantom_size", "adult_val_fraction", "mixed_precision", "xla")
     return lifecycle.execute(f"dual_mae-xray-{cfg.backbone}", replace(cfg, seed=cfg.pretrain_seed,
                     init="xray"), opts, config={k: getattr(cfg, k) for k in keys},
                     prepare=_xray_data, train=_xray_train, evaluate=_xray_evaluate)

@@ -52,7 +52,7 @@ from ..inference.batches import predict_dataset
 from ..io import DataError, atomic_path, write_json, write_text
 from ..losses.segmentation import DiceLoss
 from ..models import FasterRCNN, MoCo, SimCLR, multiscale_backbone, task_model
-from ..training import RunFolder, config_hash, fit_stage, multihost, read_history
+from ..training import CoupledDecaySGD, RunFolder, config_hash, fit_stage, multihost, read_history
 from ..training.multitask import Task, continual_learning
 from . import lifecycle
 from . import mtpret_paper as paper
@@ -105,6 +105,8 @@ class Config(RecipeConfig):
     pretrain_batch: int = 256
     pretrain_lr: float = 0.03              # SGD momentum 0.9, x batch / 256, cosine to 0
     pretrain_weight_decay: float = 1e-4
+    pretrain_decay_mode: str = "decoupled"  # Keras' SGD; "coupled": MoCo v2's (PyTorch) L2 in
+                                           # the gradient, ~10x stronger at momentum 0.9
     queue_size: int = 65536
     moco_momentum: float = 0.999
     temperature: float = 0.2
@@ -220,6 +222,9 @@ def resolve(cfg: Config) -> Config:
     if cfg.init in ("imagenet", "md_moco++") and cfg.imagenet_weights is None:
         raise DataError(f"--init {cfg.init} needs ImageNet weights: the full-size network with "
                         "--imagenet-weights FILE or the default download (not --quick)")
+    if cfg.pretrain_decay_mode not in ("decoupled", "coupled"):
+        raise DataError("pretrain_decay_mode must be 'decoupled' or 'coupled', got "
+                        f"{cfg.pretrain_decay_mode!r}")
     h, w = cfg.image_size
     if h % 32 or w % 32:
         raise DataError(f"image_size {cfg.image_size} must be a multiple of 32 (DeepLab-V3 and "
@@ -376,7 +381,7 @@ def _shared_keys(cfg: Config) -> dict:
 
 def pretrain_config(cfg: Config, init: str) -> dict:
     keys = ("pretrain_epochs", "pretrain_batch", "pretrain_lr", "pretrain_weight_decay",
-            "head_hidden", "head_dim", "temperature")
+            "pretrain_decay_mode", "head_hidden", "head_dim", "temperature")
     out = {**_shared_keys(cfg), **{k: getattr(cfg, k) for k in keys}, "init": init,
            "seed": 0}
     if "moco" in init:
@@ -426,6 +431,15 @@ def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     return SimpleNamespace(train=ds, images=len(cache), steps=steps)
 
 
+def pretrain_optimizer(cfg: Config, schedule):
+    """SGD momentum 0.9 with weight decay ``cfg.pretrain_weight_decay``: Keras' decoupled form, or
+    MoCo v2's coupled L2 (``cfg.pretrain_decay_mode="coupled"``)."""
+    if cfg.pretrain_decay_mode == "coupled":
+        return CoupledDecaySGD(schedule, momentum=0.9,
+                               coupled_weight_decay=cfg.pretrain_weight_decay)
+    return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=cfg.pretrain_weight_decay)
+
+
 def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
     """MoCo v2 or SimCLR on the backbone + global average pooling; SGD momentum 0.9, lr x batch /
     256, cosine to 0. Saves ``backbone.weights.h5`` (every process: later stages load it)."""
@@ -441,7 +455,7 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
                        temperature=cfg.temperature)
     lr = cfg.pretrain_lr * cfg.pretrain_batch / 256
     schedule = keras.optimizers.schedules.CosineDecay(lr, data.steps * cfg.pretrain_epochs)
-    opt = keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=cfg.pretrain_weight_decay)
+    opt = pretrain_optimizer(cfg, schedule)
     t0 = time.perf_counter()
     resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
     history = fit_stage(model, data.train, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,

@@ -1,5 +1,6 @@
 """Shared training layer: run folders, runtime set-up, staged resumable fitting, schedules."""
 
+from .coupled_sgd import CoupledDecaySGD
 from .fit import BestCheckpoint, EpochReseed, StopOnNaN, TrainingDiverged, fit_stage, read_history
 from .layer_decay import LayerDecayAdamW, vit_layer_multipliers
 from .run_folder import RunFolder, config_hash
@@ -7,4 +8,4 @@ from .runtime import Runtime, configure
 
 __all__ = ["BestCheckpoint", "EpochReseed", "StopOnNaN", "TrainingDiverged", "fit_stage",
            "read_history", "RunFolder", "config_hash", "Runtime", "configure",
-           "LayerDecayAdamW", "vit_layer_multipliers"]
+           "LayerDecayAdamW", "vit_layer_multipliers", "CoupledDecaySGD"]
