@@ -19,9 +19,10 @@ Python::
     run.metrics()["test_mean_auc"]
 
 Command line: every ``Config`` field can be set, ``--set stage2_lr=3e-5 --set crop=224`` (JSON
-values; a tuple field also takes a comma list, ``--set cls_losses=cce,focal``) or ``--config FILE`` (JSON or TOML: a mapping of fields; a run folder's ``config.json`` reproduces
-that run), besides the recipe's own shortcut options. Unknown fields and values of the wrong type
-are errors naming the field.
+values; a tuple field also takes a comma list, ``--set cls_losses=cce,focal``) or ``--config FILE``
+(JSON or TOML: a mapping of fields; a run folder's ``config.json`` reproduces that run),
+besides the recipe's own shortcut options. Unknown fields and values of the wrong type are errors
+naming the field.
 """
 
 from __future__ import annotations
