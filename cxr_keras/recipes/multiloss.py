@@ -543,14 +543,12 @@ def crop_kermany(cfg, run_dir, data, top) -> Path:
 
 def _crop_figure(cfg, run_dir, data, top, n=4):
     """Fig. 1: image, AND-ed mask, lung crop."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows, out = Cache(data.kermany).rows(None), run_dir.file("crops")
     masks = _kermany_masks(cfg, run_dir, data, top)
-    fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n))
+    fig = Figure(figsize=(7, 2.4 * n))
+    axes = fig.subplots(n, 3)
     for i, ax in enumerate(axes):
         path = rows.iloc[i]["path"]
         crop = sorted(out.glob(f"{i:05d}_*.png"))[0]
@@ -562,7 +560,6 @@ def _crop_figure(cfg, run_dir, data, top, n=4):
     fig.tight_layout()
     with atomic_path(run_dir.file("plots", "fig1_lung_crops.png")) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------- classify
