@@ -11,7 +11,7 @@ import pytest
 from matplotlib.figure import Figure
 
 MODULES = ("cxr_keras.evaluation.plots", "cxr_keras.evaluation.multiclass_plots",
-           "cxr_keras.explain.figures")
+           "cxr_keras.evaluation.calibration", "cxr_keras.explain.figures")
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -42,7 +42,7 @@ def test_the_package_never_chooses_a_backend():
 
 def _figures():
     """(name, call) of every plotting function of the package, on tiny inputs."""
-    from cxr_keras.evaluation import multiclass_plots, plots
+    from cxr_keras.evaluation import calibration, multiclass_plots, plots
     from cxr_keras.explain.figures import overlay_grid
 
     rng = np.random.default_rng(0)
@@ -65,11 +65,12 @@ def _figures():
         ("mask", lambda p: multiclass_plots.plot_mask_overlay(img[0], mask, mask, p)),
         ("gradcam", lambda p: overlay_grid((img[..., 0] * 255).astype(np.uint8), img[..., 0],
                                            ["a", "b"], p)),
+        ("reliability", lambda p: calibration.plot_reliability_diagram(y, s, ["a", "b", "c"], p)),
     ]
 
 
 @pytest.mark.parametrize("name", ["roc", "auc_diff", "curves", "recon", "cm", "roc_pr", "polar", "mask",
-                                  "gradcam"])
+                                  "gradcam", "reliability"])
 def test_a_plot_returns_a_figure_and_writes_only_when_given_a_path(name, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
