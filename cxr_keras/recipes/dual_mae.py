@@ -544,6 +544,7 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
 
 def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | None = None):
     """Table 3-4 metrics of the best epoch (by validation mean AUC) on PediCXR's test set."""
+    from ..evaluation.calibration import calibration_section
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
     model = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
@@ -559,19 +560,20 @@ def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | No
     at_youden = M.threshold_metrics(test_y, test_p - np.nextafter(thr, -np.inf)[None, :], 0.0, labels)
     at_half = M.threshold_metrics(test_y, test_p, 0.5, labels)
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
+    calibration, calibration_md = calibration_section(test_y, test_p, labels, run_dir)
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
         label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start,
         val_auc=M.per_class_auc(val_y, val_p, labels), test_auc=test_auc,
         test_mean_auc=M.mean_of(test_auc), thresholds=dict(zip(labels, map(float, thr))),
-        test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half},
+        test_threshold_metrics={"youden_val": at_youden, "p0.5": at_half}, test_calibration=calibration,
         epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
         train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
                     title="ROC, PediCXR test")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
                          title="Fine-tuning loss and AUC")
-    run_dir.write_text("report.md", report(cfg, m))
+    run_dir.write_text("report.md", report(cfg, m) + "\n".join(calibration_md))
     return m
 
 
