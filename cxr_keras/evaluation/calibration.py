@@ -151,8 +151,11 @@ def calibration_table(metrics: dict, title="Calibration") -> list:
 
 
 def comparison_calibration_table(by_model: dict, title="Calibration") -> list:
-    """Markdown lines: the overall calibration of several models (``{model: calibration_metrics}``)."""
-    bins = next(iter(by_model.values()))["bins"] if by_model else 10
+    """Markdown lines: the overall calibration of several models (``{model: calibration_metrics}``);
+    none for no model."""
+    if not by_model:
+        return []
+    bins = next(iter(by_model.values()))["bins"]
     return _table({k: v["overall"] for k, v in by_model.items()}, "model", title, bins)
 
 
