@@ -30,7 +30,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from _reports import markdown_tables
+from _reports import check_calibration, markdown_tables
 
 from cxr_keras.recipes import dual_mae
 from cxr_keras.recipes import dual_mae_paper as paper
@@ -164,6 +164,7 @@ def test_report_cells_equal_metrics(runs):
         m = run.metrics()
         name = paper.NAME_OF[(m["backbone"], m["init"])]
         tables = markdown_tables(run.file("report.md").read_text())
+        check_calibration(run, m["test_calibration"], "Calibration (test)")
         # Table 3: item | paper | ours | difference
         t3 = _table(tables, "Table 3")
         expected = dict(m["test_auc"], Mean=m["test_mean_auc"])

@@ -135,6 +135,8 @@ def test_comparison_table():
 
 
 def test_plots_write_png_files(tmp_path):
+    from matplotlib.figure import Figure
+
     from cxr_keras.evaluation.plots import plot_auc_differences, plot_roc_curves, plot_training_curves
 
     y, s = _scores(3, n=80, c=3)
@@ -146,8 +148,10 @@ def test_plots_write_png_files(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("epoch,loss,val_loss\n0,1.0,1.1\n1,0.8,0.9\n")
     p4 = plot_training_curves(csv, tmp_path / "curves_csv.png")
-    for p in (p1, p2, p3, p4):
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for fig in (p1, p2, p3, p4):
+        assert isinstance(fig, Figure) and fig.axes
+    for name in ("roc.png", "diff.png", "curves.png", "curves_csv.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(f.name for f in tmp_path.iterdir()) == [
         "curves.png", "curves_csv.png", "diff.png", "log.csv", "roc.png"]   # no temp files left
     with pytest.raises(ValueError):

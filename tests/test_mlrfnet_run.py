@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from _reports import markdown_tables
+from _reports import check_calibration, markdown_tables
 
 from cxr_keras.evaluation.metrics import youden_thresholds
 from cxr_keras.recipes import mlrfnet
@@ -108,6 +108,7 @@ def test_report_cells_equal_metrics(finished_run):
     m = json.loads(run.file("metrics.json").read_text())
     text = run.file("report.md").read_text()
     tables = markdown_tables(text)
+    check_calibration(run, m["test_calibration"], "Calibration (test)")
 
     def table(prefix):
         (rows,) = [v for k, v in tables.items() if k and k.startswith(prefix)]

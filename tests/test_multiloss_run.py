@@ -12,9 +12,11 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from _reports import check_calibration
 
 from cxr_keras.io import DataError
 from cxr_keras.recipes import lifecycle, multiloss
+from cxr_keras.training import RunFolder
 
 from _baselines import (
     accuracy_permutation_null,
@@ -193,7 +195,8 @@ def test_report_cells_equal_metrics(run):
     folder, _ = run
     m = _metrics(folder)
     tables = _report_tables((folder / "report.md").read_text())
-    assert set(tables) == {f"Table {i}" for i in range(1, 6)}
+    assert set(tables) == {f"Table {i}" for i in range(1, 6)} | {
+        "Calibration of the classifiers (test)", "Calibration of the ensembles (test)"}
 
     def same(table, row, expected):
         cells = tables[table][row]
@@ -215,6 +218,16 @@ def test_report_cells_equal_metrics(run):
     same("Table 5", "This run (weighted model-level ensembles)",
          dict({col: final[key] for col, key in METRIC_KEYS.items()},
               **{"MCC 95% CI": f"[{lo:.4f}, {hi:.4f}]"}))
+    # calibration: every loss's classifier, the model-level ensembles and the final one
+    run_dir = RunFolder(folder)
+    by_loss = {get_classification_loss(k).title: v for k, v in m["classification_calibration"].items()}
+    assert len(by_loss) == len(CLS_LOSSES)
+    check_calibration(run_dir, by_loss, "Calibration of the classifiers (test)",
+                      "plots/reliability_classifiers.png")
+    ensembles = m["ensembles"]["calibration"]
+    assert "final ensemble" in ensembles
+    check_calibration(run_dir, ensembles, "Calibration of the ensembles (test)",
+                      "plots/reliability_ensembles.png")
 
 
 def test_finished_run_is_returned_then_single_stage_reruns(run, capsys):

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, replace
 
 import pytest
+from _reports import check_calibration
 
 from cxr_keras.io import DataError
 from cxr_keras.recipes import fzlpr, lifecycle
@@ -87,6 +88,7 @@ def test_python_api_runs_a_paper_with_a_config(tiny_run):
     assert m["loss"] == "fzlpr" and 0 <= m["test_mean_auc"] <= 1
     for name in ("config.json", "report.md", "checkpoints/best.keras", "predictions/test.npz"):
         assert run.file(name).exists(), name
+    check_calibration(run, m["test_calibration"], "Calibration (test)")
 
 
 def test_finished_is_a_state_and_config_json_reproduces_the_run(tiny_run, capsys):

@@ -2,12 +2,14 @@
 libraries' own primitives (Python's / NumPy's generators re-seeded by hand, TensorFlow's
 ``tf.random.set_seed`` and op-determinism flag), and two seeded fits in one process that end with
 bit-identical weights. Every test puts back the process-wide state that ``configure`` changes
-(op determinism, dtype policy: the ``restore_runtime`` fixture of conftest.py)."""
+(op determinism, dtype policy: the ``restore_runtime`` fixture of conftest.py); the dtype
+policy is set only inside ``Runtime.scope()`` and put back after it."""
 
 import random
 
 import keras
 import numpy as np
+import pytest
 from tensorflow.python.framework import config as tf_config
 
 from cxr_keras.training.runtime import configure
@@ -48,17 +50,32 @@ def test_xla_auto_compiles_on_jax_even_on_a_cpu():
     assert out.split()[-3:] == ["jax", "0", "True"]
 
 
-def test_configure_sets_the_global_dtype_policy_either_way(restore_runtime):
-    """As documented: the policy is replaced, not left as the caller set it."""
+def test_the_dtype_policy_is_set_inside_the_scope_only_and_put_back(restore_runtime):
+    """configure leaves the global policy alone; scope() sets the runtime's, then restores."""
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    rt = configure(0, mixed_precision="auto", xla="auto")
-    assert rt.mixed_precision == rt.jit_compile == (rt.gpus > 0)
-    want = "mixed_float16" if rt.gpus else "float32"
-    assert keras.mixed_precision.global_policy().name == want
-    assert configure(0, mixed_precision=True).mixed_precision
-    assert keras.mixed_precision.global_policy().name == "mixed_float16"
-    assert not configure(0, mixed_precision=False).mixed_precision
-    assert keras.mixed_precision.global_policy().name == "float32"
+    rt = configure(mixed_precision=True, xla=False)
+    assert rt.mixed_precision and rt.dtype_policy == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"   # untouched
+    with rt.scope():
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        assert keras.layers.Dense(2).dtype_policy.name == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"   # put back
+    with pytest.raises(RuntimeError), configure(mixed_precision=False).precision():
+        assert keras.mixed_precision.global_policy().name == "float32"
+        raise RuntimeError("put back on errors too")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    auto = configure(mixed_precision="auto", xla="auto")
+    assert auto.mixed_precision == auto.jit_compile == (auto.gpus > 0)
+
+
+def test_no_seed_seeds_nothing():
+    random.seed(7)
+    np.random.seed(7)
+    want = random.random(), np.random.random()
+    random.seed(7)
+    np.random.seed(7)
+    configure(mixed_precision=False, xla=False)
+    assert (random.random(), np.random.random()) == want
 
 
 def _tiny_fit(seed):

@@ -184,9 +184,10 @@ def test_overlay_grid_lays_out_rows_and_writes_nothing_for_no_images(tmp_path):
 
     grey = np.zeros((4, 16, 16), np.uint8)
     cams = np.random.default_rng(0).random((4, 16, 16))
-    path = overlay_grid(grey, cams, ["a", "b", "c", "d"], tmp_path / "g.png", cols=3,
-                        boxes=[(1, 1, 4, 4)] * 4, cell=(2.0, 2.0), dpi=50)
-    h, w = mpimg.imread(path).shape[:2]
+    fig = overlay_grid(grey, cams, ["a", "b", "c", "d"], tmp_path / "g.png", cols=3,
+                       boxes=[(1, 1, 4, 4)] * 4, cell=(2.0, 2.0), dpi=50)
+    assert len(fig.axes) == 6 and len(fig.axes[0].patches) == 1      # 2 x 3 panels, boxes drawn
+    h, w = mpimg.imread(tmp_path / "g.png").shape[:2]
     assert (h, w) == (2 * 2 * 50, 3 * 2 * 50)          # 2 rows x 3 columns of 2-inch cells
     assert overlay_grid(grey[:0], cams[:0], [], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()

@@ -1,23 +1,22 @@
 """Figures of the ``multiloss`` paper: confusion matrices and one-vs-rest ROC / PR curves
 (Figs. 5, 7, 8), polar coordinates plots of metrics per model (Figs. 3, 4, 6) and lung-mask
-overlays for segmentation examples. Matplotlib with the Agg backend; files are written atomically
-through :func:`cxr_keras.evaluation.plots.save_figure`."""
+overlays for segmentation examples. Each function returns a ``matplotlib.figure.Figure`` and
+writes it (atomically) only when given a ``path``, as in :mod:`cxr_keras.evaluation.plots`."""
 
 from __future__ import annotations
 
 import re
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
-
-from cxr_keras.evaluation.plots import save_figure  # noqa: E402
+from cxr_keras.evaluation.plots import finish_figure
 
 
-def plot_confusion_matrix(cm, labels, path, normalize=False, title="Confusion matrix",
+def plot_confusion_matrix(cm, labels, path=None, normalize=False, title="Confusion matrix",
                           cmap="Blues"):
     """Confusion matrix as a heat map with the counts written in the cells.
 
@@ -36,7 +35,8 @@ def plot_confusion_matrix(cm, labels, path, normalize=False, title="Confusion ma
     else:
         shown = cm
         fmt = "{:.0f}"
-    fig, ax = plt.subplots(figsize=(1.3 * k + 2.5, 1.3 * k + 2))
+    fig = Figure(figsize=(1.3 * k + 2.5, 1.3 * k + 2))
+    ax = fig.subplots()
     im = ax.imshow(shown, cmap=cmap, vmin=0, vmax=1 if normalize else max(shown.max(), 1))
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     thresh = (1.0 if normalize else max(shown.max(), 1)) / 2.0
@@ -49,10 +49,10 @@ def plot_confusion_matrix(cm, labels, path, normalize=False, title="Confusion ma
     ax.set_xticklabels([str(x) for x in labels], rotation=45, ha="right")
     ax.set_yticklabels([str(x) for x in labels])
     ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def plot_roc_pr(y_true, proba, labels, path, title=None):
+def plot_roc_pr(y_true, proba, labels, path=None, title=None):
     """Two panels: one-vs-rest ROC curves (left) and precision-recall curves (right), one curve
     per class, with the class's AUROC / average precision in the legend (paper Figs. 5, 7, 8).
 
@@ -64,8 +64,9 @@ def plot_roc_pr(y_true, proba, labels, path, title=None):
     if proba.ndim != 2 or proba.shape[1] != len(labels) or len(proba) != len(y_true):
         raise ValueError(f"proba {proba.shape} does not match {len(y_true)} targets and "
                          f"{len(labels)} labels")
-    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(12, 5.2))
-    cmap = plt.get_cmap("tab10")
+    fig = Figure(figsize=(12, 5.2))
+    ax_roc, ax_pr = fig.subplots(1, 2)
+    cmap = matplotlib.colormaps["tab10"]
     for j, label in enumerate(labels):
         t = y_true == j
         if t.all() or not t.any():
@@ -86,7 +87,7 @@ def plot_roc_pr(y_true, proba, labels, path, title=None):
     ax_pr.legend(loc="lower left", fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
 _ALIASES = {"fscore": "f1", "f1score": "f1", "fmeasure": "f1"}
@@ -115,11 +116,9 @@ def plot_polar(values, metrics=("F-score", "MCC"), path=None, title="", rmin=Non
     closed line of radial values with markers. Metric names are matched ignoring case, spaces,
     ``-`` and ``_``, and "F-score" / "F1" are the same, so ``"F-score"`` and ``"MCC"`` find the
     ``"f1"`` and ``"mcc"`` entries of ``multiclass_metrics``. The radial axis runs from ``rmin``
-    (default: the smallest value minus 0.05, rounded down to 0.05) to ``rmax``. ``path`` (the
-    PNG to write) is required; it may be given by keyword or as the third argument.
+    (default: the smallest value minus 0.05, rounded down to 0.05) to ``rmax``. ``path``: the
+    PNG to write, by keyword or as the third argument.
     """
-    if path is None:
-        raise TypeError("plot_polar: path is required")
     names = list(values)
     if not names:
         raise ValueError("plot_polar: no models")
@@ -131,9 +130,9 @@ def plot_polar(values, metrics=("F-score", "MCC"), path=None, title="", rmin=Non
         finite = table[np.isfinite(table)]
         low = float(finite.min()) if finite.size else 0.0
         rmin = np.floor((low - 0.05) / 0.05) * 0.05
-    fig = plt.figure(figsize=(7, 7))
+    fig = Figure(figsize=(7, 7))
     ax = fig.add_subplot(projection="polar")
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     for i, metric in enumerate(metrics):
         ax.plot(closed, np.append(table[i], table[i][:1]), "-o", lw=1.6, ms=4,
                 color=cmap(i % 10), label=str(metric))
@@ -143,10 +142,10 @@ def plot_polar(values, metrics=("F-score", "MCC"), path=None, title="", rmin=Non
     ax.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=9)
     if title:
         ax.set_title(title, pad=20)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def plot_mask_overlay(image, mask_true, mask_pred, path, threshold=0.5, title=None):
+def plot_mask_overlay(image, mask_true, mask_pred, path=None, threshold=0.5, title=None):
     """A radiograph with the contours of the reference mask (green) and the predicted mask
     (red) (segmentation examples; ``mask_true`` may be None).
 
@@ -156,7 +155,8 @@ def plot_mask_overlay(image, mask_true, mask_pred, path, threshold=0.5, title=No
     image = np.asarray(image, dtype=np.float64)
     if image.ndim == 3:
         image = image[..., 0]
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     ax.imshow(image, cmap="gray")
     handles = []
     for mask, color, name in ((mask_true, "lime", "reference"), (mask_pred, "red", "predicted")):
@@ -169,10 +169,10 @@ def plot_mask_overlay(image, mask_true, mask_pred, path, threshold=0.5, title=No
             raise ValueError(f"{name} mask {m.shape} does not match image {image.shape}")
         if (m >= threshold).any() and (m < threshold).any():
             ax.contour(m, levels=[threshold], colors=[color], linewidths=1.5)
-        handles.append(plt.Line2D([], [], color=color, lw=1.5, label=name))
+        handles.append(Line2D([], [], color=color, lw=1.5, label=name))
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)

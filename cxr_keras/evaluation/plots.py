@@ -1,34 +1,44 @@
 """Figures of the ``fzlpr`` paper: per-class ROC curves (Fig. 5), AUC differences against tau = 1
-(Fig. 6) and training curves. Matplotlib with the Agg backend; files are written atomically."""
+(Fig. 6) and training curves.
+
+Every function builds and returns a ``matplotlib.figure.Figure`` (a notebook shows it) and writes
+it to ``path`` only when one is given. Figures are made without ``pyplot``: no backend is chosen
+or switched, nothing is kept in pyplot's list of open figures, and a script needs no display.
+Files are written atomically."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
-from cxr_keras.io import atomic_path  # noqa: E402
+from cxr_keras.io import atomic_path
 
 
-def save_figure(fig, path):
-    """Write ``fig`` to ``path`` atomically (120 dpi) and close it."""
+def save_figure(fig, path, dpi=120, bbox_inches="tight") -> Path:
+    """Write ``fig`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, dpi=dpi, bbox_inches=bbox_inches)
     return Path(path)
 
 
-def plot_roc_curves(y_true, y_score, labels, path, title="ROC curves"):
+def finish_figure(fig, path=None, **savefig):
+    """``fig``, written to ``path`` first when one is given (see :func:`save_figure`)."""
+    if path is not None:
+        save_figure(fig, path, **savefig)
+    return fig
+
+
+def plot_roc_curves(y_true, y_score, labels, path=None, title="ROC curves"):
     """One ROC curve per class with its AUC in the legend (paper Fig. 5). NaN targets skipped."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_score = np.asarray(y_score, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    cmap = plt.get_cmap("tab20")
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["tab20"]
     for j, label in enumerate(labels):
         keep = ~np.isnan(y_true[:, j])
         t = y_true[keep, j] >= 0.5
@@ -41,10 +51,10 @@ def plot_roc_curves(y_true, y_score, labels, path, title="ROC curves"):
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
            ylabel="sensitivity (true positive rate)", title=title)
     ax.legend(loc="lower right", fontsize=7)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
+def plot_auc_differences(per_label_auc_by_tau, path=None, reference_tau=1.0,
                          title="AUC difference against tau = 1"):
     """Grouped bars of AUC(tau) - AUC(reference_tau) per label (paper Fig. 6).
 
@@ -57,7 +67,8 @@ def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
     taus = [t for t in per_label_auc_by_tau if t != reference_tau]
     x = np.arange(len(labels))
     width = 0.8 / max(len(taus), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(labels)), 4.5))
+    fig = Figure(figsize=(max(8, 0.7 * len(labels)), 4.5))
+    ax = fig.subplots()
     for k, tau in enumerate(taus):
         aucs = per_label_auc_by_tau[tau]
         diff = [aucs.get(lab, np.nan) - ref[lab] for lab in labels]
@@ -67,10 +78,10 @@ def plot_auc_differences(per_label_auc_by_tau, path, reference_tau=1.0,
     ax.set_xticklabels(labels, rotation=45, ha="right")
     ax.set(ylabel=f"AUC - AUC(tau = {reference_tau:g})", title=title)
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def plot_training_curves(history, path, title="Training curves"):
+def plot_training_curves(history, path=None, title="Training curves"):
     """Plot every metric of a Keras history (dict of lists or a CSVLogger CSV path) by epoch.
 
     ``x`` and ``val_x`` share one panel; columns named ``epoch`` are the x axis when present.
@@ -85,7 +96,8 @@ def plot_training_curves(history, path, title="Training curves"):
     bases += [k[4:] for k in history if k.startswith("val_") and k[4:] not in history]
     if not bases:
         raise ValueError("plot_training_curves: empty history")
-    fig, axes = plt.subplots(1, len(bases), figsize=(4 * len(bases), 3.5), squeeze=False)
+    fig = Figure(figsize=(4 * len(bases), 3.5))
+    axes = fig.subplots(1, len(bases), squeeze=False)
     for ax, key in zip(axes[0], bases):
         for k, style in ((key, "-"), ("val_" + key, "--")):
             if k in history:
@@ -95,10 +107,10 @@ def plot_training_curves(history, path, title="Training curves"):
         ax.set(xlabel="epoch", title=key)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)
 
 
-def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, patch_size=16,
+def plot_reconstructions(images, reconstructions, masks, path=None, norm_pix=False, patch_size=16,
                          title="MAE reconstructions"):
     """Rows of (input, masked input, reconstruction, reconstruction with the visible patches
     pasted back) for an MAE. ``images`` and ``reconstructions`` (B, H, W, C) on the model's input
@@ -130,7 +142,8 @@ def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, p
         ax.axis("off")
 
     n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n), squeeze=False)
+    fig = Figure(figsize=(8, 2 * n))
+    axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
         for j, (a, name) in enumerate(((images, "input"), (images * (1 - masks), "masked"),
                                        (rec, "reconstruction"), (pasted, "visible + reconstructed"))):
@@ -138,4 +151,4 @@ def plot_reconstructions(images, reconstructions, masks, path, norm_pix=False, p
             if i == 0:
                 axes[i, j].set_title(name, fontsize=8)
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return finish_figure(fig, path)

@@ -3,23 +3,19 @@ figures: fzlpr Fig. 7, multiloss Fig. 9, mlrfnet Fig. 11)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..io import atomic_path
 from .gradcam import overlay
 
 
-def overlay_grid(grey, heatmaps, titles, path, cols: int = 3, boxes=None, cell=(3.2, 3.4),
-                 fontsize: int = 7, dpi: int = 110) -> Path | None:
+def overlay_grid(grey, heatmaps, titles, path=None, cols: int = 3, boxes=None, cell=(3.2, 3.4),
+                 fontsize: int = 7, dpi: int = 110):
     """One panel per image, row-major, ``cols`` wide: ``grey[k]`` (uint8 HxW) under
     ``heatmaps[k]`` titled ``titles[k]``, with ``boxes[k]`` = (x, y, w, h) drawn when given.
-    Written atomically to ``path``; nothing is written for no images (returns None)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Returns the ``matplotlib.figure.Figure``, written atomically to ``path`` when one is given;
+    for no images, None (and nothing is written)."""
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     n = len(grey)
@@ -27,7 +23,8 @@ def overlay_grid(grey, heatmaps, titles, path, cols: int = 3, boxes=None, cell=(
         return None
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cell[0] * cols, cell[1] * rows), squeeze=False)
+    fig = Figure(figsize=(cell[0] * cols, cell[1] * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for k, ax in enumerate(np.ravel(axes)):
         ax.axis("off")
         if k >= n:
@@ -38,7 +35,7 @@ def overlay_grid(grey, heatmaps, titles, path, cols: int = 3, boxes=None, cell=(
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
         ax.set_title(titles[k], fontsize=fontsize)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    return Path(path)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    return fig

@@ -545,6 +545,7 @@ def tested_model(cfg: Config, run_dir: RunFolder):
 
 def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | None = None):
     """Table 3-4 metrics of the tested model (:func:`tested_model`) on PediCXR's test set."""
+    from ..evaluation.calibration import calibration_section
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
     model = tested_model(cfg, run_dir)
@@ -555,17 +556,18 @@ def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | No
     run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=np.array(labels))
     val_p, test_p = expit(val_logits), expit(test_logits)
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
+    calibration, calibration_md = calibration_section(test_y, test_p, labels, run_dir)
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
         label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start, tested=cfg.select,
-        **M.multilabel_summary(val_y, val_p, test_y, test_p, labels),
+        **M.multilabel_summary(val_y, val_p, test_y, test_p, labels), test_calibration=calibration,
         epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
         train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
                     title="ROC, PediCXR test")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
                          title="Fine-tuning loss and AUC")
-    run_dir.write_text("report.md", report(cfg, m))
+    run_dir.write_text("report.md", report(cfg, m) + "\n".join(calibration_md))
     return m
 
 

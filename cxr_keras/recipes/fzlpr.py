@@ -191,6 +191,7 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data, train_seconds, opts: RunOpt
 
 def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, train_images=None):
     """Every number, plot and table of one run."""
+    from ..evaluation.calibration import calibration_section
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
     val_logits, val_y = predict_dataset(model, val_ds, np.float64)
@@ -214,20 +215,21 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
     for stage in ("stage1", "stage2"):
         for k, v in read_history(run_dir.file("logs", f"history_{stage}.csv")).items():
             history.setdefault(k, []).extend(v)
+    calibration, calibration_md = calibration_section(test_y, test_prob, labels, run_dir)
     metrics = run_dir.update_metrics(
         loss=cfg.loss, tau=cfg.tau,
         val_auc=val_auc, val_mean_auc=mean_of(val_auc),
         test_auc=test_auc, test_mean_auc=mean_of(test_auc),
         test_mean_auc_ci95=[lo, hi],
         tta_auc={k: {"per_class": v, "mean": mean_of(v)} for k, v in tta_auc.items()},
-        test_threshold_metrics=thr,
+        test_threshold_metrics=thr, test_calibration=calibration,
         train_seconds=train_seconds, train_images=train_images)
     plot_roc_curves(test_y, test_prob, labels, run_dir.file("plots", "roc_test.png"),
                     title=f"ROC, test ({cfg.loss})")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"))
     gradcam_figure(model, test_ds, test_y, test_prob, labels, run_dir.file("plots", "gradcam.png"),
                    n=cfg.gradcam_images)
-    run_dir.write_text("report.md", report(cfg, metrics))
+    run_dir.write_text("report.md", report(cfg, metrics) + "\n".join(calibration_md))
     return metrics
 
 

@@ -375,7 +375,7 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     with runtime.scope():
         state = train(cfg, run, data, runtime, opts)
     if multihost.is_chief():
-        with multihost.local():
+        with multihost.local(), runtime.precision():  # the dtype policy of training, no strategy
             evaluate(cfg, run, data, state, opts)
     multihost.barrier(f"{tag} evaluated")  # the others wait: JAX's exit would not wait so long
     run.mark_done()  # on every process: a rerun finds every copy finished

@@ -310,6 +310,7 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data: Data, train_seconds, opts: 
 
 def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     """Every number, plot and table of one run."""
+    from ..evaluation.calibration import calibration_section
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
     cols = [data.labels.index(k) for k in data.eval_labels]
@@ -330,17 +331,18 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
         localization = pointing_game(model, cfg, run_dir, data, test_prob)
 
     history = read_history(run_dir.file("logs", "history_train.csv"))
+    calibration, calibration_md = calibration_section(test_y, test_prob, names, run_dir)
     metrics = run_dir.update_metrics(
         ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
         "chexpert" else None,
-        **summary, cost=cost, localization=localization,
+        **summary, test_calibration=calibration, cost=cost, localization=localization,
         epochs_trained=len(history.get("loss", [])),
         train_seconds=train_seconds, train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_prob, names, run_dir.file("plots", "roc_test.png"),
                     title=f"ROC, {'test' if cfg.source == 'nih' else 'valid.csv'} (Fig. 10)")
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
                          title="Loss and AUC (Figs. 8-9)")
-    run_dir.write_text("report.md", report(cfg, metrics))
+    run_dir.write_text("report.md", report(cfg, metrics) + "\n".join(calibration_md))
     return metrics
 
 

@@ -673,11 +673,12 @@ def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: Run
 def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
     """Test metrics of one task (the paper's: AUC + accuracy, mAUC + per-class AUC, Dice + mIoU,
     mAP + per-class AP at IoU 0.5), predictions, plots and the report."""
+    from ..evaluation.calibration import calibration_section
     from ..evaluation.plots import plot_roc_curves, plot_training_curves
 
     kind = TASKS[name].kind
     test = data["test"]
-    result = {}
+    result, calibration_md = {}, []
     if kind in ("binary", "multilabel"):
         logits, y = predict_dataset(model, test, np.float64)
         labels = ["abnormal"] if kind == "binary" else list(cache.labels)
@@ -693,6 +694,7 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
             result["auc"] = result["mauc"]
         plot_roc_curves(y, p, labels, run_dir.file("plots", "roc_test.png"),
                         title=f"ROC, {paper.TASK_NAMES[name]} test")
+        result["calibration"], calibration_md = calibration_section(y, p, labels, run_dir)
     elif kind == "segmentation":
         from ..evaluation.multiclass_plots import plot_mask_overlay
 
@@ -733,7 +735,7 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
                                epochs_trained=len(history.get("loss", [])),
                                train_seconds=seconds, train_images=len(cache.rows("train")),
                                test_images=len(cache.rows("test")))
-    run_dir.write_text("report.md", finetune_report(cfg, m))
+    run_dir.write_text("report.md", finetune_report(cfg, m) + "\n".join(calibration_md))
     return m
 
 

@@ -47,6 +47,7 @@ from ..data.images import read_image
 from ..data.lung_crop import and_ensemble, write_lung_crops
 from ..data.pipeline import make_dataset
 from ..data.tables import finish_table, split_off_validation
+from ..evaluation.calibration import compare_calibration, comparison_calibration_table
 from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
 from ..evaluation.report import metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
@@ -496,14 +497,12 @@ def crop_kermany(cfg, run_dir, data, top) -> Path:
 
 def _crop_figure(cfg, run_dir, data, top, n=4):
     """Fig. 1: image, AND-ed mask, lung crop."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows, out = Cache(data.kermany).rows(None), run_dir.file("crops")
     masks = _kermany_masks(cfg, run_dir, data, top)
-    fig, axes = plt.subplots(n, 3, figsize=(7, 2.4 * n))
+    fig = Figure(figsize=(7, 2.4 * n))
+    axes = fig.subplots(n, 3)
     for i, ax in enumerate(axes):
         path = rows.iloc[i]["path"]
         crop = sorted(out.glob(f"{i:05d}_*.png"))[0]
@@ -515,7 +514,6 @@ def _crop_figure(cfg, run_dir, data, top, n=4):
     fig.tight_layout()
     with atomic_path(run_dir.file("plots", "fig1_lung_crops.png")) as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------- classify
@@ -601,9 +599,13 @@ def _classifier_results(cfg, run_dir, crops) -> tuple[dict, dict]:
 
 
 def _classify_results(cfg, run_dir, crops, seconds) -> dict:
-    """Table 2, Figs. 4-5."""
-    _, results = _classifier_results(cfg, run_dir, crops)
-    run_dir.update_metrics(classification=results, classify_seconds=seconds)
+    """Table 2, Figs. 4-5, and how well each loss calibrates."""
+    preds, results = _classifier_results(cfg, run_dir, crops)
+    y_test = next(iter(preds.values()))["test"][0]
+    calibration, _ = compare_calibration(y_test, {n: v["test"][1] for n, v in preds.items()}, CLASSES,
+                                         run_dir, "classifiers")
+    run_dir.update_metrics(classification=results, classify_seconds=seconds,
+                           classification_calibration=calibration)
     _classify_figures(cfg, run_dir, results, crops)
     return results
 
@@ -717,11 +719,14 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
                                                          np.argmax(preds[n]["test"][1], 1))
                                          for n in ranking[1:]}}
     tests["delong_final_vs_best_single"] = delong_ovr(y_test, final, best_p)
+    calibrated = {f"model-level top-{k}": v["test"] for k, v in model_level.items()}
+    calibration, _ = compare_calibration(y_test, dict(calibrated, **{"final ensemble": final}), CLASSES,
+                                         run_dir, "ensembles")
     out = {"ranking": ranking, "ranked_on": cfg.select_on, "table3": table3,
            "slsqp_weights": weights, "table4": table4,
            "final": {"weights": dict(zip([f"model-level top-{k}" for k in ks], map(float, w_final))),
                      "metrics": final_m},
-           "tests": tests, "fitted_on": "validation predictions"}
+           "tests": tests, "fitted_on": "validation predictions", "calibration": calibration}
     run_dir.update_metrics(ensembles=out)
     _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks)
     return out
@@ -792,6 +797,8 @@ def report(cfg: Config, m: dict) -> str:
         ref = {titles[k]: v for k, v in paper.TABLE2.items()}
         lines.append(metrics_table(ours, ref, metrics, title="Table 2: classifiers (test)"))
         lines += [_mcc_intervals({titles[k]: v["test"] for k, v in cls.items()}), ""]
+        calibration = {titles[k]: v for k, v in m.get("classification_calibration", {}).items()}
+        lines += comparison_calibration_table(calibration, title="Calibration of the classifiers (test)")
     ens = m.get("ensembles")
     if ens:
         lines += [f"Members ranked by MCC on **{ens['ranked_on']}**: " + ", ".join(ens["ranking"])
@@ -818,6 +825,7 @@ def report(cfg: Config, m: dict) -> str:
                                    title="Table 5: final ensemble and the literature (MCC "
                                          "interval: normal approximation, as the paper's)"))
         lines += [_mcc_intervals({"final ensemble": final}), ""]
+        lines += comparison_calibration_table(ens.get("calibration", {}), title="Calibration of the ensembles (test)")
         t = ens["tests"]
         mc = t["mcnemar_final_vs_best_single"]
         lines += [f"McNemar, final ensemble vs best single model: p = {mc['p_value']:.3g} "
@@ -827,7 +835,7 @@ def report(cfg: Config, m: dict) -> str:
     lines += ["Plots: `plots/fig1_lung_crops.png`, `fig3_segmentation_polar.png`, "
               "`fig4_classifiers_polar.png`, `fig5_best_single_*`, "
               "`fig6_prediction_level_polar.png`, `fig7_weighted_top*`, `fig8_final_ensemble_*`, "
-              "`fig9_gradcam.png`.", ""]
+              "`fig9_gradcam.png`, `reliability_classifiers.png`, `reliability_ensembles.png`.", ""]
     return "\n".join(lines)
 
 

@@ -22,9 +22,39 @@ class Runtime:
     deterministic: bool
     strategy: object = None  # a tf.distribute.Strategy or None
 
+    @property
+    def dtype_policy(self) -> str:
+        """The Keras dtype policy models are built with: "mixed_float16" or "float32"."""
+        return "mixed_float16" if self.mixed_precision else "float32"
+
+    @contextlib.contextmanager
+    def precision(self):
+        """Context with :attr:`dtype_policy` as the global dtype policy; the policy set before
+        is put back on exit."""
+        before = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(self.dtype_policy)
+        try:
+            yield self
+        finally:
+            keras.mixed_precision.set_global_policy(before)
+
+    @contextlib.contextmanager
     def scope(self):
-        """Context in which to build and compile models (the strategy's scope, if any)."""
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+        """Context in which to build, compile and train models: :meth:`precision` and the
+        strategy's scope, if any. Everything is put back on exit.
+
+        Example:
+
+        ```python
+        runtime = configure(seed=0, mixed_precision=True)
+        with runtime.scope():
+            model = build_model()      # mixed_float16 layers
+        # the global dtype policy is again what it was before
+        ```
+        """
+        strategy = self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+        with self.precision(), strategy:
+            yield self
 
     @property
     def replicas(self) -> int:
@@ -43,27 +73,32 @@ def _gpu_count(backend: str) -> int:
     return 0
 
 
-def configure(seed: int = 0, deterministic: bool = False, mixed_precision="auto", xla="auto",
-              multi_gpu: bool = True) -> Runtime:
-    """Seed every generator; switch mixed precision on by default on GPU only, and XLA on GPU
-    and on the JAX backend (where ``jit_compile=False`` runs every op on its own, uncompiled:
-    under ``--distributed`` a reduced DenseNet's step then took minutes instead of seconds).
+def configure(seed: int | None = None, deterministic: bool = False, mixed_precision="auto",
+              xla="auto", multi_gpu: bool = True) -> Runtime:
+    """Decide mixed precision (on by default on GPU only) and XLA (on by default on GPU and on
+    the JAX backend, where ``jit_compile=False`` runs every op on its own, uncompiled: under
+    ``--distributed`` a reduced DenseNet's step then took minutes instead of seconds).
 
-    Process-wide and not undone (call it once, at the start of a run):
+    Process-wide state changes only where asked for:
 
-    * ``keras.utils.set_random_seed(seed)``: Python's ``random``, NumPy's global generator,
-      TensorFlow's global seed and the backend's (Keras' default seed generators).
+    * ``seed`` given: ``keras.utils.set_random_seed(seed)`` (Python's ``random``, NumPy's global
+      generator, TensorFlow's global seed and the backend's: Keras' default seed generators).
+      ``None`` (the default) seeds nothing.
     * ``deterministic=True``: ``tf.config.experimental.enable_op_determinism()`` (deterministic
       TensorFlow kernels, slower on GPU), on every backend, since the ``tf.data`` input pipelines
       run on TensorFlow; JAX's CPU kernels need nothing more (on GPU JAX also needs
-      ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` set before it starts).
-    * The global dtype policy is **set** either way: ``"mixed_float16"`` (``mixed_precision``
-      true, or "auto" with a GPU) or ``"float32"``, replacing any policy set before.
+      ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` set before it starts). TensorFlow has no
+      public switch to turn it off again.
+    * The global dtype policy is **not** changed here: :meth:`Runtime.scope` (or
+      :meth:`Runtime.precision`) sets ``"mixed_float16"`` (``mixed_precision`` true, or "auto"
+      with a GPU) or ``"float32"`` for the models built inside it and puts the earlier policy
+      back on exit.
 
     ``multi_gpu``: on TensorFlow with several GPUs visible, build a MirroredStrategy.
     """
     backend = keras.backend.backend()
-    keras.utils.set_random_seed(seed)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     gpus = _gpu_count(backend)
     if deterministic:
         try:
@@ -73,7 +108,6 @@ def configure(seed: int = 0, deterministic: bool = False, mixed_precision="auto"
         if tf is not None:
             tf.config.experimental.enable_op_determinism()
     mp = gpus > 0 if mixed_precision == "auto" else bool(mixed_precision)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
     jit = (gpus > 0 or backend == "jax") if xla == "auto" else bool(xla)
     strategy = None
     if multi_gpu and gpus > 1 and backend == "tensorflow":
