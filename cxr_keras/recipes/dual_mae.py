@@ -44,6 +44,8 @@ from ..data.augment import PRESETS, Preset
 from ..data.cache import Cache
 from ..data.pipeline import make_dataset
 from ..evaluation import metrics as M
+from ..evaluation.calibration import calibration_section
+from ..evaluation.plots import plot_reconstructions, plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..inference.batches import predict_dataset
 from ..io import DataError, write_text
@@ -332,8 +334,6 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
 
 def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: RunOptions):
     """Loss terms, reconstructions, throughput and the report (process 0, the last weights)."""
-    from ..evaluation.plots import plot_reconstructions, plot_training_curves
-
     method, cache, steps = cfg.init, data.cache, data.steps
     model = build_mae(cfg, method)
     model.load_weights(run_dir.checkpoints / "pretrain.weights.h5")
@@ -545,9 +545,6 @@ def tested_model(cfg: Config, run_dir: RunFolder):
 
 def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | None = None):
     """Table 3-4 metrics of the tested model (:func:`tested_model`) on PediCXR's test set."""
-    from ..evaluation.calibration import calibration_section
-    from ..evaluation.plots import plot_roc_curves, plot_training_curves
-
     model = tested_model(cfg, run_dir)
     labels, val, test = data.labels, data.val, data.test
     val_logits, val_y = predict_dataset(model, val, np.float64)

@@ -24,8 +24,10 @@ from ..data.augment import PRESETS
 from ..data.cache import Cache
 from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
+from ..evaluation.calibration import calibration_section
 from ..evaluation.delong import delong_test
 from ..evaluation.metrics import mean_of
+from ..evaluation.plots import plot_auc_differences, plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
@@ -191,9 +193,6 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data, train_seconds, opts: RunOpt
 
 def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, train_images=None):
     """Every number, plot and table of one run."""
-    from ..evaluation.calibration import calibration_section
-    from ..evaluation.plots import plot_roc_curves, plot_training_curves
-
     val_logits, val_y = predict_dataset(model, val_ds, np.float64)
     run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
     tta = TTAPredictor(model, zoom=cfg.tta_zoom)
@@ -339,7 +338,6 @@ def delong_section(runs) -> list:
 
 def tau_report(runs, plot_path) -> str:
     """Table 4 and Fig. 6 over runs with several tau."""
-    from ..evaluation.plots import plot_auc_differences
     by_tau = {r.metrics()["tau"]: r.metrics()["test_auc"] for r in runs}
     lines = ["# fzlpr: tau ablation (Table 4, Fig. 6)", ""]
     for tau, auc in sorted(by_tau.items()):

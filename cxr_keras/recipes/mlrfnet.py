@@ -36,8 +36,10 @@ from ..data.datasets.chexpert import COMPETITION_LABELS, MIXED_POLICY
 from ..data.datasets.nih import load_boxes
 from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
+from ..evaluation.calibration import calibration_section
 from ..evaluation.flops import count_flops, seconds_per_image
 from ..evaluation.localization import localization_scores, map_box
+from ..evaluation.plots import plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
@@ -219,7 +221,6 @@ def build_loss(cfg: Config):
 class Data:
     """The run's cache, label columns and datasets. CheXpert is cached once with uncertain
     entries kept as NaN, so the three policies share one cache."""
-
     def __init__(self, cfg: Config, opts: RunOptions):
         self.root = phantom_or_real_root(cfg.source, cfg, opts, phantom_n=cfg.phantom_n,
                                          phantom_size=cfg.phantom_size)
@@ -310,9 +311,6 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data: Data, train_seconds, opts: 
 
 def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     """Every number, plot and table of one run."""
-    from ..evaluation.calibration import calibration_section
-    from ..evaluation.plots import plot_roc_curves, plot_training_curves
-
     cols = [data.labels.index(k) for k in data.eval_labels]
     val_logits, val_y = predict_dataset(model, data.val, np.float64)
     test_logits, test_y = predict_dataset(model, data.test, np.float64)

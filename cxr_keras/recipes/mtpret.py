@@ -45,7 +45,10 @@ from ..data.cache import Cache, build_cache
 from ..data.detection_inputs import faster_rcnn_inputs, to_xyxy
 from ..data.pipeline import make_dataset
 from ..evaluation import metrics as M
+from ..evaluation.calibration import calibration_section
 from ..evaluation.detection import detection_ap
+from ..evaluation.multiclass_plots import plot_mask_overlay
+from ..evaluation.plots import plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics
 from ..inference.batches import predict_dataset
@@ -469,8 +472,6 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
 
 def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
     """The loss terms' curves, throughput and the report."""
-    from ..evaluation.plots import plot_training_curves
-
     init, history, n_images, steps, seconds = (cfg.init, state.history, data.images, data.steps,
                                                state.seconds)
     plot_training_curves(history, run_dir.file("plots", "pretraining_curves.png"),
@@ -564,7 +565,6 @@ def _multitask_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOp
 
 
 def _multitask_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
-    from ..evaluation.plots import plot_training_curves
 
     variant, records = cfg.init, state.records
     loss_by_task = {name: [r["history"]["loss"][-1] for r in records if r["task"] == name]
@@ -673,9 +673,6 @@ def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: Run
 def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
     """Test metrics of one task (the paper's: AUC + accuracy, mAUC + per-class AUC, Dice + mIoU,
     mAP + per-class AP at IoU 0.5), predictions, plots and the report."""
-    from ..evaluation.calibration import calibration_section
-    from ..evaluation.plots import plot_roc_curves, plot_training_curves
-
     kind = TASKS[name].kind
     test = data["test"]
     result, calibration_md = {}, []
@@ -696,7 +693,6 @@ def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
                         title=f"ROC, {paper.TASK_NAMES[name]} test")
         result["calibration"], calibration_md = calibration_section(y, p, labels, run_dir)
     elif kind == "segmentation":
-        from ..evaluation.multiclass_plots import plot_mask_overlay
 
         logits, y = predict_dataset(model, test, np.float32)
         p = expit(logits)

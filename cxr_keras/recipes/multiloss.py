@@ -37,6 +37,7 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
 from .. import ensemble as E
@@ -49,6 +50,7 @@ from ..data.pipeline import make_dataset
 from ..data.tables import finish_table, split_off_validation
 from ..evaluation.calibration import compare_calibration, comparison_calibration_table
 from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
+from ..evaluation.multiclass_plots import plot_confusion_matrix, plot_mask_overlay, plot_polar, plot_roc_pr
 from ..evaluation.report import metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
 from ..explain.figures import overlay_grid
@@ -452,7 +454,6 @@ def _seg_tests(per_loss, top):
 
 
 def _segment_figures(cfg, run_dir, data, per_loss, test_true, ensemble_mask):
-    from ..evaluation.multiclass_plots import plot_mask_overlay, plot_polar
 
     values = {paper.SEGMENTATION_TITLES[k]: {"IoU": v["test"]["iou"]["mean"],
                                             "Dice": v["test"]["dice"]["mean"]}
@@ -497,8 +498,6 @@ def crop_kermany(cfg, run_dir, data, top) -> Path:
 
 def _crop_figure(cfg, run_dir, data, top, n=4):
     """Fig. 1: image, AND-ed mask, lung crop."""
-    from matplotlib.figure import Figure
-
     rows, out = Cache(data.kermany).rows(None), run_dir.file("crops")
     masks = _kermany_masks(cfg, run_dir, data, top)
     fig = Figure(figsize=(7, 2.4 * n))
@@ -618,7 +617,6 @@ def _row(m):
 
 
 def _classify_figures(cfg, run_dir, results, crops):
-    from ..evaluation.multiclass_plots import plot_polar
 
     titles = _loss_titles()
     plot_polar({titles[k]: {"F-score": v["test"]["f1"], "MCC": v["test"]["mcc"]}
@@ -631,7 +629,6 @@ def _classify_figures(cfg, run_dir, results, crops):
 
 
 def _cm_roc_pr(run_dir, y, proba, stem, title):
-    from ..evaluation.multiclass_plots import plot_confusion_matrix, plot_roc_pr
 
     cm = confusion_matrix(y, np.argmax(proba, axis=1), labels=range(len(CLASSES)))
     plot_confusion_matrix(cm, CLASSES, run_dir.file("plots", f"{stem}_confusion.png"), title=title)
@@ -733,7 +730,6 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
 
 
 def _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks):
-    from ..evaluation.multiclass_plots import plot_polar
 
     plot_polar({k: {"F-score": v["f1"], "MCC": v["mcc"]} for k, v in table3.items()},
                ("F-score", "MCC"), run_dir.file("plots", "fig6_prediction_level_polar.png"),
