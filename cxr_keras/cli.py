@@ -80,7 +80,7 @@ def cmd_prepare(args):
     out = prepare(args.dataset, args.root, args.out, size=args.size,
                   table_options=_options(args.option), workers=args.workers,
                   skip_bad=args.skip_bad, shard_size=args.shard_size, overwrite=args.overwrite,
-                  resize=args.resize)
+                  resize=args.resize, wait=args.wait)
     print(f"cache ready at {out}")
     return 0
 
@@ -168,6 +168,8 @@ def build_parser():
                     help="squash to a square (default) or pad to a square first")
     pr.add_argument("--option", action="append", metavar="KEY=VALUE",
                     help="a reader option, e.g. --option val_by=patient (repeatable)")
+    pr.add_argument("--wait", action="store_true",
+                    help="wait for another process building the same cache (default: stop, naming it)")
     pr.set_defaults(func=cmd_prepare)
 
     ru = command("run", "run a paper's experiment (cxr-keras run PAPER --help)", add_help=False)

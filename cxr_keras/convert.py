@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import models
-from .io import DataError, atomic_path
+from .integrity import checksummed_path
+from .io import DataError
 from .models.res2net import res2net50_from_state_dict, resnet50_from_state_dict
 from .models.resnet import resnet18_from_state_dict, resnet34_from_state_dict
 from .models.vit import vit_from_state_dict, vit_imagenet
@@ -57,7 +58,7 @@ def convert_checkpoint(arch, checkpoint, out, include_top=False) -> Path:
     else:
         model = getattr(models, arch)(include_top=include_top, weights=None, classes=classes)
     FROM_STATE_DICT[arch](state_dict, model, source=checkpoint)
-    with atomic_path(out, suffix=".weights.h5") as tmp:
+    with checksummed_path(out, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     return out
 

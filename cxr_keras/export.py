@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .integrity import verify
 from .io import DataError, write_json
 
 EXPORT_JSON = "export.json"
@@ -200,6 +201,7 @@ def load_keras_model(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing Keras model file: {path}")
+    verify(path)
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as e:  # keras raises ValueError, TypeError, zipfile errors...

@@ -1,8 +1,11 @@
-"""Atomic file writing and the package's error type for bad input.
+"""Atomic, durable file writing and the package's error type for bad input.
 
 Nothing the package writes is ever left half written: every writer goes through
 :func:`atomic_path`, which hands out a temporary name in the destination folder and
-renames it over the destination only when the block finished without an error.
+renames it over the destination only when the block finished without an error. The rename alone
+survives a killed process, not a power loss (the file's data may still be in the page cache when
+the rename reaches the disk), so the file is flushed (``fsync``) before the rename and its folder
+after it. ``durable=False`` skips the flushes for files that can be made again (phantom images).
 """
 
 from __future__ import annotations
@@ -22,13 +25,27 @@ class DataError(ValueError):
 NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file too large, quota
 
 
+def fsync_path(path) -> None:
+    """Flush a file's data, or a folder's entries (POSIX; a no-op for folders elsewhere), to disk."""
+    path = Path(path)
+    if path.is_dir() and os.name != "posix":
+        return
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(dest, suffix=None):
+def atomic_path(dest, suffix=None, durable: bool = True):
     """Yield a temporary path beside ``dest``; rename it to ``dest`` on success.
 
     ``suffix`` defaults to the destination's own suffix so that libraries that pick a
     format from the file name (OpenCV, NumPy, matplotlib) still see the right one. A full disk
     (or a file size limit) raises an ``OSError`` that names ``dest``; the temporary file is removed.
+    ``durable``: flush the file before the rename and the folder after it (module docstring).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +60,11 @@ def atomic_path(dest, suffix=None):
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
+            if durable:
+                fsync_path(tmp)
         os.replace(tmp, dest)
+        if durable:
+            fsync_path(dest.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno in NO_SPACE:

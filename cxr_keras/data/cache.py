@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from ..io import DataError, atomic_path, write_json, write_text
+from ..locking import FolderLock
 from ..progress import Progress, default_workers
 from .images import DICOM_SUFFIXES, decode_bytes
 
@@ -311,7 +312,7 @@ def _is_scalar_column(s) -> bool:
 
 def build_cache(table, out, size: int = 256, shard_size: int = 256, workers=None,
                 skip_bad: bool = False, resize: str = "squash", progress: bool = True,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, wait: bool = False) -> Path:
     """Decode, resize and store every image of ``table`` (see the module docstring) under ``out``.
 
     ``table`` follows the contract of :mod:`cxr_keras.data.tables`. ``workers`` processes (default:
@@ -319,8 +320,16 @@ def build_cache(table, out, size: int = 256, shard_size: int = 256, workers=None
     missing source raises :class:`DataError` naming the file and the row, unless ``skip_bad``:
     then the row is cached as a black image with status ``"bad"`` and listed in ``cache.json``
     and ``report.txt``. Re-running resumes (same sources) or raises (different sources) unless
-    ``overwrite=True``, which deletes the previous cache's files first. Returns ``Path(out)``.
+    ``overwrite=True``, which deletes the previous cache's files first. One process at a time
+    builds a cache (:mod:`cxr_keras.locking`): another is refused, naming it, or waits (``wait``)
+    and then resumes what is there. Returns ``Path(out)``.
     """
+    with FolderLock(out, "cache", wait=wait):
+        return _build_cache(table, out, size, shard_size, workers, skip_bad, resize, progress,
+                            overwrite)
+
+
+def _build_cache(table, out, size, shard_size, workers, skip_bad, resize, progress, overwrite):
     import pandas as pd
 
     t0 = time.perf_counter()
@@ -456,7 +465,7 @@ def build_cache(table, out, size: int = 256, shard_size: int = 256, workers=None
 def prepare(dataset: str, root, out, size: int = 256, table_options=None, **build_kw) -> Path:
     """Read ``dataset`` under ``root`` (:func:`cxr_keras.data.load_table` with ``table_options``)
     and cache it under ``out`` with :func:`build_cache` (``build_kw``: shard_size, workers,
-    skip_bad, resize, progress, overwrite)."""
+    skip_bad, resize, progress, overwrite, wait)."""
     from . import load_table
 
     table = load_table(dataset, root, **(table_options or {}))

@@ -149,7 +149,7 @@ def write_image(path, img: np.ndarray, *, rgb: bool = False, bits: int = 8, qual
     ok, buf = cv2.imencode(path.suffix.lower() if path.suffix else ".png", out, params)
     if not ok:
         raise DataError(f"cannot encode image for {path}")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:  # images can be written again
         buf.tofile(tmp)
     return path
 
@@ -187,7 +187,7 @@ def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id:
     ds.RescaleSlope, ds.RescaleIntercept = 1, 0
     ds.WindowCenter, ds.WindowWidth = (maxval + 1) / 2.0, float(maxval + 1)
     ds.PixelData = pix.tobytes()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:  # images can be written again
         if int(pydicom.__version__.split(".")[0]) >= 3:
             pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
         else:  # pydicom 2.4 (setup.cfg's lower bound): no enforce_file_format, encoding by hand

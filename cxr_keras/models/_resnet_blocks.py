@@ -13,6 +13,7 @@ import keras
 from keras import layers
 
 from .. import weights as pretrained
+from ..integrity import verify
 from ..io import DataError
 from ..state_dict import CHECKPOINT_SUFFIXES, assign, read_state_dict
 
@@ -88,7 +89,9 @@ def load_weights(model, path, arch, include_top, from_state_dict):
     if path.name.endswith(CHECKPOINT_SUFFIXES):
         return from_state_dict(read_state_dict(path), model, source=path)
     try:
-        model.load_weights(path)
+        model.load_weights(verify(path))
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"{arch}: cannot load weights file {path} into {model.name} "
                         f"(include_top={include_top}; the file must come from a model of the "

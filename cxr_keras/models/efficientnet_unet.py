@@ -27,6 +27,7 @@ import os
 import keras
 from keras import layers
 
+from ..integrity import verify
 from ._efficientnet import efficientnet
 
 # segmentation_models' default EfficientNet-B0 feature layers, deepest first (1/16, 1/8, 1/4, 1/2)
@@ -82,7 +83,7 @@ def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_co
         encoder = efficientnet(width_coefficient, depth_coefficient, input_shape=input_shape,
                                name=f"efficientnet_w{width_coefficient:g}_d{depth_coefficient:g}")
     if is_path:
-        encoder.load_weights(os.fspath(weights))
+        encoder.load_weights(os.fspath(verify(weights)))
     return encoder
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from keras import layers, ops
 
 from .. import weights as pretrained
+from ..integrity import verify
 from ..io import DataError
 from ..state_dict import assign, read_state_dict
 
@@ -331,6 +332,7 @@ def load_vit_weights(model, weights):
         raise DataError(f"{model.name}: weights file not found: {path}")
     if not path.name.endswith(".weights.h5"):
         return vit_from_state_dict(read_state_dict(path), model, source=path)
+    verify(path)
     blocks, file_has_head = _weights_file_layout(path)
     depth = sum(isinstance(l, TransformerBlock) for l in model.layers)
     if blocks != depth:

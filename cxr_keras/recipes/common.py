@@ -8,6 +8,7 @@ from pathlib import Path
 from ..data import load_table, write_phantom
 from ..data.cache import Cache, build_cache
 from ..io import DataError, write_text
+from ..locking import FolderLock
 from ..training.run_folder import config_hash
 
 
@@ -19,9 +20,11 @@ def phantom_or_real_root(dataset: str, cfg, opts, *, phantom_n: int, phantom_siz
         folder = (Path(opts.out) / "_data"
                   / f"phantom-{dataset}-n{phantom_n}-s{phantom_size}-seed{cfg.seed}")
         if not (folder / ".complete").exists():
-            write_phantom(dataset, folder, n=phantom_n, size=phantom_size, seed=cfg.seed,
-                          workers=opts.workers, progress=opts.progress)
-            write_text(folder / ".complete", "phantom written\n")
+            with FolderLock(folder, "phantom dataset", wait=_waits(opts)):
+                if not (folder / ".complete").exists():  # (another process may have written it)
+                    write_phantom(dataset, folder, n=phantom_n, size=phantom_size, seed=cfg.seed,
+                                  workers=opts.workers, progress=opts.progress)
+                    write_text(folder / ".complete", "phantom written\n")
         return folder
     root = root if root is not None else opts.root(dataset)
     if root is None:
@@ -46,8 +49,16 @@ def cache_of(dataset: str, root, opts, *, cache_size: int, table_options: dict |
         table = load_table(dataset, root, **table_options)
         if table_fn is not None:
             table = table_fn(table)
-        build_cache(table, cache, size=cache_size, workers=opts.workers, progress=opts.progress)
+        build_cache(table, cache, size=cache_size, workers=opts.workers, progress=opts.progress,
+                    wait=_waits(opts))
     return cache
+
+
+def _waits(opts) -> bool:
+    """Wait for another writer when asked, and always for a process of the same distributed job."""
+    from ..training import multihost
+
+    return opts.wait or multihost.joined() is not None
 
 
 def prepared_cache(dataset: str, cfg, opts, *, phantom_n: int, phantom_size: int,

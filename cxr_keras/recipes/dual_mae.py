@@ -48,6 +48,7 @@ from ..evaluation.calibration import calibration_section
 from ..evaluation.plots import plot_reconstructions, plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..inference.batches import predict_dataset
+from ..integrity import verify
 from ..io import DataError, write_text
 from ..losses import get_loss
 from ..models.mae import DualMaskedAutoencoder, MaskedAutoencoder
@@ -417,7 +418,7 @@ def initialise(model, cfg: Config, source: RunFolder | None):
         src = resnet34(include_top=False, pooling="avg", weights=imagenet_weights(cfg))
         copy_backbone(src, model)
         return f"ImageNet (torchvision) {imagenet_weights(cfg)}"
-    src = keras.saving.load_model(source.checkpoints / "best.keras", safe_mode=True)
+    src = keras.saving.load_model(verify(source.checkpoints / "best.keras"), safe_mode=True)
     copy_backbone(src, model)
     return f"supervised on the adult X-rays ({source.path.name})"
 
@@ -537,9 +538,9 @@ def tested_model(cfg: Config, run_dir: RunFolder):
     """The fine-tuned model that is tested: after the last epoch (``select="final"``; the paper:
     "After fine-tuning, the fine-tuned model was used to evaluate test images") or the best epoch
     by validation mean AUC (``"best_val"``)."""
-    model = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    model = keras.saving.load_model(verify(run_dir.checkpoints / "best.keras"), safe_mode=True)
     if cfg.select == "final":  # fit_stage's marker holds the weights after the last epoch
-        model.load_weights(run_dir.checkpoints / "finetune.weights.h5")
+        model.load_weights(verify(run_dir.checkpoints / "finetune.weights.h5"))
     return model
 
 

@@ -33,6 +33,7 @@ from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
 from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
+from ..integrity import verify
 from ..io import DataError
 from ..losses import get_loss
 from ..models import densenet, densenet121_fzlpr
@@ -186,7 +187,7 @@ def _train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
 
 
 def _evaluate(cfg: Config, run_dir: RunFolder, data, train_seconds, opts: RunOptions):
-    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    best = keras.saving.load_model(verify(run_dir.checkpoints / "best.keras"), safe_mode=True)
     evaluate(best, cfg, run_dir, data.labels, data.val, data.test, train_seconds=train_seconds,
              train_images=data.train.num_rows)
 

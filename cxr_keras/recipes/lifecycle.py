@@ -37,7 +37,8 @@ from pathlib import Path
 
 from .._argtypes import nonnegative_int, positive_int
 from ..io import DataError
-from ..training import RunFolder
+from ..locking import FolderLock
+from ..training import RunFolder, config_hash
 
 FULL_CONFIG = "recipe_config.json"  # beside a config.json that names a folder by part of a Config
 
@@ -61,7 +62,8 @@ class RunOptions:
     ``data_root``: the dataset's folder (``None``: phantom data); ``roots``: folders of further
     datasets, by reader name (papers that read several); ``cache``: where the resized cache goes
     (default under ``out/_data``); ``force``: rerun a finished configuration; ``workers``:
-    processes for data preparation; ``distributed``: multi-host data parallel (JAX).
+    processes for data preparation; ``distributed``: multi-host data parallel (JAX); ``wait``:
+    wait for another process writing the same run folder or cache instead of stopping.
     """
     out: str | Path = "runs"
     data_root: str | Path | None = None
@@ -73,6 +75,7 @@ class RunOptions:
     tensorboard: bool = False
     distributed: bool = False
     progress: bool = True
+    wait: bool = False
 
     def root(self, reader: str) -> Path | None:
         """The folder of dataset ``reader``: its own ``roots`` entry, else ``data_root``."""
@@ -256,6 +259,9 @@ def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.A
     p.add_argument("--xla", default=None, choices=["auto", "on", "off"],
                    help="XLA compilation (auto: on with a GPU or on the JAX backend, off on CPU with TensorFlow)")
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for another process writing the same run folder or cache (default: "
+                        "stop at once, naming it)")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="processes for data preparation (default: every core)")
     p.add_argument("--verbose", type=int, default=2, choices=[0, 1, 2],
@@ -312,7 +318,7 @@ def options_from_args(args, root_aliases: dict | None = None) -> RunOptions:
         roots[reader] = folder
     return RunOptions(out=args.out, data_root=args.data_root, roots=roots, cache=args.cache,
                       force=args.force, workers=args.workers, verbose=args.verbose,
-                      tensorboard=args.tensorboard, distributed=args.distributed)
+                      tensorboard=args.tensorboard, distributed=args.distributed, wait=args.wait)
 
 
 # ------------------------------------------------------------------ the lifecycle
@@ -350,13 +356,19 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     without distribution: load checkpoints there). ``config``: what names the run folder
     (default: every field of ``cfg``); when it is part of the Config (a stage folder shared by
     runs that differ elsewhere), the whole Config is written beside it as ``recipe_config.json``,
-    which ``--config RUN/config.json`` then reads.
+    which ``--config RUN/config.json`` then reads. One process at a time writes a run folder
+    (:mod:`cxr_keras.locking`; ``opts.wait`` waits for another).
     """
-    from ..training import configure, multihost
-
     opts = join_processes(opts)
     partial = config is not None
     config = dataclasses.asdict(cfg) if config is None else config
+    with FolderLock(Path(opts.out) / f"{tag}-{config_hash(config)}", "run folder", wait=opts.wait):
+        return _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial)
+
+
+def _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial):
+    from ..training import configure, multihost
+
     run = open_run(opts.out, tag, config, force=opts.force)
     # every process's copy is marked done together: they agree, or one would train alone
     multihost.agree(f"whether {run.path.name} is finished (1) or not (0)", int(run.finished))

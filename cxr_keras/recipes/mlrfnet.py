@@ -44,6 +44,7 @@ from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
 from ..inference.batches import gather_rows, predict_dataset
+from ..integrity import verify
 from ..io import DataError
 from ..losses import BiasedFocalLoss, get_loss
 from ..models.batchnorm import set_bn_momentum
@@ -305,7 +306,7 @@ def _train(cfg: Config, run_dir: RunFolder, data: Data, runtime, opts: RunOption
 
 
 def _evaluate(cfg: Config, run_dir: RunFolder, data: Data, train_seconds, opts: RunOptions):
-    best = keras.saving.load_model(run_dir.checkpoints / "best.keras", safe_mode=True)
+    best = keras.saving.load_model(verify(run_dir.checkpoints / "best.keras"), safe_mode=True)
     evaluate(best, cfg, run_dir, data, train_seconds=train_seconds)
 
 

@@ -52,6 +52,7 @@ from ..evaluation.plots import plot_roc_curves, plot_training_curves
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics
 from ..inference.batches import predict_dataset
+from ..integrity import verify
 from ..io import DataError, atomic_path, write_json, write_text
 from ..losses.segmentation import DiceLoss
 from ..models import FasterRCNN, MoCo, SimCLR, multiscale_backbone, task_model
@@ -665,7 +666,7 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
 def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: RunOptions):
     """The best checkpoint on the test split (process 0, no distribution)."""
     model = build_task_model(cfg.task, build_backbone(cfg), cfg, data.n_out)
-    model.load_weights(run_dir.checkpoints / "best.keras")
+    model.load_weights(verify(run_dir.checkpoints / "best.keras"))
     test = datasets_for(cfg.task, cfg, data.cache, data.batch, splits=("test",))
     evaluate(model, cfg.task, cfg, run_dir, data.cache, test, data.init[2], seconds)
 

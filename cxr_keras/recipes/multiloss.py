@@ -58,6 +58,7 @@ from ..explain.gradcam import grad_cam
 from ..export import load_keras_model as _load  # sub-models predict or lend weights
 from ..inference.batches import predict_dataset
 from ..io import DataError, atomic_path
+from ..locking import FolderLock
 from ..losses.calibrated import get_classification_loss
 from ..losses.segmentation import SEGMENTATION_LOSSES as SEGMENTATION_LOSS_FNS
 from ..models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
@@ -232,23 +233,23 @@ def _execute(cfg: Config, opts: RunOptions, stages: tuple) -> RunFolder:
     """``lifecycle.execute`` over the stages asked, in one run folder: a single stage may be
     rerun on a finished run (``DONE`` stands once the ensemble stage ran), and ``force`` redoes
     the first stage asked and every later one (earlier stages and their metrics are kept)."""
-    # LIFECYCLE CANDIDATE: execute(..., stages=, stage_folders=) for multi-stage run folders
     opts = join_processes(opts)  # (first: process i > 0 has its own folder)
     path = Path(opts.out) / f"multiloss-{config_hash(asdict(cfg))}"
-    if opts.force:
-        for s in STAGES[STAGES.index(stages[0]):]:
-            folders = [path / "segment", path / "crops", *path.glob("crops_cache_*")] \
-                if s == "segment" else [path / s]
-            for folder in folders:
-                shutil.rmtree(folder, ignore_errors=True)
-    if opts.force or stages != STAGES:
-        (path / "DONE").unlink(missing_ok=True)
-    run_dir = execute("multiloss", cfg, replace(opts, distributed=False, force=False),
-                      prepare=lambda cfg, opts: prepare_data(cfg, opts) if "segment" in stages else None,
-                      train=partial(_train, stages=stages), evaluate=partial(_evaluate, stages=stages))
-    if "ensemble" not in stages:
-        run_dir.file("DONE").unlink(missing_ok=True)
-    return run_dir
+    with FolderLock(path, "run folder", wait=opts.wait):  # (execute's own lock: the same one)
+        if opts.force:
+            for s in STAGES[STAGES.index(stages[0]):]:
+                folders = [path / "segment", path / "crops", *path.glob("crops_cache_*")] \
+                    if s == "segment" else [path / s]
+                for folder in folders:
+                    shutil.rmtree(folder, ignore_errors=True)
+        if opts.force or stages != STAGES:
+            (path / "DONE").unlink(missing_ok=True)
+        run_dir = execute("multiloss", cfg, replace(opts, distributed=False, force=False),
+                          prepare=lambda cfg, opts: prepare_data(cfg, opts) if "segment" in stages else None,
+                          train=partial(_train, stages=stages), evaluate=partial(_evaluate, stages=stages))
+        if "ensemble" not in stages:
+            run_dir.file("DONE").unlink(missing_ok=True)
+        return run_dir
 
 
 def _train(cfg, run_dir, data, rt, opts, stages) -> dict:

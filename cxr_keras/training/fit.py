@@ -24,7 +24,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from ..io import atomic_path, write_json
+from ..integrity import SUFFIX, checksummed_path, verify
+from ..io import DataError, write_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -91,7 +92,7 @@ class EpochBackup(keras.callbacks.Callback):
         self.model._initial_epoch = None
         for stale in self.directory.glob(".epoch-*"):  # temporaries of a killed write
             stale.unlink(missing_ok=True)
-        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
+        state = self._good_backup()
         from .multihost import agree
 
         agree("the epoch to resume from", state["epoch"] if state else 0)
@@ -102,6 +103,22 @@ class EpochBackup(keras.callbacks.Callback):
         self.model.load_weights(self.directory / state["weights"])
         self.model._initial_epoch = int(state["epoch"])
 
+    def _good_backup(self):
+        """The newest backup whose file matches its checksum (the last one, else the one before);
+        None to start the stage afresh."""
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
+        for entry in [state, (state or {}).get("previous")]:
+            if not entry:
+                continue
+            try:
+                verify(self.directory / entry["weights"])
+                return entry
+            except DataError as e:
+                print(f"warning: backup of epoch {entry['epoch']} refused: {e}", flush=True)
+        if state is not None:
+            print(f"warning: no usable backup in {self.directory}; the stage starts again", flush=True)
+        return None
+
     def on_train_end(self, logs=None):
         self.model._initial_epoch = None
 
@@ -110,11 +127,14 @@ class EpochBackup(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             return  # a diverged epoch is not a state to resume from
         name = f"epoch-{epoch + 1:04d}.weights.h5"
-        with atomic_path(self.directory / name, suffix=".weights.h5") as tmp:
+        with checksummed_path(self.directory / name, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
-        write_json(self.state_path, {"epoch": epoch + 1, "weights": name})
-        for old in self.directory.glob("epoch-*.weights.h5"):
-            if old.name != name:
+        last = json.loads(self.state_path.read_text()) if self.state_path.exists() else None
+        previous = {k: last[k] for k in ("epoch", "weights")} if last else None
+        write_json(self.state_path, {"epoch": epoch + 1, "weights": name, "previous": previous})
+        keep = {name, previous["weights"]} if previous else {name}  # the one before: a fallback
+        for old in self.directory.glob("epoch-*.weights.h5*"):
+            if old.name.removesuffix(SUFFIX) not in keep:
                 old.unlink()
 
 
@@ -141,7 +161,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         best = self._best()
         better = best is None or (value > best["value"] if self.mode == "max" else value < best["value"])
         if better and math.isfinite(value):
-            with atomic_path(self.directory / "best.keras") as tmp:
+            with checksummed_path(self.directory / "best.keras") as tmp:
                 self.model.save(tmp)
             write_json(self.state_path, {"value": value, "monitor": self.monitor, "mode": self.mode,
                                          "stage": self.stage, "epoch": int(epoch)})
@@ -185,7 +205,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
     backup = run.checkpoints / "backup" / stage
     if marker.exists():
         shutil.rmtree(backup, ignore_errors=True)  # left by a kill between marker and clean-up
-        model.load_weights(marker)
+        model.load_weights(verify(marker))
         return read_history(run.file("logs", f"history_{stage}.csv"))
     compile_built(model, optimizer, loss=loss, metrics=list(metrics), jit_compile=jit_compile)
     nan_stop = StopOnNaN()
@@ -210,7 +230,7 @@ def fit_stage(model, train_ds, val_ds, run, stage: str, *, epochs: int, optimize
             f"stage {stage!r}: the loss became {value} at epoch {epoch + 1}, batch {batch + 1}; "
             f"training stopped. The best checkpoint so far is {run.checkpoints / 'best.keras'} "
             "(if any). Lower the learning rate or check the inputs for NaN.")
-    with atomic_path(marker, suffix=".weights.h5") as tmp:
+    with checksummed_path(marker, suffix=".weights.h5") as tmp:
         model.save_weights(tmp)
     shutil.rmtree(backup, ignore_errors=True)
     return read_history(run.file("logs", f"history_{stage}.csv"))
