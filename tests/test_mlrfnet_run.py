@@ -19,7 +19,7 @@ def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     cfg, opts = mlrfnet.from_command_line(
         ["--dataset", "phantom", "--quick", "--out", str(out), "--verbose", "0", "--workers", "1",
-         "--set", "bootstrap=50", "--set", "latency_images=2"])
+         "--set", "bootstrap=50", "--set", "latency_images=2", "--test-dataset", "chexpert"])
     return mlrfnet.run(cfg, opts=opts), opts, cfg
 
 
@@ -158,6 +158,41 @@ def test_report_cells_equal_metrics(finished_run):
     row = table(f"Table {number}")[f"mean AUC ({cfg.source})"]
     value = m["test_mean_auc"]
     assert (row["ours"], row["difference"]) == (f4(value), f"{value - ref[cfg.source]:+.4f}")
+
+
+def test_cross_dataset_test_on_chexpert(finished_run):
+    """--test-dataset chexpert: the NIH model on phantom CheXpert's valid.csv, scored on the seven
+    findings both label once harmonised; the AUCs are those of the saved predictions, whose
+    labels are valid.csv's own columns (Pleural Effusion as Effusion)."""
+    from pathlib import Path
+
+    from scipy.special import expit
+
+    from cxr_keras.data import load_table
+    from cxr_keras.evaluation.metrics import per_class_auc
+
+    run, opts, _ = finished_run
+    c = json.loads(run.file("metrics.json").read_text())["cross_dataset"]
+    shared = ["Atelectasis", "Consolidation", "Pneumothorax", "Edema", "Effusion", "Pneumonia",
+              "Cardiomegaly"]
+    assert c["dataset"] == "chexpert" and c["findings"] == shared
+    z = run.load_predictions("test_chexpert")
+    assert list(z["labels"]) == shared and z["logits"].shape == (c["images"], 7)
+    raw = load_table("chexpert", next(Path(opts.out).glob("_data/phantom-chexpert-*")), uncertain="ignore")
+    raw = raw.loc[raw["split"] == "test"]
+    columns = [{"Effusion": "Pleural Effusion"}.get(f, f) for f in shared]
+    np.testing.assert_array_equal(z["y_true"], raw[columns].to_numpy())
+    assert c["auc"] == pytest.approx(per_class_auc(z["y_true"], expit(z["logits"]), shared), abs=1e-12)
+    own = json.loads(run.file("metrics.json").read_text())["test_auc"]
+    assert c["source_auc"] == pytest.approx({f: own[f] for f in shared}, abs=1e-12)
+    assert c["positives"] == {f: int(raw[col].sum()) for f, col in zip(shared, columns)}
+    (rows,) = [v for k, v in markdown_tables(run.file("report.md").read_text()).items()
+               if k and k.startswith("Cross-dataset test")]
+    for row in rows:
+        name = row["finding"]
+        own_v, other = ((c["source_mean_auc"], c["mean_auc"]) if name == "Mean" else
+                        (c["source_auc"][name], c["auc"][name]))
+        assert (row["AUC, nih test"], row["AUC, chexpert"]) == (f"{own_v:.4f}", f"{other:.4f}"), name
 
 
 def test_finished_configuration_is_not_rerun(finished_run, capsys):
@@ -301,6 +336,7 @@ def test_every_config_field_is_reachable_from_the_command_line():
     (["--quick", "--weights", "w.h5"], "reduced backbone .* takes no weights"),
     (["--set", "uncertain=maybe"], "uncertain must be one of"),
     (["--set", "ablation=no_csra"], "unknown ablation 'no_csra'"),
+    (["--test-dataset", "nih"], "test_dataset must be None or a dataset other than the training one"),
 ])
 def test_bad_settings_are_named(argv, message):
     from cxr_keras.io import DataError

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from . import datasets
+from .findings import VOCABULARY, harmonise
 from .images import read_image, write_image
 
 
@@ -24,4 +25,5 @@ def write_phantom(dataset: str, out, n: int = 200, size: int = 256, seed: int = 
     return datasets.get(dataset).write_phantom(out, n=n, size=size, seed=seed, **kw)
 
 
-__all__ = ["load_table", "write_phantom", "read_image", "write_image", "datasets"]
+__all__ = ["load_table", "write_phantom", "read_image", "write_image", "datasets", "harmonise",
+           "VOCABULARY"]

@@ -2,15 +2,17 @@
 on NIH ChestX-ray14 and CheXpert.
 
 ``cxr-keras run mlrfnet [--dataset phantom|nih|chexpert|phantom-chexpert] [--ablation A]
-[--uncertain mixed|ones|zeros] [--split official|random] [--quick]``
+[--uncertain mixed|ones|zeros] [--split official|random] [--test-dataset chexpert|nih] [--quick]``
 
 One run = one configuration: training (Adam 1e-4, batch 32, 20 epochs, lr x 0.9 every 2 epochs,
 early stop on validation loss; Sec. IV-C), then on the test set (NIH) or valid.csv (CheXpert):
 per-class AUC with a bootstrap interval, mean accuracy / sensitivity / specificity / F1 (Table 7),
 FLOPs counted from the model's layers and measured seconds per image (Table 8), Grad-CAM against
 the NIH BBox_List_2017 boxes (pointing game and IoU, Fig. 11), ROC curves (Fig. 10), training
-curves (Figs. 8-9) and a report beside the paper's tables. ``experiments/mlrfnet/`` runs the
-whole grid of Tables 5-11 through :func:`run_many` and :func:`grid_report`.
+curves (Figs. 8-9) and a report beside the paper's tables. ``--test-dataset chexpert`` (not in
+the paper) also tests the NIH model on CheXpert's valid.csv, per finding the two datasets share
+once their labels are harmonised (:func:`cxr_keras.data.harmonise`); ``nih`` the other way.
+``experiments/mlrfnet/`` runs the whole grid of Tables 5-11 through :func:`run_many` and :func:`grid_report`.
 
 Python::
 
@@ -34,6 +36,7 @@ from ..data.augment import PRESETS
 from ..data.cache import Cache
 from ..data.datasets.chexpert import COMPETITION_LABELS, MIXED_POLICY
 from ..data.datasets.nih import load_boxes
+from ..data.findings import canonical_names, harmonise, kleene_or
 from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
 from ..evaluation.calibration import calibration_section
@@ -70,6 +73,7 @@ ABLATIONS = {
 }
 POLICIES = ("mixed", "ones", "zeros")
 SPLITS = ("official", "random")
+TEST_DATASETS = ("nih", "chexpert")  # cross-dataset test sets (--test-dataset)
 
 
 @dataclass
@@ -111,6 +115,8 @@ class Config(RecipeConfig):
     latency_images: int = 20
     phantom_n: int = 2000
     phantom_size: int = 256
+    test_dataset: str | None = None    # not in the paper: also test on the other dataset's test
+                                       # split (CheXpert: valid.csv), on the shared findings
 
     @property
     def source(self) -> str:
@@ -140,6 +146,9 @@ SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches ev
     "batch_size": dict(type=positive_int, help="global batch size"),
     "epochs": "training epochs",
     "phantom_n": dict(type=positive_int, help="images in the phantom dataset"),
+    "test_dataset": dict(choices=TEST_DATASETS, help="also test on this dataset's test split "
+                         "(CheXpert: valid.csv; phantom runs: its phantom), per finding the two "
+                         "datasets share once harmonised (default: none)"),
 }
 
 
@@ -174,6 +183,9 @@ def resolve(cfg: Config) -> Config:
     for name, known in (("uncertain", POLICIES), ("split", SPLITS)):
         if getattr(cfg, name) not in known:
             raise DataError(f"{name} must be one of {', '.join(known)}, got {getattr(cfg, name)!r}")
+    if cfg.test_dataset not in (None, *TEST_DATASETS) or cfg.test_dataset == cfg.source:
+        raise DataError(f"test_dataset must be None or a dataset other than the training one "
+                        f"({cfg.source}): one of {', '.join(TEST_DATASETS)}; got {cfg.test_dataset!r}")
     if cfg.backbone_options and cfg.weights is not None:
         raise DataError("a reduced backbone (backbone_options, --quick) is trained from scratch: "
                         "it takes no weights")
@@ -194,6 +206,8 @@ def run_tag(cfg: Config) -> str:
         tag += f"-u{cfg.uncertain}"
     elif cfg.split != "official":
         tag += f"-{cfg.split}"
+    if cfg.test_dataset:
+        tag += f"-test-{cfg.test_dataset}"
     return tag
 
 
@@ -247,6 +261,7 @@ class Data:
         self.val = make_dataset(cache, "val", training=False, targets=self.targets(cfg, "val"), **kw)
         self.test = make_dataset(cache, "test", training=False, targets=self.targets(cfg, "test"),
                                  **kw)
+        self.cross = cross_test_set(cfg, opts, self.labels, kw) if cfg.test_dataset else None
 
     def targets(self, cfg: Config, split: str) -> np.ndarray:
         """Labels of ``split`` with the uncertainty policy applied (CheXpert's cache keeps
@@ -256,6 +271,41 @@ class Data:
         if cfg.source == "chexpert":
             y = apply_uncertainty(y, cache.labels, cfg.uncertain)
         return y[:, [cache.labels.index(k) for k in self.labels]]
+
+
+def cross_test_set(cfg: Config, opts: RunOptions, model_labels, kw: dict) -> dict:
+    """``cfg.test_dataset``'s test split (NIH's test list, CheXpert's valid.csv; its phantom for
+    a phantom run) cached on its own, labels harmonised onto torchxrayvision's vocabulary, and the
+    findings it shares with the model's outputs (vocabulary order). Returns ``dataset``,
+    ``findings``, ``columns`` (per finding, the model outputs that map onto it) and ``data``."""
+    name = cfg.test_dataset
+    phantom = cfg.dataset.startswith("phantom")
+    if not phantom and name not in opts.roots:
+        raise DataError(f"test_dataset {name!r} on real data needs its folder: --root {name}=DIR")
+    root = phantom_or_real_root(name, cfg, opts, phantom_n=cfg.phantom_n,
+                                phantom_size=cfg.phantom_size, root=opts.roots.get(name))
+    options = {"uncertain": "ignore", "blank": "zeros"} if name == "chexpert" else {}
+
+    def test_rows(table):
+        attrs = dict(table.attrs)
+        table = table.loc[table["split"] == "test"].reset_index(drop=True)
+        table.attrs = attrs
+        return table
+
+    cache = Cache(cache_of(name, root, opts, cache_size=cfg.cache_size, table_options=options,
+                           table_fn=test_rows, tag="test split"))
+    rows = cache.rows("test").copy()
+    rows.attrs = {"dataset": name, "labels": list(cache.labels)}
+    table = harmonise(rows)
+    model = canonical_names(cfg.source, model_labels)
+    findings = [v for v in table.attrs["labels"]
+                if v in table.attrs["harmonised"]["sources"] and v in model.values()]
+    if not findings:
+        raise DataError(f"{cfg.source} and {name} share no finding once harmonised")
+    columns = [[j for j, c in enumerate(model_labels) if model[c] == v] for v in findings]
+    targets = table[findings].to_numpy(np.float32)
+    return dict(dataset=name, findings=findings, columns=columns,
+                data=make_dataset(cache, "test", training=False, targets=targets, **kw))
 
 
 def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
@@ -331,10 +381,12 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
 
     history = read_history(run_dir.file("logs", "history_train.csv"))
     calibration, calibration_md = calibration_section(test_y, test_prob, names, run_dir)
+    cross = cross_dataset_test(model, cfg, run_dir, data) if data.cross else None
     metrics = run_dir.update_metrics(
         ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
         "chexpert" else None,
         **summary, test_calibration=calibration, cost=cost, localization=localization,
+        cross_dataset=cross,
         epochs_trained=len(history.get("loss", [])),
         train_seconds=train_seconds, train_images=data.train.num_rows)
     plot_roc_curves(test_y, test_prob, names, run_dir.file("plots", "roc_test.png"),
@@ -343,6 +395,27 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
                          title="Loss and AUC (Figs. 8-9)")
     run_dir.write_text("report.md", report(cfg, metrics) + "\n".join(calibration_md))
     return metrics
+
+
+def cross_dataset_test(model, cfg: Config, run_dir, data: Data) -> dict:
+    """Per-finding AUC of the model on ``cfg.test_dataset``'s test split, for the findings the two
+    datasets share, beside the same findings on its own test set (from ``predictions/test.npz``).
+    Several outputs onto one finding would be OR-ed: their largest logit, and the three-valued OR
+    of their labels. Saves ``predictions/test_<dataset>.npz``."""
+    cross, findings = data.cross, data.cross["findings"]
+    logits, y = predict_dataset(model, cross["data"], np.float64)
+    scores = np.stack([logits[:, cols].max(axis=1) for cols in cross["columns"]], axis=1)
+    run_dir.save_predictions(f"test_{cross['dataset']}", y_true=y, logits=scores,
+                             labels=np.array(findings))
+    own = run_dir.load_predictions("test")
+    own_y = np.stack([kleene_or(own["y_true"][:, cols]) for cols in cross["columns"]], axis=1)
+    own_scores = np.stack([own["logits"][:, cols].max(axis=1) for cols in cross["columns"]], axis=1)
+    auc = M.per_class_auc(y, expit(scores), findings)
+    own_auc = M.per_class_auc(own_y, expit(own_scores), findings)
+    return dict(dataset=cross["dataset"], images=int(len(y)), findings=findings,
+                positives={f: int(np.nansum(y[:, j])) for j, f in enumerate(findings)},
+                auc=auc, mean_auc=M.mean_of(auc), source_auc=own_auc,
+                source_mean_auc=M.mean_of(own_auc))
 
 
 def cost_figures(model, cfg: Config, data: Data, num_classes: int) -> dict:
@@ -476,9 +549,30 @@ def report(cfg: Config, m: dict) -> str:
     if m.get("train_seconds"):
         lines += [f"Training: {m['train_seconds'] / 60:.1f} min, about "
                   f"{m['train_images'] * m['epochs_trained'] / m['train_seconds']:.1f} images/s.", ""]
+    if m.get("cross_dataset"):
+        lines += cross_dataset_section(cfg.source, m["cross_dataset"])
     lines += ["Plots: `plots/roc_test.png` (Fig. 10), `plots/training_curves.png` (Figs. 8-9)" +
               (", `plots/gradcam_boxes.png` (Fig. 11)." if loc else "."), ""]
     return "\n".join(lines)
+
+
+def cross_dataset_section(source: str, c: dict) -> list:
+    """The report's cross-dataset table: per shared finding, AUC on the training dataset's test
+    set and on the other dataset's (4 decimals; difference = other - own)."""
+    where = {"chexpert": "CheXpert valid.csv", "nih": "the NIH test list"}
+    f4 = "{:.4f}".format
+    lines = [f"### Cross-dataset test (not in the paper): trained on {source}, tested on "
+             f"{where[c['dataset']]} ({c['images']} images)", "",
+             f"| finding | positives | AUC, {source} test | AUC, {c['dataset']} | difference |",
+             "|---|---:|---:|---:|---:|"]
+    rows = [(f, str(c["positives"][f]), c["source_auc"][f], c["auc"][f]) for f in c["findings"]]
+    rows.append(("Mean", "", c["source_mean_auc"], c["mean_auc"]))
+    for name, pos, own, other in rows:
+        cells = ["-" if v != v else f4(v) for v in (own, other, other - own)]
+        lines.append(f"| {name} | {pos} | " + " | ".join(cells) + " |")
+    return lines + ["", "Findings named as torchxrayvision names them, after "
+                    "`cxr_keras.data.harmonise` (docs/LABELS.md); only findings both datasets "
+                    "label are scored.", ""]
 
 
 def main(argv=None) -> int:
