@@ -11,8 +11,9 @@ or a copy whose train/ and test/ sit under ``data/``)::
 
 The class is the folder (``covid`` -> 1, ``non`` -> 0; ``non-covid`` / ``non_covid`` /
 ``noncovid`` are read as ``non``, any case). Images are ``.jpg``, ``.jpeg`` or ``.png`` in any
-case; hidden files and the desktop's ``Thumbs.db`` / ``desktop.ini`` are skipped, and any other file raises a DataError naming it (an unexpected
-file in a class folder is more likely a wrong folder than noise).
+case; hidden files and the desktop's ``Thumbs.db`` / ``desktop.ini`` are skipped, and any other
+file raises a DataError naming it (an unexpected file in a class folder is more likely a wrong
+folder than noise).
 
 Splits (CHOICE, docs/FIDELITY.md): the official train and test folders (mtpret's Table I: 2,084
 "train" / 3,100 "validation", the latter being the test folder; there is no third split). The
