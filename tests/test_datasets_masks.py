@@ -1,5 +1,5 @@
 """Montgomery and "Chest X-ray Masks and Labels" (lungmasks): phantom layout, reader, masks,
-16-bit and RGB decoding, bad inputs, manifests (and the manifest-only datasets)."""
+16-bit and RGB decoding, bad inputs, manifests (and those of mtpret's other sources)."""
 
 from __future__ import annotations
 
@@ -253,7 +253,8 @@ REQUIRED_KEYS = ("name", "title", "citation", "licence", "download", "layout", "
                  "splits", "expected_counts", "reader")
 
 
-@pytest.mark.parametrize("name", ["montgomery", "lungmasks", "mura", "tbx11k"])
+@pytest.mark.parametrize("name", ["montgomery", "lungmasks", "mura", "tbx11k", "shenzhen",
+                                  "indiana", "rsna_boneage", "deepcovid"])
 def test_reader_manifests_point_to_their_module(name):
     man = manifests.load_manifest(name)
     assert all(k in man for k in REQUIRED_KEYS)
@@ -268,10 +269,10 @@ def test_reader_manifests_point_to_their_module(name):
     ("rsna_boneage", {"train": 12611, "validation": 1425, "test": 200}),
     ("deepcovid", {"images": 5184, "train": 2084, "test": 3100, "train_covid": 84, "test_covid": 100}),
 ])
-def test_manifest_only_datasets(name, checks):
+def test_mtpret_source_manifests(name, checks):
     man = manifests.load_manifest(name)
     assert all(k in man for k in REQUIRED_KEYS), [k for k in REQUIRED_KEYS if k not in man]
-    assert man["name"] == name and man["reader"] is None
+    assert man["name"] == name and man["reader"] == f"cxr_keras.data.datasets.{name}"
     assert man["download"] and man["citation"] and man["licence"]
     assert man["layout"] and any(e["required"] for e in man["layout"])
     for entry in man["layout"]:
@@ -288,6 +289,6 @@ def test_manifest_only_datasets(name, checks):
         assert c["test_covid"] + c["test_non_covid"] == c["test"]
 
 
-def test_manifest_only_check_reports_missing(tmp_path):
+def test_check_of_an_empty_folder_reports_missing(tmp_path):
     res = manifests.check("shenzhen", tmp_path)
     assert not res.usable and any("CXR_png" in m for m in res.missing)

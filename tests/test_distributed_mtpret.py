@@ -25,7 +25,8 @@ pytestmark = [
 # every global batch splits in two; the MoCo queue takes whole global batches
 TINY = dict(image_size=[64, 64], cache_size=64, phantom_size=64,
             phantom_n={"nih": 64, "kermany": 32, "mura": 32, "lungmasks": 64, "tbx11k": 600,
-                       "chexpert": 32},
+                       "chexpert": 32, "deepcovid": 32, "shenzhen": 8, "montgomery": 8,
+                       "indiana": 8, "rsna_boneage": 8},
             pretrain_epochs=1, pretrain_batch=16, queue_size=64, rounds=1, visit_epochs=1,
             multitask_batch=8, finetune_epochs=2, finetune_batch=8, seg_level=0,
             detection_batch=4, det_level=1, anchor_sizes=[10], anchor_ratios=[1.0], proposals=64)

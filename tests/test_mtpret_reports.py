@@ -35,7 +35,7 @@ def test_paper_tables_are_complete_and_cross_check():
 
 def test_every_init_has_a_paper_column_and_each_task_a_reader():
     assert [mtpret.PAPER_NAME[i] for i in mtpret.INITS] == list(paper.METHODS)
-    assert set(mtpret.FINETUNE_TASKS) == set(paper.TASKS) - {"deepcovid"}
+    assert set(mtpret.FINETUNE_TASKS) == set(paper.TASKS)  # the seven of Table II
     assert set(mtpret.MULTITASK_TASKS) <= set(mtpret.FINETUNE_TASKS)
     from cxr_keras.data import datasets
 
@@ -61,13 +61,50 @@ def test_grid_report_puts_ours_beside_the_paper():
     runs = [_Run(_metrics("lung", "mtpret", 0.91, dice=0.91, miou=0.88)),
             _Run(_metrics("tbx", "mtpret", 0.42, map=0.42, ap_active=0.8, ap_latent=0.04)),
             _Run(_metrics("chexpert", "mtpret", 0.72, per_class_auc=chex)),
-            _Run(_metrics("lung", "scratch", 0.90, dice=0.90, miou=0.87))]
+            _Run(_metrics("lung", "scratch", 0.90, dice=0.90, miou=0.87)),
+            _Run(_metrics("deepcovid", "mtpret", 0.93, auc=0.93, accuracy=0.9, specificity=0.8,
+                          sensitivity=0.7))]
     text = mtpret.grid_report(runs)
     assert "| MTPret | - (0.7905) |" in text           # NIHCC not run: the paper's alone
     assert "0.9100 (0.9537)" in text and "0.9000 (0.9524)" in text   # lung Dice, Table II
     assert "0.8000 (0.6484)" in text                    # AP active, Table III
     assert "Table IV" in text and "Table VII" in text and "MoCo-CXR" in text
     assert text.index("Scratch") < text.index("MTPret |")  # the paper's column order
+    assert "0.9300 (0.9994)" in text                    # DeepCovid AUC, Table II
+    # Table VI: accuracy, specificity, sensitivity, AUC of ours beside the paper's rows
+    assert "| MTPret (ours) | 0.9000 | 0.8000 | 0.7000 | 0.9300 |" in text
+    assert "| MTPret | - (0.9971) | - (0.9400) | - (0.9990) | - (0.9994) |" in text
+    assert "| MoCo-CXR | - (0.9781) | - (0.9385) | - (0.9790) | - (0.9948) |" in text
+
+
+def test_deepcovid_report_puts_table_vi_beside_ours():
+    m = dict(_metrics("deepcovid", "mtpret", 0.95, auc=0.95, accuracy=0.9, specificity=0.85,
+                      sensitivity=0.75), start="x", epochs_trained=3, train_images=20,
+             test_images=30)
+    text = mtpret.finetune_report(_cfg(), m)
+    assert "| auc | 0.9994 | 0.9500 | -0.0494 |" in text
+    assert "| accuracy | 0.9971 | 0.9000 | -0.0971 |" in text
+    assert "| sensitivity | 0.9990 | 0.7500 | -0.2490 |" in text
+    m["method"] = "Scratch"  # Table VI has no Scratch row: our accuracy alone
+    assert "| accuracy | - | 0.9000 | - |" in mtpret.finetune_report(_cfg(), m)
+
+
+def test_md_pretraining_is_table_i_without_held_out_images():
+    cfg = _cfg()
+    md = mtpret.pretrain_sources(cfg, "md")
+    assert sorted(md) == ["indiana", "lung", "montgomery", "mura", "nih", "pneumonia",
+                          "rsna_boneage", "shenzhen", "tbx"]
+    split = {name: source[2] for name, source in md.items()}
+    assert split == {"shenzhen": None, "montgomery": None, "indiana": None,
+                     "rsna_boneage": "train", "nih": None, "pneumonia": "train",
+                     "mura": "train", "lung": "train", "tbx": "train"}
+    assert dict(md["montgomery"][1]) == {"split": "train", "masks": False}
+    assert md["pneumonia"][1] == mtpret.TASKS["pneumonia"].options  # the fine-tuning split
+    assert list(mtpret.pretrain_sources(cfg, "sd")) == ["nih"]
+    cfg.pretrain_nih = "train"
+    nih = mtpret.pretrain_sources(cfg, "md")["nih"]
+    assert nih == ("nih", mtpret.TASKS["nih"].options, "train")
+    assert mtpret.pretrain_config(cfg, "md_moco")["sources"] == sorted(md)
 
 
 def test_bad_arguments_are_named(tmp_path):
@@ -75,8 +112,10 @@ def test_bad_arguments_are_named(tmp_path):
         _cfg("--init", "md_moco++")
     with pytest.raises(DataError, match="multiple of 32"):
         _cfg("--set", "image_size=[100,96]")
-    with pytest.raises(DataError, match="unknown task.*deepcovid"):
-        mtpret.parse_tasks("lung,deepcovid")
+    with pytest.raises(DataError, match=r"unknown task\(s\) \['covid'\]"):
+        mtpret.parse_tasks("lung,covid")
+    with pytest.raises(DataError, match="pretrain_nih"):
+        _cfg("--set", "pretrain_nih=test")
     with pytest.raises(DataError, match="READER=FOLDER"):
         mtpret.from_command_line(["--roots", "nih"])
     _, opts = mtpret.from_command_line(["--roots", "nih=/a, mura=/b", "--root", "tbx11k=/c"])

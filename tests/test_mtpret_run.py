@@ -42,7 +42,8 @@ SEED = 0  # fine-tuning seed (pretraining and the multitask round always run wit
 SMOKE = dict(
     image_size=(64, 64), cache_size=64, phantom_size=64,
     phantom_n={"nih": 128, "kermany": 64, "mura": 64, "lungmasks": 160, "tbx11k": 2400,
-               "chexpert": 64},
+               "chexpert": 64, "deepcovid": 48,
+               "shenzhen": 8, "montgomery": 6, "indiana": 8, "rsna_boneage": 8},  # 30 images
     pretrain_epochs=3, pretrain_batch=32, queue_size=256,
     rounds=1, visit_epochs=1,
     finetune_epochs=10, finetune_batch=8,
@@ -116,7 +117,11 @@ def test_pretraining_on_the_union_of_the_pretraining_sets(runs):
         (cache,) = (out / "_data").glob(f"cache-phantom-{mtpret.TASKS[task].reader}-*")
         n_train[task] = len(Cache(cache).rows("train"))
     n_nih = SMOKE["phantom_n"]["nih"]
-    assert m["images"] == n_nih + sum(n_train.values()), (m["images"], n_nih, n_train)  # all NIH
+    # Table I's pretraining-only sets in full (RSNA Bone Age: its training set, all 8 images of a
+    # phantom under 10 images), all of NIH, the multitask datasets' training splits
+    n_only = 8 + 6 + 8 + 8
+    assert m["images"] == n_only + n_nih + sum(n_train.values()), (m["images"], n_nih, n_train)
+    assert "Shenzhen, Montgomery, Indiana, RSNA Bone Age" in (pre / "report.md").read_text()
     assert m["epochs"] == SMOKE["pretrain_epochs"] and np.isfinite(m["final"]["loss"])
     # the positive key among queue_size + 1 candidates, far above chance
     chance = 1 / (SMOKE["queue_size"] + 1)

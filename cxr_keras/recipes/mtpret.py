@@ -5,8 +5,10 @@ continual learning, then fine-tuning on each task, and the baseline grid of Tabl
 [--backbone resnet18|resnet50] [--tasks pneumonia,mura,...] [--quick]``
 
 - ``pretrain`` (``--init sd_simclr|md_simclr|sd_moco|md_moco|md_moco++``, default md_moco): MoCo
-  v2 or SimCLR on NIH alone (SD) or on the union of the pretraining sets (MD: NIH, and the
-  training splits of Pneumonia, MURA, the lung masks and TBX); ``++`` starts from ImageNet.
+  v2 or SimCLR on NIH alone (SD) or on the paper's Table I set (MD: Shenzhen, Montgomery,
+  Indiana, RSNA Bone Age, all of NIH, and the training splits of Pneumonia, MURA, the lung masks
+  and TBX: no validation or test image of those four, nor any CheXpert or DeepCovid image);
+  ``++`` starts from ImageNet.
   Z-score (mean 122.786, std 18.390 on 0-255), resize to ``image_size``, the ``mtpret``
   augmentation. Writes ``backbone.weights.h5``.
 - ``multitask`` (``--init mtpret|mtpret--``): from MD-MoCo, rounds over pneumonia, MURA, lung
@@ -22,8 +24,9 @@ Python: ``mtpret.run(Config(task="lung"), out="runs")`` (phantom data; no task: 
 each stage alone: ``pretrain(Config(init="sd_moco"))``, ``multitask``, ``finetune``, ``run_grid``.
 Every stage writes its own folder named after the settings it depends on (``config.json``), shared
 by the later stages that need it, with the whole Config beside it (``recipe_config.json``;
-``--config`` of either reproduces the run). DeepCovid has no reader here (its layout is not
-specified), so its rows stay the paper's.
+``--config`` of either reproduces the run). DeepCovid (the seventh task) is fine-tuned on the
+official train folder (a seeded tenth of each class as validation) and tested on the official
+test folder, which Table I calls its validation split.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ MULTITASK = ("mtpret--", "mtpret")
 INITS = ("scratch", "imagenet") + PRETRAINED + MULTITASK
 PAPER_NAME = dict(zip(INITS, paper.METHODS))
 MULTITASK_TASKS = ("pneumonia", "mura", "lung", "tbx")
-FINETUNE_TASKS = ("nih", "pneumonia", "mura", "lung", "tbx", "chexpert")  # DeepCovid: no reader
+FINETUNE_TASKS = ("nih", "pneumonia", "mura", "lung", "tbx", "chexpert", "deepcovid")
 BACKBONES = ("resnet18", "resnet50")
 
 
@@ -89,6 +92,14 @@ TASKS = {
     "chexpert": TaskSpec("chexpert", "multilabel",
                          (("labels", ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema",
                                       "Pleural Effusion")), ("uncertain", "ones"))),
+    "deepcovid": TaskSpec("deepcovid", "binary", (("val_fraction", 0.1),)),
+}
+# Table I's "only used for multidataset contrastive learning" sets: reader, options, split kept
+PRETRAIN_ONLY = {
+    "shenzhen": ("shenzhen", (("split", "train"),), None),
+    "montgomery": ("montgomery", (("split", "train"), ("masks", False)), None),
+    "indiana": ("indiana", (), None),
+    "rsna_boneage": ("rsna_boneage", (), "train"),
 }
 METRIC_OF_KIND = {"binary": "auc", "multilabel": "mauc", "segmentation": "dice",
                   "detection": "map"}
@@ -142,10 +153,13 @@ class Config(RecipeConfig):
     proposals: int = 64
     head_units: int = 256
     dice_smooth: float = 1.0
+    pretrain_nih: str = "all"              # Table I: all of NIH in MD pretraining; "train": its
+                                           # fine-tuning training split only (no test image)
     # phantom sizes (images written per dataset)
     phantom_n: dict = field(default_factory=lambda: {
         "nih": 3000, "kermany": 1500, "mura": 1500, "lungmasks": 600, "tbx11k": 6000,
-        "chexpert": 1500})
+        "chexpert": 1500, "deepcovid": 1000, "shenzhen": 300, "montgomery": 100,
+        "indiana": 600, "rsna_boneage": 600})
     phantom_size: int = 512
 
 
@@ -157,7 +171,8 @@ QUICK = dict(image_size=(128, 96), cache_size=128, backbone_options={"widths": (
              finetune_lr=1e-3, aspp_rates=(1, 2, 3), aspp_filters=64, seg_level=1, det_level=1,
              anchor_sizes=(8, 16, 32), rpn_channels=64, proposals=32, head_units=128,
              phantom_n={"nih": 600, "kermany": 500, "mura": 500, "lungmasks": 300,
-                        "tbx11k": 2400, "chexpert": 500},
+                        "tbx11k": 2400, "chexpert": 500, "deepcovid": 300, "shenzhen": 40,
+                        "montgomery": 20, "indiana": 60, "rsna_boneage": 60},
              phantom_size=128, xla=False)
 
 SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches every field
@@ -170,7 +185,8 @@ SHORTCUTS = {  # command-line options of their own; --set FIELD=VALUE reaches ev
     "finetune_epochs": "fine-tuning epochs per task",
 }
 STAGE_INIT = {"pretrain": (PRETRAINED, "md_moco"), "multitask": (MULTITASK, "mtpret")}
-REAL = ("real",) + tuple(sorted({spec.reader for spec in TASKS.values()}))
+REAL = ("real",) + tuple(sorted({spec.reader for spec in TASKS.values()}
+                                 | {reader for reader, _, _ in PRETRAIN_ONLY.values()}))
 
 
 def build_parser():
@@ -181,7 +197,8 @@ def build_parser():
                    help=f"comma-separated fine-tuning tasks (default: {','.join(FINETUNE_TASKS)})")
     p.add_argument("--roots", default=None,
                    help="real data: READER=FOLDER,... for nih, kermany, mura, lungmasks, tbx11k, "
-                        "chexpert (each defaults to --data-root); the same as --root READER=DIR")
+                        "chexpert, deepcovid, shenzhen, montgomery, indiana, rsna_boneage (each "
+                        "defaults to --data-root); the same as --root READER=DIR")
     return p
 
 
@@ -226,6 +243,8 @@ def resolve(cfg: Config) -> Config:
     if cfg.init in ("imagenet", "md_moco++") and cfg.imagenet_weights is None:
         raise DataError(f"--init {cfg.init} needs ImageNet weights: the full-size network with "
                         "--imagenet-weights FILE or the default download (not --quick)")
+    if cfg.pretrain_nih not in ("all", "train"):
+        raise DataError(f"pretrain_nih must be 'all' or 'train', got {cfg.pretrain_nih!r}")
     if cfg.pretrain_decay_mode not in ("decoupled", "coupled"):
         raise DataError("pretrain_decay_mode must be 'decoupled' or 'coupled', got "
                         f"{cfg.pretrain_decay_mode!r}")
@@ -243,8 +262,7 @@ def parse_tasks(text) -> list:
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [t for t in names if t not in TASKS]
     if unknown:
-        raise DataError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)} "
-                        "(deepcovid has no reader)")
+        raise DataError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
     return names
 
 
@@ -260,8 +278,11 @@ def setup(cfg: Config | None = None, out="runs", data_root=None, *,
 
 def reader_root(reader: str, cfg: Config, opts: RunOptions) -> Path:
     # seed 0: one phantom and one split for every seed
+    if reader not in cfg.phantom_n and (cfg.dataset == "phantom" or cfg.dataset.startswith("phantom-")):
+        raise DataError(f"phantom_n has no size for {reader!r} (it has {sorted(cfg.phantom_n)}); "
+                        f"add one, e.g. --set 'phantom_n={{..., \"{reader}\": 60}}'")
     return phantom_or_real_root(reader, replace(cfg, seed=0), opts,
-                                phantom_n=cfg.phantom_n[reader], phantom_size=cfg.phantom_size)
+                                phantom_n=cfg.phantom_n.get(reader, 0), phantom_size=cfg.phantom_size)
 
 
 def task_cache(name: str, cfg: Config, opts: RunOptions) -> Path:
@@ -270,17 +291,28 @@ def task_cache(name: str, cfg: Config, opts: RunOptions) -> Path:
                     cache_size=cfg.cache_size, table_options=dict(spec.options), tag="mtpret")
 
 
-def pretrain_cache(cfg: Config, opts: RunOptions, data: str) -> Path:
-    """The unlabelled pretraining images: NIH alone (``sd``) or the union (``md``) of NIH and the
-    training splits of the four multitask datasets (no validation or test image is seen)."""
-    tables = {"nih": ("nih", None)} if data == "sd" else {
-        "nih": ("nih", None), **{t: (TASKS[t].reader, "train") for t in MULTITASK_TASKS}}
+def pretrain_sources(cfg: Config, data: str) -> dict:
+    """name -> (reader, reader options, split kept or None for all) of the unlabelled pretraining
+    images: NIH alone (``sd``) or Table I's set (``md``): the four pretraining-only datasets
+    (Shenzhen, Montgomery, Indiana, RSNA Bone Age's training set), NIH (all, or its training
+    split with ``pretrain_nih="train"``) and the training splits of the four multitask datasets.
+    No validation or test image of pneumonia, MURA, lung or TBX, and none of CheXpert or
+    DeepCovid."""
+    nih_split = None if cfg.pretrain_nih == "all" else "train"
+    nih = {"nih": ("nih", TASKS["nih"].options if nih_split else (), nih_split)}
+    if data == "sd":
+        return nih
+    return {**PRETRAIN_ONLY, **nih,
+            **{t: (TASKS[t].reader, TASKS[t].options, "train") for t in MULTITASK_TASKS}}
 
+
+def pretrain_cache(cfg: Config, opts: RunOptions, data: str) -> Path:
+    """The cache of the unlabelled pretraining images (:func:`pretrain_sources`)."""
     parts, keys = [], {}
-    for name, (reader, split) in tables.items():
+    for name, (reader, options, split) in pretrain_sources(cfg, data).items():
         root = reader_root(reader, cfg, opts)
-        options = dict(TASKS[name].options) if name in TASKS else {}
-        keys[name] = [str(Path(root).resolve()), options]
+        options = dict(options)
+        keys[name] = [str(Path(root).resolve()), options, split]
         parts.append((name, root, reader, options, split))
     path = Path(opts.out) / "_data" / f"cache-pretrain-{data}-{cfg.cache_size}-{config_hash(keys)}"
     try:
@@ -387,7 +419,8 @@ def pretrain_config(cfg: Config, init: str) -> dict:
     keys = ("pretrain_epochs", "pretrain_batch", "pretrain_lr", "pretrain_weight_decay",
             "pretrain_decay_mode", "head_hidden", "head_dim", "temperature")
     out = {**_shared_keys(cfg), **{k: getattr(cfg, k) for k in keys}, "init": init,
-           "seed": 0}
+           "seed": 0, "pretrain_nih": cfg.pretrain_nih,
+           "sources": sorted(pretrain_sources(cfg, "sd" if init.startswith("sd") else "md"))}
     if "moco" in init:
         out.update(queue_size=cfg.queue_size, moco_momentum=cfg.moco_momentum)
     if init == "md_moco++":
@@ -484,8 +517,10 @@ def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOp
         final={k: v[-1] for k, v in history.items() if k != "epoch" and v},
         train_seconds=seconds,
         images_per_second=(steps * cfg.pretrain_batch * epochs / seconds) if seconds else None)
-    source = ("NIH only" if init.startswith("sd") else
-              "NIH + the training splits of Pneumonia, MURA, lung masks, TBX")
+    nih = "NIH" if cfg.pretrain_nih == "all" else "NIH's training split"
+    source = (f"{nih} only" if init.startswith("sd") else
+              f"Shenzhen, Montgomery, Indiana, RSNA Bone Age (training set), {nih} and the training "
+              "splits of Pneumonia, MURA, lung masks, TBX")
     if cfg.dataset == "phantom":
         source += ", phantom"
     lines = [f"# mtpret pretraining: {PAPER_NAME[init]}", "",
@@ -754,6 +789,11 @@ def finetune_report(cfg: Config, m: dict) -> str:
             ours[k], ref[k] = m["test"][k], paper.TABLE3[bb][method][k]
     if name in ("pneumonia", "mura"):
         ours["accuracy"] = m["test"]["accuracy"]
+    if name == "deepcovid":  # Table VI gives MTPret's accuracy, specificity and sensitivity
+        for k in ("accuracy", "specificity", "sensitivity"):
+            ours[k] = m["test"][k]
+            if method in paper.TABLE6[bb]:
+                ref[k] = paper.TABLE6[bb][method][k]
     if name == "chexpert":
         for obs in paper.CHEXPERT_OBSERVATIONS:
             ours[obs] = m["test"]["per_class_auc"].get(obs)
@@ -799,13 +839,13 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, tasks=None,
 
 
 def grid_report(runs, title="mtpret") -> str:
-    """Tables II (main metric per task), III (lung and TBX) and IV (CheXpert) of every method
-    run, ours with the paper's in brackets."""
+    """Tables II (main metric per task), III (lung and TBX), IV (CheXpert) and VI (DeepCovid) of
+    every method run, ours with the paper's in brackets."""
     ms = sorted((r.metrics() for r in runs), key=lambda m: paper.METHODS.index(m["method"]))
     bb = ms[0]["backbone"] if ms else "resnet18"
     bb = bb if bb in paper.BACKBONES else "resnet18"
     methods = [m for m in paper.METHODS if any(x["method"] == m for x in ms)]
-    t2, t3, t4 = {}, {}, {}
+    t2, t3, t4, t6 = {}, {}, {}, {}
     for x in ms:
         t2.setdefault(x["method"], {})[paper.TASK_NAMES[x["task"]]] = x["main"]
         if x["task"] == "lung":
@@ -815,13 +855,16 @@ def grid_report(runs, title="mtpret") -> str:
                 {k: x["test"][k] for k in ("map", "ap_active", "ap_latent")})
         if x["task"] == "chexpert":
             t4[x["method"]] = dict(x["test"]["per_class_auc"], Average=x["main"])
+        if x["task"] == "deepcovid":
+            t6[x["method"]] = {k: x["test"][k] for k in ("accuracy", "specificity", "sensitivity",
+                                                          "auc")}
     cols2 = [paper.TASK_NAMES[t] for t in paper.TASKS]
     ref2 = {m: {paper.TASK_NAMES[t]: v for t, v in paper.TABLE2[bb][m].items()} for m in methods}
     ref3 = {m: paper.TABLE3[bb][m] for m in methods}
     ref4 = {m: paper.TABLE4[bb][m] for m in methods}
     lines = [f"# {title}: our numbers (the paper's {paper.BACKBONE_NAMES[bb]} in brackets)", "",
              "Main metric per task (Table II): mAUC (NIHCC), AUC, Dice (lung), mAP at IoU 0.5 "
-             "(TBX). DeepCovid has no reader here.", "",
+             "(TBX).", "",
              metrics_table(t2, ref2, cols2, title="Table II: main metric per task"), ""]
     if t3:
         lines += [metrics_table(t3, ref3, ["dice", "miou", "map", "ap_active", "ap_latent"],
@@ -834,6 +877,11 @@ def grid_report(runs, title="mtpret") -> str:
                                     list(paper.CHEXPERT_OBSERVATIONS) + ["Average"],
                                     title="Table VII: CheXpert against other self-supervised "
                                           "methods (paper rows)"), ""]
+    if "MTPret" in t6:
+        lines += [metrics_table({"MTPret (ours)": t6["MTPret"]}, paper.TABLE6[bb],
+                                ["accuracy", "specificity", "sensitivity", "auc"],
+                                title="Table VI: DeepCovid against other self-supervised methods "
+                                      "(paper rows)"), ""]
     return "\n".join(lines)
 
 

@@ -7,10 +7,10 @@ MD-MoCo++, MTPret--, MTPret) fine-tuned on every task, for each backbone.
 
 One pretraining run per method, one multitask run per variant, one fine-tuning run per (method,
 task); finished runs are reused, so the command can be started again after an interruption. The
-tables go to --out/mtpret_tables.md: Table II (main metric per task), III (lung Dice / mIoU, TBX
-mAP / AP per class), IV and VII (CheXpert per observation), ours with the paper's in brackets.
-Tables V and VI compare MTPret with DAM and other self-supervised methods on CheXpert and
-DeepCovid; our MTPret row is the one of Table IV (DeepCovid has no reader here). Any
+tables go to --out/mtpret_tables.md: Table II (main metric per task, DeepCovid included), III
+(lung Dice / mIoU, TBX mAP / AP per class), IV and VII (CheXpert per observation) and VI
+(DeepCovid accuracy, specificity, sensitivity, AUC), ours with the paper's in brackets. Table V
+compares MTPret with DAM on CheXpert; our MTPret row is the one of Table IV. Any
 `cxr-keras run mtpret` option can be added (`--tasks`, `--imagenet-weights`, `--set FIELD=VALUE`,
 ...).
 """

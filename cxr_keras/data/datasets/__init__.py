@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import importlib
 
-# Datasets with a phantom writer and a reader. Others (shenzhen, indiana, rsna_boneage, deepcovid)
-# have a manifest in cxr_keras/data_manifests/ only.
-NAMES = ("nih", "chexpert", "pedicxr", "kermany", "montgomery", "lungmasks", "mura", "tbx11k")
+# Datasets with a phantom writer and a reader (every dataset with a manifest).
+NAMES = ("nih", "chexpert", "pedicxr", "kermany", "montgomery", "lungmasks", "mura", "tbx11k",
+         "shenzhen", "indiana", "rsna_boneage", "deepcovid")
 
 
 def get(name: str):

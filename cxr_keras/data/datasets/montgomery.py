@@ -112,7 +112,7 @@ def _parse_reading(path: Path) -> dict:
 
 
 def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int = 0,
-               missing_masks: str = "error") -> pd.DataFrame:
+               missing_masks: str = "error", masks: bool = True) -> pd.DataFrame:
     """Read the Montgomery set under ``root`` (the folder holding MontgomerySet, or MontgomerySet
     itself).
 
@@ -125,7 +125,8 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
     138 images); ``"train"``: every row is train (mtpret uses the set for pretraining only);
     ``"random"``: a seeded split with ``fractions`` (each patient has one image).
     ``missing_masks="error"`` raises a DataError naming absent mask files; ``"drop"`` drops
-    those rows.
+    those rows. ``masks=False`` reads the set as an image source only (mtpret's pretraining):
+    no mask columns, and the ManualMask folders are neither needed nor checked.
     """
     if missing_masks not in ("error", "drop"):
         raise DataError(f"montgomery: missing_masks must be 'error' or 'drop', got {missing_masks!r}")
@@ -140,7 +141,7 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
     for name in names:
         m = NAME_RE.match(name)
         left, right = set_dir / LEFT_DIR / name, set_dir / RIGHT_DIR / name
-        gone = [str(p) for p in (left, right) if not p.exists()]
+        gone = [str(p) for p in (left, right) if masks and not p.exists()]
         if gone:
             absent.extend(gone)
             if missing_masks == "drop":
@@ -149,6 +150,8 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
                    label=int(m.group(2)), mask_left=str(left.resolve()),
                    mask_right=str(right.resolve()), image=name)
         row.update(_parse_reading(set_dir / READINGS_DIR / name.replace(".png", ".txt")))
+        if not masks:
+            del row["mask_left"], row["mask_right"]
         rows.append(row)
     if absent and missing_masks == "error":
         raise DataError(f"{set_dir}: {len(absent)} mask file(s) missing, e.g. {absent[:5]}")
@@ -162,4 +165,4 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
     else:
         raise DataError(f"montgomery: split must be 'test', 'train' or 'random', got {split!r}")
     return finish_table(df, dataset=NAME, root=set_dir.parent, classes=CLASSES,
-                        mask_columns=["mask_left", "mask_right"])
+                        mask_columns=["mask_left", "mask_right"] if masks else None)

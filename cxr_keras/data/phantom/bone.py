@@ -1,11 +1,13 @@
 """Forearm/wrist radiograph phantom (MURA's abnormality task): radius, ulna and carpals in soft
-tissue, with fractures, lytic lesions or hardware when abnormal."""
+tissue, with fractures, lytic lesions or hardware when abnormal; and a whole-hand radiograph
+phantom with a skeletal-age cue (RSNA Bone Age, :func:`render_hand`)."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from ._canvas import F32, Canvas, check_size, lowfreq, random_stream
+from ._canvas import AA, F32, ONE, SHIFT, Canvas, check_size, lowfreq, random_stream
 from .chest import expose
 
 # ============================================================================ bone
@@ -107,3 +109,103 @@ def _carpals(U, V, x0, rng):
         e = ((U - F32(cu)) / F32(ru)) ** 2 + ((V - F32(cv_)) / F32(rv)) ** 2
         out += np.sqrt(np.clip(1 - e, 0, 1)) * F32(0.7) + np.clip(1 - np.abs(e - 0.9) * 6, 0, 1) * F32(0.2)
     return out
+
+
+# ============================================================================ hand (bone age)
+
+# Skeletal maturity as the phantom draws it (a caricature of Greulich-Pyle, not an atlas):
+# the hand grows, the eight carpals ossify one after another over the first ~11 years, and the
+# growth plates (physes) between epiphyses and shafts narrow and then fuse between 13 and 17.
+CARPAL_YEARS = (0.2, 0.3, 2.0, 3.0, 4.5, 5.0, 6.0, 11.0)   # age at which carpal k appears
+FUSION_YEARS = 16.0                                        # physes closed from here on
+
+
+def hand_maturity(age_months: float) -> dict:
+    """The age cues :func:`render_hand` draws for ``age_months``: ``scale`` (hand length
+    relative to an adult's), ``carpals`` (ossified carpal bones, 0-8) and ``physis`` (growth
+    plate gap in patient-frame units, 0 once fused)."""
+    years = float(age_months) / 12.0
+    return dict(scale=0.62 + 0.38 * min(years, 17.0) / 17.0,
+                carpals=int(sum(years >= y for y in CARPAL_YEARS)),
+                physis=0.012 * float(np.clip((FUSION_YEARS - years) / FUSION_YEARS, 0, 1)) ** 0.5)
+
+
+def render_hand(seed: int, size: int = 256, age_months: float = 120.0,
+                male: bool = True) -> np.ndarray:
+    """Render a left-hand PA radiograph phantom (RSNA Bone Age): distal radius and ulna,
+    carpals, metacarpals and phalanges in soft tissue, fingers up.
+
+    The age cue (:func:`hand_maturity`): hand size, the number of ossified carpals and the width
+    of the growth plates (closed at 16 years); boys' hands are ~5% larger. Deterministic in
+    (seed, size, age_months, male).
+    """
+    s = check_size(size)
+    if not 0 <= age_months <= 240:
+        raise ValueError(f"render_hand: age_months must be in [0, 240], got {age_months!r}")
+    rng = random_stream(seed, 4)
+    mat = hand_maturity(age_months)
+    k = mat["scale"] * (1.05 if male else 1.0)
+    cv = Canvas(s, rng.uniform(-12, 12), rng.uniform(0.92, 1.02) * k, rng.uniform(-0.03, 0.03, 2))
+    bones = np.zeros((s, s), np.uint8)
+    tissue = np.zeros((s, s), np.uint8)
+    gap = mat["physis"]
+
+    def seg(layer, u0, v0, u1, v1, width, value=255):
+        p = cv.pts(np.array([u0, u1]), np.array([v0, v1]))
+        cv2.line(layer, tuple(p[0]), tuple(p[1]), value, cv.th(width), AA, SHIFT)
+
+    def cap(u, v, r, value=255):
+        c = cv.pts(u, v)
+        cv2.circle(bones, (int(c[0]), int(c[1])), max(1, int(round(cv.px(r) * ONE))), value, -1,
+                   AA, SHIFT)
+
+    def long_bone(u0, v0, u1, v1, width, epi_at_start):
+        """Shaft from (u0, v0) to (u1, v1); an epiphysis beyond the start (or the end),
+        separated by the physis gap while it is open."""
+        d = np.array([u1 - u0, v1 - v0])
+        d = d / max(np.linalg.norm(d), 1e-6)
+        seg(bones, u0, v0, u1, v1, width)
+        eu, ev = (u0, v0) if epi_at_start else (u1, v1)
+        sign = -1.0 if epi_at_start else 1.0
+        cap(eu + sign * d[0] * (gap + width * 0.3), ev + sign * d[1] * (gap + width * 0.3),
+            width * 0.45)
+
+    # forearm: radius (thumb side, image right for a left hand PA) and ulna, epiphyses at the wrist
+    wrist = 0.74
+    seg(tissue, 0.5, 1.2, 0.5, wrist - 0.05, 0.26)
+    long_bone(0.56, wrist, 0.56, 1.1, 0.075, True)
+    long_bone(0.43, wrist + 0.01, 0.43, 1.1, 0.05, True)
+    # carpals: ossification centres in a 2 x 4 block, in the order they appear
+    centres = [(0.47, 0.665), (0.42, 0.67), (0.55, 0.665), (0.52, 0.71), (0.60, 0.64),
+               (0.57, 0.625), (0.50, 0.625), (0.42, 0.70)]
+    grown = float(np.clip(age_months / 144.0, 0.25, 1.0))
+    for j in range(mat["carpals"]):
+        u, v = centres[j]
+        cap(u + rng.uniform(-0.004, 0.004), v + rng.uniform(-0.004, 0.004), 0.022 * grown, 230)
+    # metacarpals and phalanges: four fingers and the thumb (image right), spread a little
+    fingers = [(0.37, -0.16), (0.45, -0.05), (0.53, 0.05), (0.60, 0.15)]
+    for j, (u0, angle) in enumerate(fingers):
+        angle += rng.normal(0, 0.03)
+        du, dv = np.sin(angle), -np.cos(angle)
+        lengths = (0.2, 0.12, 0.075, 0.06) if j in (1, 2) else (0.18, 0.105, 0.065, 0.055)
+        u, v = u0, 0.6
+        seg(tissue, u, v, u + du * sum(lengths), v + dv * sum(lengths), 0.075)
+        for i, length in enumerate(lengths):
+            width = 0.032 - 0.004 * i
+            u1, v1 = u + du * length, v + dv * length
+            # metacarpal epiphyses at the distal end, phalangeal ones at the proximal end
+            long_bone(u, v, u1 - du * 0.01, v1 - dv * 0.01, width, epi_at_start=i > 0)
+            u, v = u1 + du * (gap + 0.012), v1 + dv * (gap + 0.012)
+    u, v = 0.66, 0.64  # thumb: metacarpal and two phalanges, pointing up and out
+    du, dv = np.sin(0.7), -np.cos(0.7)
+    seg(tissue, u, v, u + du * 0.3, v + dv * 0.3, 0.08)
+    for i, length in enumerate((0.13, 0.1, 0.07)):
+        u1, v1 = u + du * length, v + dv * length
+        long_bone(u, v, u1 - du * 0.01, v1 - dv * 0.01, 0.034 - 0.004 * i, epi_at_start=True)
+        u, v = u1 + du * (gap + 0.012), v1 + dv * (gap + 0.012)
+    sigma = max(0.5, cv.px(0.003))
+    b = cv2.GaussianBlur(bones.astype(F32) / 255, (0, 0), sigma)
+    t = cv2.GaussianBlur(tissue.astype(F32) / 255, (0, 0), 3 * sigma)
+    tex = lowfreq(rng, b.shape, 12)
+    D = F32(0.03) + t * F32(0.28) + b * (F32(0.45) + F32(0.1) * tex)
+    return expose(D, random_stream(seed, 5), s, noise=(1.5, 3.5))
