@@ -47,7 +47,7 @@ import numpy as np
 from ..io import DataError, atomic_path, write_json, write_text
 from ..locking import FolderLock
 from ..progress import Progress, default_workers
-from .images import DICOM_SUFFIXES, decode_bytes
+from .images import DICOM_SUFFIXES, decode_bytes, imdecode_checked
 
 # pandas is imported inside the functions that need it: spawned workers import this module, and
 # pandas alone costs them a quarter of a second at start-up.
@@ -108,10 +108,7 @@ def _decode_mask(data: bytes, path: str) -> np.ndarray:
     """A mask file as 0/1 ``uint8``: any non-zero pixel (of any channel, at any bit depth) is 1."""
     if Path(path).suffix.lower() in DICOM_SUFFIXES:
         return (decode_bytes(data, path) > 0).view(np.uint8)
-    buf = np.frombuffer(data, dtype=np.uint8)
-    m = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
-    if m is None:
-        raise DataError(f"cannot decode mask file (corrupt, truncated or not an image): {path}")
+    m = imdecode_checked(np.frombuffer(data, dtype=np.uint8), path, "mask")
     if m.ndim == 3:
         m = m[..., :3].max(axis=2)
     return (m > 0).view(np.uint8)

@@ -2,10 +2,17 @@
 
 :func:`read_image` always returns a 2-D ``uint8`` array (grey, 0 = black); every failure raises
 :class:`~cxr_keras.io.DataError` naming the file.
+
+Decompression bombs: the size a file declares (PNG IHDR, JPEG SOF, DICOM Rows x Columns x
+frames) is checked against :func:`max_pixels` before anything is decoded. The default,
+50 megapixels (about 7,000 x 7,000), is 2.5 times the largest radiograph of the supported
+datasets (Montgomery, 4,892 x 4,020); set ``CXR_MAX_PIXELS`` to change it.
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -15,6 +22,58 @@ import numpy as np
 from ..io import DataError, atomic_path
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+DEFAULT_MAX_PIXELS = 50_000_000
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 (not DHT, JPG, DAC)
+
+
+def max_pixels() -> int:
+    """The largest image (height x width, all frames) decoded: ``CXR_MAX_PIXELS`` or 50e6."""
+    text = os.environ.get("CXR_MAX_PIXELS", "").strip()
+    try:
+        return int(float(text)) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise DataError(f"CXR_MAX_PIXELS must be a number of pixels, got {text!r}") from None
+
+
+def check_pixels(h: int, w: int, path, frames: int = 1) -> None:
+    """Refuse an image declaring more than :func:`max_pixels` pixels (before decoding it)."""
+    limit = max_pixels()
+    if h * w * max(frames, 1) > limit:
+        what = f"{w} x {h}" + (f" x {frames} frames" if frames > 1 else "")
+        raise DataError(f"{path}: declares {what} pixels, more than the limit of {limit:,} "
+                        f"(CXR_MAX_PIXELS); refused before decoding (a decompression bomb or a "
+                        f"corrupt header)")
+
+
+def declared_size(data) -> tuple[int, int] | None:
+    """``(height, width)`` from a PNG IHDR or a JPEG SOF header without decoding, or None when
+    the header holds none (the decoder then fails on its own). ``data``: bytes or uint8 array."""
+    n = len(data)
+    if n >= 24 and bytes(data[:8]) == _PNG and bytes(data[12:16]) == b"IHDR":
+        w, h = struct.unpack_from(">II", data, 16)
+        return h, w
+    if n < 4 or bytes(data[:2]) != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None  # not at a marker: corrupt
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        elif marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            h, w = struct.unpack_from(">HH", data, i + 5)
+            return h, w
+        else:
+            i += 2 + struct.unpack_from(">H", data, i + 2)[0]
+    return None
 
 
 def read_image(path) -> np.ndarray:
@@ -25,10 +84,15 @@ def read_image(path) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"missing image file: {path}")
+        what = "symlink loop or dangling symlink" if path.is_symlink() else "missing image file"
+        raise DataError(f"{what}: {path}")
     if path.suffix.lower() in DICOM_SUFFIXES:
         return read_dicom(path)
-    return decode_bytes(np.fromfile(path, dtype=np.uint8), path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:  # a folder, no permission, an I/O error
+        raise DataError(f"cannot read image file {path}: {e}") from None
+    return decode_bytes(data, path)
 
 
 def decode_bytes(data, path) -> np.ndarray:
@@ -43,9 +107,7 @@ def decode_bytes(data, path) -> np.ndarray:
         return _decode_dicom(BytesIO(bytes(data)), path)
     if not isinstance(data, np.ndarray):
         data = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise DataError(f"cannot decode image file (corrupt, truncated or not an image): {path}")
+    img = imdecode_checked(data, path, "image")
     if img.ndim == 3:
         if img.shape[2] == 4:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
@@ -58,6 +120,26 @@ def decode_bytes(data, path) -> np.ndarray:
     elif img.dtype != np.uint8:
         raise DataError(f"unsupported pixel type {img.dtype} in {path}")
     return np.ascontiguousarray(img)
+
+
+def imdecode_checked(data: np.ndarray, path, what: str = "image") -> np.ndarray:
+    """``cv2.imdecode(data, IMREAD_UNCHANGED)`` of a PNG or JPEG whose declared size is within
+    :func:`max_pixels`; any other content (empty, another format, corrupt) is a DataError."""
+    if data.size == 0:
+        raise DataError(f"empty {what} file (0 bytes): {path}")
+    if bytes(data[:2]) != b"\xff\xd8" and bytes(data[:8]) != _PNG:
+        dicom = " (it holds a DICOM: name it .dcm)" if bytes(data[128:132]) == b"DICM" else ""
+        raise DataError(f"{what} file is not a PNG or JPEG{dicom}: {path}")
+    size = declared_size(data)
+    if size is not None:
+        check_pixels(*size, path)
+    try:
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # OpenCV's own limits and some corrupt headers raise
+        raise DataError(f"cannot decode {what} file {path}: {str(e).strip()}") from None
+    if img is None or img.size == 0:
+        raise DataError(f"cannot decode {what} file (corrupt, truncated or not an image): {path}")
+    return img
 
 
 def read_dicom(path) -> np.ndarray:
@@ -78,9 +160,28 @@ def _decode_dicom(source, path) -> np.ndarray:
 
     try:
         ds = pydicom.dcmread(source)
-        arr = ds.pixel_array.astype(np.float64)
     except Exception as e:  # pydicom raises a variety of errors for broken files
         raise DataError(f"cannot read DICOM file {path}: {e}") from e
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DataError(f"DICOM file without pixel data: {path}")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DataError(f"cannot read DICOM file {path}: bad Rows / Columns / NumberOfFrames ({e})") from None
+    if rows <= 0 or cols <= 0:
+        raise DataError(f"DICOM file declares an empty image ({cols} x {rows}): {path}")
+    check_pixels(rows, cols, path, frames)
+    try:
+        arr = ds.pixel_array.astype(np.float64)
+        return _dicom_to_uint8(ds, arr, path)
+    except DataError:
+        raise
+    except Exception as e:  # pydicom raises a variety of errors for broken files and attributes
+        raise DataError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
+
+
+def _dicom_to_uint8(ds, arr: np.ndarray, path) -> np.ndarray:
     # pydicom gives (frames, rows, cols[, samples]) when NumberOfFrames > 1, and a samples axis
     # last when SamplesPerPixel > 1: decide by those attributes, not by the array's shape.
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
