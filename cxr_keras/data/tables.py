@@ -15,6 +15,7 @@ Every reader returns a :class:`pandas.DataFrame` with the columns
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +104,49 @@ def split_by_fractions(df: pd.DataFrame, fractions=(0.7, 0.1, 0.2), seed: int = 
     return df
 
 
+def path_under(root, rel, where) -> Path:
+    """``root / rel`` for a path read from a metadata file (a CSV cell, a list line), refused with
+    a DataError naming ``where`` (file, line, column) if it is absolute or its ``..`` lead out of
+    ``root``. Symlinks are not followed here; :func:`finish_table` checks the resolved paths."""
+    root = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(root, str(rel)))
+    if full != root and not full.startswith(root.rstrip(os.sep) + os.sep):
+        raise DataError(f"{where}: path {str(rel)!r} leads outside the dataset folder {root}; "
+                        f"paths in the metadata files must stay inside it")
+    return Path(full)
+
+
+def resolve_path(path) -> Path:
+    """``Path(path).resolve()``, with a symlink loop or an unreadable link as a DataError."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise DataError(f"cannot resolve {path}: {e}") from None
+
+
+def check_inside_root(df: pd.DataFrame, root, columns, dataset: str) -> None:
+    """Refuse a table any of whose path ``columns`` (strings, or lists of strings; "" = none)
+    lies outside ``root`` once normalised: a ``..`` a reader let through, or a symlink inside the
+    dataset that the reader resolved to somewhere else. The error names the row and the file."""
+    top = str(resolve_path(root)).rstrip(os.sep) + os.sep
+    for col in columns:
+        for i, value in enumerate(df[col]):
+            for p in (value if isinstance(value, (list, tuple)) else [value]):
+                if p and not os.path.normpath(os.path.abspath(p)).startswith(top):
+                    raise DataError(f"{dataset}: row {i}, column {col!r}: {p} lies outside the "
+                                    f"dataset folder {top.rstrip(os.sep)} (a '..' or absolute path "
+                                    f"in a metadata file, or a symlink leading out); refused")
+
+
 def finish_table(df: pd.DataFrame, *, dataset: str, root, labels=None, classes=None,
                  mask_columns=None, box_classes=None) -> pd.DataFrame:
-    """Check the common columns, order them, and set ``df.attrs``. Returns a fresh index."""
+    """Check the common columns, order them, and set ``df.attrs``. Returns a fresh index.
+    Every path (``path``, ``paths``, the mask columns) must lie inside ``root``."""
     for col in ("path", "split"):
         if col not in df.columns:
             raise DataError(f"{dataset}: reader produced no {col!r} column")
+    check_inside_root(df, root, ["path"] + [c for c in ["paths"] + list(mask_columns or ())
+                                            if c in df.columns], dataset)
     bad = sorted(set(df["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"{dataset}: unknown split value(s) {bad}")

@@ -57,7 +57,9 @@ from ..tables import (
     find_dataset_dir,
     finish_table,
     parse_label_columns,
+    path_under,
     read_csv_checked,
+    resolve_path,
     split_off_validation,
 )
 
@@ -254,11 +256,11 @@ def apply_policies(raw: np.ndarray, labels, uncertain="ones", blank: str = "zero
     return out
 
 
-def _resolve(ds_dir: Path, rel: str) -> Path:
+def _resolve(ds_dir: Path, rel: str, where: str) -> Path:
     parts = Path(rel.strip()).parts
     if parts and parts[0].startswith("CheXpert-v1.0"):
         parts = parts[1:]  # relative to the folder above; resolve against the folder we found
-    return ds_dir.joinpath(*parts)
+    return path_under(ds_dir, Path(*parts) if parts else "", where)
 
 
 def load_table(root, uncertain="ones", blank: str = "zeros", frontal_only: bool = False,
@@ -292,7 +294,8 @@ def load_table(root, uncertain="ones", blank: str = "zeros", frontal_only: bool 
             i = int(np.flatnonzero(ids[0].isna().to_numpy())[0])
             raise DataError(f"{path}: line {i + 2}, column 'Path': {rel.iloc[i]!r} does not hold "
                             f"a patientNNNNN/studyN/ folder")
-        table.insert(0, "path", [str(_resolve(ds_dir, r)) for r in rel])
+        table.insert(0, "path", [str(_resolve(ds_dir, r, f"{path}: line {i + 2}, column 'Path'"))
+                                 for i, r in enumerate(rel)])
         table.insert(1, "split", split)
         table.insert(2, "patient_id", ids[0].to_numpy())
         table["study_id"] = (ids[0] + "/" + ids[1]).to_numpy()
@@ -305,7 +308,7 @@ def load_table(root, uncertain="ones", blank: str = "zeros", frontal_only: bool 
     if frontal_only:
         df = df.loc[df["view"] == "Frontal"].reset_index(drop=True)
     df = check_files_exist(df, missing, ds_dir, "image(s) listed in the CSVs")
-    df["path"] = [str(Path(p).resolve()) for p in df["path"]]
+    df["path"] = [str(resolve_path(p)) for p in df["path"]]
     df = split_off_validation(df, val_fraction, seed, by=val_by)
     df = finish_table(df, dataset=NAME, root=root, labels=labels)
     df.attrs.update(uncertain=_policy_for(uncertain, labels), blank=blank, folder=ds_dir.name)

@@ -52,7 +52,7 @@ from ...io import DataError
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, split_by_fractions, split_off_validation
+from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions, split_off_validation
 
 NAME = "kermany"
 FOLDER = "chest_xray"
@@ -181,7 +181,7 @@ def list_images(root) -> pd.DataFrame:
                 if f.name.startswith(".") or not f.is_file():
                     continue
                 subtype, pid, scheme = parse_name(f.name, cls, f)
-                rows.append(dict(path=str(f.resolve()), split=split, patient_id=pid,
+                rows.append(dict(path=str(resolve_path(f)), split=split, patient_id=pid,
                                  subtype=subtype, scheme=scheme))
     if not rows:
         raise DataError(f"kermany: no images under {ds}/{{train,val,test}}/{{NORMAL,PNEUMONIA}}")

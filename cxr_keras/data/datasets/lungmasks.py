@@ -27,7 +27,7 @@ from ...io import DataError
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions
 
 NAME = "lungmasks"
 CLASSES = ("normal", "tuberculosis")
@@ -104,7 +104,7 @@ def _base_dir(root) -> Path:
 def _row(path: Path, mask: str) -> dict:
     m = NAME_RE.match(path.name)
     prefix = m.group(1).upper()
-    return dict(path=str(path.resolve()), patient_id=f"{prefix}_{m.group(2)}",
+    return dict(path=str(resolve_path(path)), patient_id=f"{prefix}_{m.group(2)}",
                 label=int(m.group(3)), mask=mask, source=SOURCES[prefix], image=path.name)
 
 
@@ -154,7 +154,7 @@ def load_table(root, fractions=(0.8, 0.1, 0.1), seed: int = 0,
     if no_mask:
         warnings.warn(f"{img_dir}: {len(no_mask)} image(s) have no mask in {mask_dir} and are not "
                       f"in {test_dir}; skipped: {no_mask[:10]}", stacklevel=2)
-    rows = [_row(images[n], str(masks[n].resolve())) for n in images if n in masks]
+    rows = [_row(images[n], str(resolve_path(masks[n]))) for n in images if n in masks]
     if not rows:
         raise DataError(f"{base}: no image has a mask")
     df = split_by_fractions(pd.DataFrame(rows), fractions, seed, by="patient")

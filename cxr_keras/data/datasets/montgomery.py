@@ -24,7 +24,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions
 
 NAME = "montgomery"
 CLASSES = ("normal", "tuberculosis")
@@ -146,9 +146,9 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
             absent.extend(gone)
             if missing_masks == "drop":
                 continue
-        row = dict(path=str((img_dir / name).resolve()), patient_id=int(m.group(1)),
-                   label=int(m.group(2)), mask_left=str(left.resolve()),
-                   mask_right=str(right.resolve()), image=name)
+        row = dict(path=str(resolve_path(img_dir / name)), patient_id=int(m.group(1)),
+                   label=int(m.group(2)), mask_left=str(resolve_path(left)),
+                   mask_right=str(resolve_path(right)), image=name)
         row.update(_parse_reading(set_dir / READINGS_DIR / name.replace(".png", ".txt")))
         if not masks:
             del row["mask_left"], row["mask_right"]

@@ -29,7 +29,9 @@ from ..tables import (
     check_files_exist,
     find_dataset_dir,
     finish_table,
+    path_under,
     read_csv_checked,
+    resolve_path,
     split_by_fractions,
     split_off_validation,
 )
@@ -177,7 +179,8 @@ def read_split(mura: Path, split: str) -> pd.DataFrame:
             pid = int(parts[3][len("patient"):])
         except ValueError:
             raise DataError(f"{paths_csv}: line {line}: bad patient folder {parts[3]!r}") from None
-        rows.append(dict(path=str((mura.joinpath(*parts[1:])).resolve()), patient_id=pid, label=labels[study],
+        full = resolve_path(path_under(mura, "/".join(parts[1:]), f"{paths_csv}: line {line}"))
+        rows.append(dict(path=str(full), patient_id=pid, label=labels[study],
                          body_part=parts[2], study=study, image=rel, official_split=split))
     if not rows:
         raise DataError(f"{paths_csv}: no image paths")

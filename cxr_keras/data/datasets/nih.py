@@ -24,6 +24,7 @@ from ..tables import (
     finish_table,
     read_csv_checked,
     read_list,
+    resolve_path,
     sample_multilabel,
     split_by_fractions,
     split_off_validation,
@@ -169,7 +170,7 @@ def load_table(root, split: str = "official", val_fraction: float = 0.1, val_by:
         raise DataError(f"nih: missing must be 'error' or 'drop', got {missing!r}")
     df = read_entries(root)
     paths = _image_paths(root)
-    df["path"] = [str(paths[n].resolve()) if n in paths else "" for n in df["image"]]
+    df["path"] = [str(resolve_path(paths[n])) if n in paths else "" for n in df["image"]]
     absent = df["path"] == ""
     if absent.any():
         if missing == "error":

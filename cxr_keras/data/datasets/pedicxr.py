@@ -61,7 +61,14 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_dicom
-from ..tables import check_files_exist, finish_table, parse_label_columns, read_csv_checked, split_off_validation
+from ..tables import (
+    check_files_exist,
+    finish_table,
+    parse_label_columns,
+    read_csv_checked,
+    resolve_path,
+    split_off_validation,
+)
 
 NAME = "pedicxr"
 ID_COLUMNS = ("image_id", "rad_ID")
@@ -178,6 +185,10 @@ def read_labels(path) -> pd.DataFrame:
     if (ids == "").any():
         i = int(np.flatnonzero((ids == "").to_numpy())[0])
         raise DataError(f"{path}: line {i + 2}, column 'image_id': empty image id")
+    bad = ids.str.contains(r"[/\\\x00]") | ids.isin([".", ".."])
+    if bad.any():  # the id names a file in train/ or test/: no folder parts, no way out
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: line {i + 2}, column 'image_id': {ids.iloc[i]!r} is not a file name")
     labels = pd.DataFrame(mat, columns=list(COLUMNS))
     labels.insert(0, "image_id", ids.to_numpy())
     agg = {c: ("min" if c == NO_FINDING else "max") for c in COLUMNS}
@@ -228,7 +239,7 @@ def load_table(root, aggregate: str | None = "six", min_test_positives: int = 5,
     for split, name in LABEL_FILES.items():
         t = read_labels(root / name)
         t.insert(0, "split", split)
-        t.insert(0, "path", [str((root / split / f"{i}.dicom").resolve()) for i in t["image_id"]])
+        t.insert(0, "path", [str(resolve_path(root / split / f"{i}.dicom")) for i in t["image_id"]])
         parts.append(t)
     df = pd.concat(parts, ignore_index=True)
     df = check_files_exist(df, missing, root, "DICOM(s) listed in the label files")

@@ -31,7 +31,7 @@ from ...io import DataError, write_json, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, read_list, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, path_under, read_list, resolve_path, split_by_fractions
 
 NAME = "tbx11k"
 DIR = "TBX11K"
@@ -281,7 +281,8 @@ def load_table(root, subset: str = "all", split: str = "official", test_fraction
             if bxs and folder != "tb":
                 raise DataError(f"{ann_path}: field 'annotations': image {rel} of folder {folder!r} "
                                 f"has {len(bxs)} TB box(es)")
-            rows.append(dict(path=str(base / "imgs" / rel), label=FOLDER_CLASS[folder], boxes=bxs,
+            full = resolve_path(path_under(base / "imgs", rel, f"{list_path}: line {line}"))
+            rows.append(dict(path=str(full), label=FOLDER_CLASS[folder], boxes=bxs,
                              image=rel, official_split=stem))
         if absent_tb:
             warnings.warn(f"{ann_path}: {len(absent_tb)} tb image(s) of {list_path.name} are not in its "
