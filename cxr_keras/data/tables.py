@@ -52,7 +52,14 @@ def read_list(path) -> list[str]:
     """Read a one-name-per-line list; tolerates a missing trailing newline, blank lines, CRLF line
     ends and a UTF-8 byte-order mark (which ``str.strip`` would keep on the first name)."""
     path = require_file(path, "split list")
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"cannot read split list {path}: {e}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def split_off_validation(df: pd.DataFrame, fraction: float, seed: int, by: str = "image",

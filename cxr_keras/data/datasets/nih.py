@@ -135,7 +135,7 @@ def read_entries(root) -> pd.DataFrame:
     df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed")]]
     mat = np.zeros((len(df), len(LABELS)), np.float32)
     col = {k: i for i, k in enumerate(LABELS)}
-    for row, text in enumerate(df["Finding Labels"].astype(str)):
+    for row, text in enumerate(df["Finding Labels"].fillna("").astype(str)):
         for label in text.split("|"):
             label = label.strip()
             if label == "No Finding":
@@ -147,7 +147,13 @@ def read_entries(root) -> pd.DataFrame:
             mat[row, col[label]] = 1.0
     out = pd.DataFrame(mat, columns=list(LABELS))
     out.insert(0, "image", df["Image Index"].astype(str).to_numpy())
-    out.insert(1, "patient_id", df["Patient ID"].astype(int).to_numpy())
+    pid = pd.to_numeric(df["Patient ID"], errors="coerce").to_numpy(np.float64)
+    bad = ~(np.isfinite(pid) & (pid == np.round(pid)) & (np.abs(pid) < 2**53))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {i + 2} (image {df['Image Index'].iloc[i]}): column 'Patient ID' "
+                        f"must be a whole number, got {df['Patient ID'].iloc[i]!r}")
+    out.insert(1, "patient_id", pid.astype(np.int64))
     for src, dst in (("Follow-up #", "follow_up"), ("Patient Age", "age"),
                      ("Patient Gender", "sex"), ("View Position", "view")):
         if src in df.columns:

@@ -147,10 +147,17 @@ def _norm(rel: str) -> str:
     return rel
 
 
-def _field(obj, key, path, where):
+def _field(obj, key, path, where, types=None):
     if not isinstance(obj, dict) or key not in obj:
         raise DataError(f"{path}: {where} has no field {key!r}")
-    return obj[key]
+    value = obj[key]
+    if types is not None and (not isinstance(value, types) or isinstance(value, bool)):
+        raise DataError(f"{path}: {where}: field {key!r} must be {' or '.join(t.__name__ for t in types)}, "
+                        f"got {value!r}")
+    return value
+
+
+_ID = (int, str)  # COCO ids: numbers (strings tolerated); never lists, objects or booleans
 
 
 def read_coco(path, uncertain: str = "drop") -> dict:
@@ -174,7 +181,8 @@ def read_coco(path, uncertain: str = "drop") -> dict:
             raise DataError(f"{path}: field {key!r} must be a list, got {type(val).__name__}")
     cat_index = {}
     for i, cat in enumerate(categories):
-        cid, name = _field(cat, "id", path, f"categories[{i}]"), _field(cat, "name", path, f"categories[{i}]")
+        cid = _field(cat, "id", path, f"categories[{i}]", _ID)
+        name = _field(cat, "name", path, f"categories[{i}]", (str,))
         if name in BOX_CLASSES:
             cat_index[cid] = BOX_CLASSES.index(name)
         elif name == UNCERTAIN:
@@ -183,16 +191,16 @@ def read_coco(path, uncertain: str = "drop") -> dict:
             cat_index[cid] = f"unknown category name {name!r}"
     by_id, out = {}, {}
     for i, im in enumerate(images):
-        iid = _field(im, "id", path, f"images[{i}]")
-        name = _norm(_field(im, "file_name", path, f"images[{i}]"))
+        iid = _field(im, "id", path, f"images[{i}]", _ID)
+        name = _norm(_field(im, "file_name", path, f"images[{i}]", (str,)))
         by_id[iid] = name
         out.setdefault(name, [])
     n_uncertain = 0
     for i, ann in enumerate(annotations):
         where = f"annotations[{i}]"
-        iid = _field(ann, "image_id", path, where)
+        iid = _field(ann, "image_id", path, where, _ID)
         bbox = _field(ann, "bbox", path, where)
-        cid = _field(ann, "category_id", path, where)
+        cid = _field(ann, "category_id", path, where, _ID)
         if iid not in by_id:
             raise DataError(f"{path}: {where}: field 'image_id' = {iid!r} matches no entry of 'images'")
         if cid not in cat_index:
@@ -205,8 +213,8 @@ def read_coco(path, uncertain: str = "drop") -> dict:
         except (TypeError, ValueError):
             raise DataError(f"{path}: {where}: field 'bbox' must be 4 numbers [x, y, w, h], "
                             f"got {bbox!r}") from None
-        if w <= 0 or h <= 0:
-            raise DataError(f"{path}: {where}: field 'bbox' has a non-positive size: {bbox!r}")
+        if not np.isfinite([x, y, w, h]).all() or w <= 0 or h <= 0:
+            raise DataError(f"{path}: {where}: field 'bbox' has a non-finite or non-positive size: {bbox!r}")
         cls = cat_index[cid]
         if cls is None:
             n_uncertain += 1
