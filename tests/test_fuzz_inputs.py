@@ -39,8 +39,8 @@ EXAMPLES = int(os.environ.get("CXR_FUZZ_EXAMPLES", "0") or 0)
 _COMMON = dict(database=None, print_blob=True,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                       HealthCheck.data_too_large])
-settings.register_profile("ci", max_examples=10, deadline=3000, derandomize=True, **_COMMON)
-settings.register_profile("long", max_examples=max(EXAMPLES, 1), deadline=3000, **_COMMON)
+settings.register_profile("ci", max_examples=10, deadline=5000, derandomize=True, **_COMMON)
+settings.register_profile("long", max_examples=max(EXAMPLES, 1), deadline=5000, **_COMMON)
 FUZZ = settings.get_profile("long" if EXAMPLES else "ci")
 
 META_SUFFIXES = (".csv", ".txt", ".json")
