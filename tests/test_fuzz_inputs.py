@@ -375,6 +375,7 @@ FOUND = [
     ("nih", "Data_Entry_2017_v2020.csv", ("cell", 1, 3, "1/x"), r"_v2020.csv: row 2 .*'Patient ID'"),
     ("nih", "Data_Entry_2017_v2020.csv", ("cell", 2, 3, ""), r"_v2020.csv: row 3 .*'Patient ID'"),
     ("nih", "Data_Entry_2017_v2020.csv", ("cell", 1, 1, ""), r"_v2020.csv: row 2 .*unknown label ''"),
+    ("mura", "MURA-v1.1/train_image_paths.csv", ("cell", 0, 0, "nan"), r"train_image_paths.csv: line 1: expected"),
     ("tbx11k", "TBX11K/annotations/json/TBX11K_train.json", ("json", 2, [1]), r"images\[0\]: field 'id' must be"),
     ("tbx11k", "TBX11K/annotations/json/TBX11K_train.json", ("json_nan",),
      r"annotations\[0\]: field 'bbox' has a non-finite"),

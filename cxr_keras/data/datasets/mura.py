@@ -130,14 +130,14 @@ def write_phantom(out, n: int = 200, size: int = 256, seed: int = 0, workers=Non
 # ----------------------------------------------------------------------------- reader
 
 def _read_paths(path: Path) -> list[str]:
-    df = read_csv_checked(path, header=None, dtype=str, skip_blank_lines=True)
+    df = read_csv_checked(path, header=None, dtype=str, skip_blank_lines=True, keep_default_na=False)
     if df.shape[1] != 1:
         raise DataError(f"{path}: expected one column (an image path per line), found {df.shape[1]}")
     return [s.strip() for s in df[0].astype(str)]
 
 
 def _read_studies(path: Path) -> dict:
-    df = read_csv_checked(path, header=None, dtype=str, skip_blank_lines=True)
+    df = read_csv_checked(path, header=None, dtype=str, skip_blank_lines=True, keep_default_na=False)
     if df.shape[1] != 2:
         raise DataError(f"{path}: expected two columns (study dir, 0/1), found {df.shape[1]}")
     out = {}
