@@ -38,7 +38,7 @@ from ...io import DataError
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import finish_table
+from ..tables import finish_table, resolve_path
 
 NAME = "deepcovid"
 FOLDER = "data_upload_v3"
@@ -128,7 +128,7 @@ def list_images(root) -> pd.DataFrame:
                     continue
                 if not f.is_file() or f.suffix.lower() not in SUFFIXES:
                     raise DataError(f"deepcovid: not an image ({', '.join(SUFFIXES)}): {f}")
-                rows.append(dict(path=str(f.resolve()), split=split, label=label,
+                rows.append(dict(path=str(resolve_path(f)), split=split, label=label,
                                  folder=sub.name, image=f.name))
                 found[(split, label)] += 1
     for split in SPLIT_DIRS:

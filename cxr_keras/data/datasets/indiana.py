@@ -54,7 +54,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import check_files_exist, finish_table, read_csv_checked, split_by_fractions
+from ..tables import check_files_exist, finish_table, read_csv_checked, resolve_path, split_by_fractions
 
 NAME = "indiana"
 PNG_DIR = "NLMCXR_png"
@@ -141,7 +141,7 @@ def _nlm_table(root: Path) -> pd.DataFrame:
                 continue
             uid = int(m.group(1))
         rep = reports.get(uid, {})
-        row = dict(path=str(p.resolve()), patient_id=uid, uid=uid, image=p.name, projection=None)
+        row = dict(path=str(resolve_path(p)), patient_id=uid, uid=uid, image=p.name, projection=None)
         row.update({k: rep.get(k) for k in ("mesh", "problems", *TEXT_FIELDS)})
         row["normal"] = rep.get("normal", np.nan)
         rows.append(row)
@@ -201,7 +201,7 @@ def _kaggle_table(root: Path, missing: str) -> pd.DataFrame:
     rows = []
     for uid, name, projection in zip(uids, names, proj["projection"].str.strip()):
         rep = reports.get(uid, {})
-        row = dict(path=str((img_dir / name).resolve()), patient_id=uid, uid=uid, image=name,
+        row = dict(path=str(resolve_path(img_dir / name)), patient_id=uid, uid=uid, image=name,
                    projection=projection)
         row.update({k: rep.get(k) for k in ("mesh", "problems", *TEXT_FIELDS)})
         row["normal"] = rep.get("normal", np.nan)

@@ -38,7 +38,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import check_files_exist, finish_table, read_csv_checked
+from ..tables import check_files_exist, finish_table, read_csv_checked, resolve_path
 
 NAME = "rsna_boneage"
 TRAIN_CSV = "boneage-training-dataset.csv"
@@ -212,21 +212,21 @@ def load_table(root, missing: str = "error") -> pd.DataFrame:
                         "the challenge's CSVs)")
     frames = []
     train = parse_csv(root / TRAIN_CSV, "train")
-    train["path"] = [str((_image_dir(root, TRAIN_DIR) / f"{i}.png").resolve()) for i in train["image_id"]]
+    train["path"] = [str(resolve_path(_image_dir(root, TRAIN_DIR) / f"{i}.png")) for i in train["image_id"]]
     train["split"] = "train"
     frames.append(train)
     val_csv, val_images = _find_validation(root)
     if val_csv is not None:
         val = parse_csv(val_csv, "val")
         where = val_csv.parent
-        val["path"] = [str(val_images[i].resolve()) if i in val_images else
-                       str((where / f"{VAL_DIR_PREFIX}-1" / f"{i}.png").resolve())
+        val["path"] = [str(resolve_path(val_images[i])) if i in val_images else
+                       str(resolve_path(where / f"{VAL_DIR_PREFIX}-1" / f"{i}.png"))
                        for i in val["image_id"]]
         val["split"] = "val"
         frames.append(val)
     if (root / TEST_CSV).is_file():
         test = parse_csv(root / TEST_CSV, "test")
-        test["path"] = [str((_image_dir(root, TEST_DIR) / f"{i}.png").resolve()) for i in test["image_id"]]
+        test["path"] = [str(resolve_path(_image_dir(root, TEST_DIR) / f"{i}.png")) for i in test["image_id"]]
         test["split"] = "test"
         frames.append(test)
     df = pd.concat(frames, ignore_index=True)

@@ -30,7 +30,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions
 
 NAME = "shenzhen"
 CLASSES = ("normal", "tuberculosis")
@@ -141,7 +141,7 @@ def load_table(root, split: str = "train", fractions=(0.7, 0.1, 0.2), seed: int 
     rows = []
     for name in names:
         m = NAME_RE.match(name)
-        row = dict(path=str((img_dir / name).resolve()), patient_id=int(m.group(1)),
+        row = dict(path=str(resolve_path(img_dir / name)), patient_id=int(m.group(1)),
                    label=int(m.group(2)), image=name)
         txt = set_dir / READINGS_DIR / (Path(name).stem + ".txt")
         text = txt.read_text(encoding="utf-8", errors="replace") if txt.is_file() else ""
