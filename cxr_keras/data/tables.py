@@ -134,7 +134,12 @@ def resolve_path(path) -> Path:
 def check_inside_root(df: pd.DataFrame, root, columns, dataset: str) -> None:
     """Refuse a table any of whose path ``columns`` (strings, or lists of strings; "" = none)
     lies outside ``root`` once normalised: a ``..`` a reader let through, or a symlink inside the
-    dataset that the reader resolved to somewhere else. The error names the row and the file."""
+    dataset that the reader resolved to somewhere else. The error names the row and the file.
+    ``CXR_ALLOW_LINKS_OUT=1`` accepts files reached through symlinks that lead out of ``root``
+    (a dataset whose image folders are links onto another disk); ``..`` in a metadata file stays
+    refused (:func:`path_under`)."""
+    if os.environ.get("CXR_ALLOW_LINKS_OUT") == "1":
+        return
     top = str(resolve_path(root)).rstrip(os.sep) + os.sep
     for col in columns:
         for i, value in enumerate(df[col]):
@@ -142,7 +147,8 @@ def check_inside_root(df: pd.DataFrame, root, columns, dataset: str) -> None:
                 if p and not os.path.normpath(os.path.abspath(p)).startswith(top):
                     raise DataError(f"{dataset}: row {i}, column {col!r}: {p} lies outside the "
                                     f"dataset folder {top.rstrip(os.sep)} (a '..' or absolute path "
-                                    f"in a metadata file, or a symlink leading out); refused")
+                                    f"in a metadata file, or a symlink leading out); refused "
+                                    "(for image folders linked onto another disk: CXR_ALLOW_LINKS_OUT=1)")
 
 
 def finish_table(df: pd.DataFrame, *, dataset: str, root, labels=None, classes=None,
