@@ -194,3 +194,32 @@ def test_checksums_refuse_changed_files_and_resume_falls_back(tmp_path):
     best.write_bytes(best.read_bytes()[:-10])
     with pytest.raises(DataError, match="does not match its checksum"):
         load_keras_model(best)
+
+
+def test_make_dataset_maps_shards_instead_of_reading_them(tmp_path, monkeypatch):
+    """A pipeline over a cache opens each shard as a read-only memory map (pages read as rows are
+    used), never whole into memory: a 100k-row cache costs what its batches touch
+    (benchmarks/bench_load.py measures it at full size)."""
+    import cxr_keras.data.cache as cache_module
+    from cxr_keras.data.cache import Cache
+    from cxr_keras.data.images import write_image
+    from cxr_keras.data.pipeline import make_dataset
+
+    (tmp_path / "img").mkdir()
+    for i in range(40):
+        write_image(tmp_path / "img" / f"{i}.png", np.full((8, 8), i, np.uint8))
+    table = pd.DataFrame({"path": [str(tmp_path / "img" / f"{i}.png") for i in range(40)], "split": "train"})
+    build_cache(table, tmp_path / "cache", size=8, shard_size=4, workers=1, progress=False)
+    loads = []
+    real_load = np.load
+
+    def load(f, *args, **kwargs):
+        loads.append((str(f), kwargs.get("mmap_mode")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module.np, "load", load)
+    ds = make_dataset(Cache(tmp_path / "cache"), "train", training=True, batch_size=4, normalization="none",
+                      target="none")
+    x = next(iter(ds))
+    shards = [mode for f, mode in loads if "/shards/" in f]
+    assert x.shape[0] == 4 and shards and set(shards) == {"r"}

@@ -246,7 +246,7 @@ def check_files_exist(df: pd.DataFrame, missing: str, where, what: str = "image(
     those rows (``missing="drop"``)."""
     if missing not in ("error", "drop"):
         raise DataError(f"missing must be 'error' or 'drop', got {missing!r}")
-    exists = np.array([Path(p).is_file() for p in df["path"]], bool)
+    exists = np.array([os.path.isfile(p) for p in df["path"]], bool)
     if exists.all():
         return df
     if missing == "error":
