@@ -34,6 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
+import _peer  # noqa: E402
+
 import _timing  # noqa: E402
 
 KINDS = ("dual_mae", "mae", "vit_s_supervised")
@@ -102,6 +104,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--only", default=",".join(KINDS),
                     help=f"comma-separated subset of {', '.join(KINDS)} (default all)")
     _timing.add_jit_out_args(ap)
+    _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
     size = args.size or (64 if args.quick else 224)
@@ -133,8 +136,14 @@ def main(argv=None) -> dict:
         models[kind] = {"kind": kind, "model": model, "build_s": time.perf_counter() - t,
                         "targets": ys if supervised else [None] * len(xs)}
 
-    load = _timing.time_models(models, xs, args.steps, args.warmup)
     cores = _timing.cores()
+    if "vit_s_supervised" in wanted:  # timm's ViT at the same size, patch, width and depth
+        vit = (dict(img_size=size, patch_size=8, embed_dim=128, depth=4, num_heads=4)
+               if args.quick else dict(img_size=size))
+        _peer.add(models, {"vit_small_patch16_224": ["vit_s_supervised"]}, ys, size, 6, "bce",
+                  ("adamw", 1.5e-4, 0.05, (0.9, 0.95)), args, cores, **vit)
+    load = _timing.time_models(models, xs, args.steps, args.warmup)
+    models, peers = _peer.split(models)
     results = {"size": size, "batch": batch, "quick": args.quick, "patch": patch,
                "steps": args.steps, "warmup": args.warmup, "pool": args.pool, "seed": args.seed,
                "mask_ratio": 0.75, "optimizer": "AdamW(1.5e-4, 0.9, 0.95, wd 0.05)",
@@ -144,6 +153,8 @@ def main(argv=None) -> dict:
         row.update(model=name)
         results["models"].append(_timing.flop_fields(row, *_flops(name, m["model"], size,
                                                                   args.quick)))
+    if peers:
+        results["peers"] = _peer.rows(peers, batch, cores)
 
     net = "ViT 64px/8, width 128, depth 4" if args.quick else f"ViT-S/16 at {size}px"
     print(f"\ndual_mae pretraining, {net}, batch {batch}, {args.steps} timed steps after "
@@ -161,6 +172,7 @@ def main(argv=None) -> dict:
           "products); dual-MAE counts both networks' forward passes, its training step 3 x the "
           "online network's forward + 1 x the target's. No keras.applications ViT exists: the "
           "counterpart is our own supervised ViT.")
+    _peer.report(results)
     return _timing.save(results, Path(args.out), "bench_dual_mae_pretrain")
 
 

@@ -36,6 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
+import _peer  # noqa: E402
+
 import _timing  # noqa: E402
 
 NUM_CLASSES = 14
@@ -78,6 +80,7 @@ def main(argv=None) -> dict:
                          "DenseNet121; the fzlpr --quick recipe uses 1,2,2,1)")
     _timing.add_loop_args(ap, steps=20, warmup=3)
     _timing.add_jit_out_args(ap)
+    _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
     blocks = _timing.parse_blocks(ap, args.blocks)
@@ -107,8 +110,14 @@ def main(argv=None) -> dict:
         models[name] = {"model": model, "loss": loss_name, "targets": ys,
                         "build_s": time.perf_counter() - t,
                         "flops": _timing.count_train_flops(model)}
+    if blocks == FULL:  # timm densenet121: its classifier is Linear(1024, 14); BCE, same AdamW
+        _peer.add(models, {"densenet121": ["fzlpr", "keras"]}, ys, args.size, NUM_CLASSES, "bce",
+                  ("adamw", 1e-5, 4e-3), args, cores)
+    elif args.peer:
+        print("peer: only for the full DenseNet121 (--blocks 6,12,24,16)")
 
     load = _timing.time_models(models, xs, args.steps, args.warmup)
+    models, peers = _peer.split(models)
 
     results = {"size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                "pool": args.pool, "seed": args.seed, "num_classes": NUM_CLASSES,
@@ -120,6 +129,8 @@ def main(argv=None) -> dict:
                **_timing.model_row(m, args.batch, cores)}
         results["models"].append(_timing.flop_fields(row, m["flops"]["gmacs"],
                                                      m["flops"]["train_gflop_per_image"]))
+    if peers:
+        results["peers"] = _peer.rows(peers, args.batch, cores)
 
     net = "DenseNet121" if blocks == FULL else f"reduced DenseNet {args.blocks}"
     print(f"\nStage-2 training (all layers trainable) and inference, {net}, "
@@ -143,6 +154,7 @@ def main(argv=None) -> dict:
           f"predict {a['predict_images_per_s'] / b['predict_images_per_s']:.2f}x. "
           f"AdamW, no metrics, jit_compile={a['jit_compile']}; peak RSS "
           f"{results['max_rss_mib']:.0f} MiB (both models).")
+    _peer.report(results)
     return _timing.save(results, out, "bench_fzlpr_train")
 
 

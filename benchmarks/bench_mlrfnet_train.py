@@ -35,10 +35,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
+import _peer  # noqa: E402
+
 import _timing  # noqa: E402
 
 NUM_CLASSES = 14
 KINDS = ("mlrfnet", "mlrfnet_resnet50", "mlrfnet_densenet121", "keras_resnet50")
+# the timm peer of each model (bare networks: no ECA / CSRA heads)
+PEERS = {"mlrfnet": "res2net50_26w_4s", "mlrfnet_resnet50": "resnet50",
+         "mlrfnet_densenet121": "densenet121", "keras_resnet50": "resnet50"}
 PAPER = {"gflops": 4.29, "seconds_per_image": 0.046}
 
 
@@ -70,6 +75,7 @@ def main(argv=None) -> dict:
                     help="blocks per stage of every backbone, e.g. 1,1,1,1 for a smoke test "
                          "(default: the full networks)")
     _timing.add_jit_out_args(ap)
+    _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
     blocks = _timing.parse_blocks(ap, args.blocks)
@@ -102,8 +108,16 @@ def main(argv=None) -> dict:
         models[kind] = {"kind": kind, "model": model, "targets": ys,
                         "build_s": time.perf_counter() - t,
                         "flops": _timing.count_train_flops(model)}
+    if not blocks:  # timm's bare networks + Linear(., 14), same loss and Adam
+        want = {}
+        for kind in wanted:
+            want.setdefault(PEERS[kind], []).append(kind)
+        _peer.add(models, want, ys, s, NUM_CLASSES, "bfl", ("adam", 1e-4), args, cores)
+    elif args.peer:
+        print("peer: only for the full networks (no --blocks)")
 
     load = _timing.time_models(models, xs, args.steps, args.warmup)
+    models, peers = _peer.split(models)
     one = xs[0][:1]
     for m in models.values():
         for _ in range(2):
@@ -126,6 +140,8 @@ def main(argv=None) -> dict:
         row.update(model=name, seconds_per_image_batch1=round(m["latency_s"], 4))
         results["models"].append(_timing.flop_fields(row, m["flops"]["gmacs"],
                                                      m["flops"]["train_gflop_per_image"]))
+    if peers:
+        results["peers"] = _peer.rows(peers, b, cores)
 
     net = f", backbones reduced to {args.blocks} blocks per stage" if blocks else ""
     print(f"\nmlrfnet training and inference{net}, {s}x{s}x3, batch {b}, {args.steps} timed "
@@ -143,6 +159,7 @@ def main(argv=None) -> dict:
           f"{PAPER['seconds_per_image']} s per image. First (tracing) train step: "
           + ", ".join(f"{r['model']} {r['train_first_step_s']:.1f} s" for r in results["models"])
           + f"; peak RSS {results['max_rss_mib']:.0f} MiB (all models).")
+    _peer.report(results)
     return _timing.save(results, out, "bench_mlrfnet_train")
 
 

@@ -40,6 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
+import _peer  # noqa: E402
+
 import _timing  # noqa: E402
 
 NUM_CLASSES = 14
@@ -109,6 +111,7 @@ def main(argv=None) -> dict:
                     help="bottleneck blocks per stage of both ResNet-50s (ours in MoCo, keras'), "
                          "e.g. 1,1,1,1 for a smoke test (default 3,4,6,3)")
     _timing.add_jit_out_args(ap)
+    _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
     blocks = _timing.parse_blocks(ap, args.blocks)
@@ -151,6 +154,14 @@ def main(argv=None) -> dict:
         models[kind] = {**m, "kind": kind, "model": model, "gmacs": gmacs, "train_gflop": train,
                         "build_s": time.perf_counter() - t}
 
+    sup = {"resnet18": [k for k in wanted if k == "resnet18_supervised"],
+           "resnet50": [k for k in wanted if k == "keras_resnet50"]}
+    if any(sup.values()) and not blocks:  # timm resnet18 / resnet50 + Linear(., 14), BCE, Adam
+        _peer.add(models, {a: k for a, k in sup.items() if k}, ys, (h, w), NUM_CLASSES, "bce",
+                  ("adam", 1e-4), args, _timing.cores())
+    elif any(sup.values()) and args.peer:
+        print("peer: only for the full networks (no --blocks)")
+
     # _timing.time_models feeds one list of inputs to every model: time MoCo's pairs and the
     # supervised batches in two groups, each alternating step by step within itself.
     loads = []
@@ -160,6 +171,7 @@ def main(argv=None) -> dict:
             inputs = next(iter(group.values()))["inputs"]
             loads.append(_timing.time_models(group, inputs, args.steps, args.warmup))
     load = (loads[0][0], loads[-1][1])
+    models, peers = _peer.split(models)
 
     cores = _timing.cores()
     results = {"size": [h, w], "batch": b, "steps": args.steps, "warmup": args.warmup,
@@ -176,6 +188,8 @@ def main(argv=None) -> dict:
         other = by.get(r["versus"])
         if other:
             r["train_ratio_vs"] = round(r["train_images_per_s"] / other["train_images_per_s"], 3)
+    if peers:
+        results["peers"] = _peer.rows(peers, b, cores)
 
     net = f", ResNet-50s reduced to {args.blocks} blocks" if blocks else ""
     print(f"\nmtpret training{net}, {h}x{w}x3 (paper: 800x512), batch {b}, MoCo queue "
@@ -197,6 +211,7 @@ def main(argv=None) -> dict:
           "First (tracing) train step: "
           + ", ".join(f"{r['model']} {r['train_first_step_s']:.1f} s" for r in results["models"])
           + f"; peak RSS {results['max_rss_mib']:.0f} MiB (all models).")
+    _peer.report(results)
     return _timing.save(results, Path(args.out), "bench_mtpret_train")
 
 

@@ -43,6 +43,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this folder (_timing)
 
+import _peer  # noqa: E402
+
 import _timing  # noqa: E402
 
 NUM_CLASSES = 3
@@ -138,6 +140,7 @@ def main(argv=None) -> dict:
                     help="comma-separated subset of unet, classifier, model_level, keras_b0 "
                          "(default all)")
     _timing.add_jit_out_args(ap)
+    _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
     if args.size < 32 or args.size % 32:
@@ -178,7 +181,13 @@ def main(argv=None) -> dict:
                         "build_s": build_s + time.perf_counter() - t,
                         "flops": _timing.count_train_flops(model)}
 
+    if "keras_b0" in wanted and (args.width, args.depth) == (1.0, 1.0):  # timm efficientnet_b0
+        _peer.add(models, {"efficientnet_b0": ["keras_b0"]}, onehots, s, NUM_CLASSES, "cce",
+                  ("sgd", 1e-3, 0.9), args, cores)
+    elif "keras_b0" in wanted and args.peer:
+        print("peer: only for the full EfficientNet-B0 (--width 1 --depth 1)")
     load = _timing.time_models(models, xs, args.steps, args.warmup)
+    models, peers = _peer.split(models)
 
     results = {"size": s, "batch": b, "steps": args.steps, "warmup": args.warmup,
                "pool": args.pool, "seed": args.seed, "num_classes": NUM_CLASSES,
@@ -191,6 +200,9 @@ def main(argv=None) -> dict:
                "optimizer": m["optimizer"], **_timing.model_row(m, b, cores)}
         results["models"].append(_timing.flop_fields(row, m["flops"]["gmacs"],
                                                      m["flops"]["train_gflop_per_image"]))
+
+    if peers:
+        results["peers"] = _peer.rows(peers, b, cores)
 
     print(f"\nmultiloss training and inference, {s}x{s}x3, batch {b}, width_coefficient "
           f"{args.width:g}, depth_coefficient {args.depth:g}, {args.steps} timed steps after "
@@ -214,6 +226,7 @@ def main(argv=None) -> dict:
     print(f"\nNo metrics, jit_compile={first['jit_compile']}; first (tracing) train step: "
           + ", ".join(f"{r['model']} {r['train_first_step_s']:.1f} s" for r in results["models"])
           + f"; peak RSS {results['max_rss_mib']:.0f} MiB (all models).")
+    _peer.report(results)
     return _timing.save(results, out, "bench_multiloss_train")
 
 

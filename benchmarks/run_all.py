@@ -64,7 +64,7 @@ QUICK = {
 }
 
 COLUMNS = ("benchmark", "what", "setting", "rate", "per_core", "gflop_per_s",
-           "fraction_of_peak", "ratio", "ratio_vs")
+           "fraction_of_peak", "ratio", "ratio_vs", "peer_ratio", "peer_vs")
 
 
 def _run(name: str, extra: list, out: Path) -> dict:
@@ -88,26 +88,39 @@ def _run(name: str, extra: list, out: Path) -> dict:
 
 
 def _row(bench, what, setting, rate=None, per_core=None, gflop=None, ratio=None, vs=None):
-    return dict(zip(COLUMNS, (bench, what, setting, rate, per_core, gflop, None, ratio, vs)))
+    return dict(zip(COLUMNS, (bench, what, setting, rate, per_core, gflop, None, ratio, vs, None,
+                              None)))
 
 
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _model_rows(bench, models, setting, label, versus, phases=("train", "predict")):
+def _model_rows(bench, models, setting, label, versus, phases=("train", "predict"), peers=()):
     """Train and predict rows of one train benchmark's models; ``versus(m)`` names the model a
-    row is compared with (or None), ``label(m)`` the row's text."""
+    row is compared with (or None), ``label(m)`` the row's text. ``peers`` (the result's
+    ``peers``: PyTorch + timm, timed alongside) add their own rows and, to each model they are the
+    peer of, the ratio ours / peer."""
     by = {m["model"]: m for m in models}
+    peer_of = {name: p for p in peers for name in p["peer_of"]}
     rows = []
     for m in models:
         other = by.get(versus(m))
+        peer = peer_of.get(m["model"])
         for ph in phases:
-            rows.append(_row(bench, f"{label(m)} {ph}", setting(m), m[f"{ph}_images_per_s"],
-                             m[f"{ph}_images_per_s_core"], m.get(f"{ph}_gflop_per_s"),
-                             _ratio(m[f"{ph}_images_per_s"],
-                                    other and other[f"{ph}_images_per_s"]),
-                             other and label(other)))
+            r = _row(bench, f"{label(m)} {ph}", setting(m), m[f"{ph}_images_per_s"],
+                     m[f"{ph}_images_per_s_core"], m.get(f"{ph}_gflop_per_s"),
+                     _ratio(m[f"{ph}_images_per_s"], other and other[f"{ph}_images_per_s"]),
+                     other and label(other))
+            if peer:
+                r.update(peer_ratio=_ratio(m[f"{ph}_images_per_s"], peer[f"{ph}_images_per_s"]),
+                         peer_vs=f"timm {peer['arch']}")
+            rows.append(r)
+    for p in peers:
+        for ph in phases:
+            rows.append(_row(bench, f"PyTorch peer: timm {p['arch']} ({p['memory_format']}) {ph}",
+                             setting(p), p[f"{ph}_images_per_s"], p[f"{ph}_images_per_s_core"],
+                             p.get(f"{ph}_gflop_per_s")))
     return rows
 
 
@@ -173,7 +186,7 @@ def _rows(runs: dict) -> list:
                       f"{t['cores']} cores",
             lambda m: (f"densenet121_fzlpr ({net}), FZLPR" if m["model"] == "fzlpr"
                        else f"keras {net} + Dense"),
-            lambda m: "keras" if m["model"] == "fzlpr" else None)
+            lambda m: "keras" if m["model"] == "fzlpr" else None, peers=t.get("peers", []))
     ml = res["bench_multiloss_train"]
     if ml:
         rows += _model_rows(
@@ -183,7 +196,8 @@ def _rows(runs: dict) -> list:
                       f"{ml['cores']} cores",
             lambda m: ("keras EfficientNetB0 + Dense" if m["kind"] == "keras_b0"
                        else f"{m['model']}, {m['loss']},"),
-            lambda m: "keras_b0" if m["kind"] in ("unet", "classifier") else None)
+            lambda m: "keras_b0" if m.get("kind") in ("unet", "classifier") else None,
+            peers=ml.get("peers", []))
     mr = res["bench_mlrfnet_train"]
     if mr:
         rows += _model_rows(
@@ -193,7 +207,8 @@ def _rows(runs: dict) -> list:
                       + (", blocks " + ",".join(map(str, mr["blocks"])) if mr.get("blocks")
                          else ""),
             lambda m: m["model"] + (" (BFL)" if m["model"] != "keras_resnet50" else " + Dense"),
-            lambda m: None if m["model"] == "keras_resnet50" else "keras_resnet50")
+            lambda m: None if m["model"] == "keras_resnet50" else "keras_resnet50",
+            peers=mr.get("peers", []))
     dm = res["bench_dual_mae_pretrain"]
     if dm:
         rows += _model_rows(
@@ -203,7 +218,7 @@ def _rows(runs: dict) -> list:
             lambda m: (m["model"] if m["model"] != "vit_s_supervised"
                        else "ViT supervised (no keras.applications ViT)"),
             lambda m: None if m["model"] == "vit_s_supervised" else "vit_s_supervised",
-            phases=("train",))
+            phases=("train",), peers=dm.get("peers", []))
     mt = res["bench_mtpret_train"]
     if mt:
         rows += _model_rows(
@@ -212,7 +227,7 @@ def _rows(runs: dict) -> list:
                       f"{m['gmacs']:.2f} GMACs, {mt['cores']} cores",
             lambda m: m["model"].replace("moco_", "MoCo v2 ") + (" (2 views)" if "moco" in
                                                                   m["model"] else ""),
-            lambda m: m.get("versus"), phases=("train",))
+            lambda m: m.get("versus"), phases=("train",), peers=mt.get("peers", []))
     inf = res["bench_inference"]
     if inf:
         for r in inf["rows"]:
@@ -252,13 +267,14 @@ def _fmt(x, digits=None) -> str:
 
 def _table(rows: list) -> list:
     lines = ["| benchmark | what | setting | images/s (or fits/s) | per core | GFLOP/s "
-             "| fraction of peak | ratio vs counterpart |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+             "| fraction of peak | ratio vs counterpart | ours / PyTorch peer |",
+             "|---|---|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x {r['ratio_vs']}"
+        peer = "-" if r.get("peer_ratio") is None else f"{r['peer_ratio']:.2f}x {r['peer_vs']}"
         lines.append(f"| {r['benchmark']} | {r['what']} | {r['setting']} | {_fmt(r['rate'])} "
                      f"| {_fmt(r['per_core'])} | {_fmt(r['gflop_per_s'])} "
-                     f"| {_fmt(r['fraction_of_peak'], 3)} | {ratio} |")
+                     f"| {_fmt(r['fraction_of_peak'], 3)} | {ratio} | {peer} |")
     return lines
 
 
@@ -308,6 +324,9 @@ def main(argv=None) -> int:
     print("\nGFLOP/s: training 3 x 2 x MACs per image x images/s (frozen layers 2 x), inference "
           "2 x MACs x views x images/s; fraction of peak: GFLOP/s / the measured fp32 matmul "
           "peak (bench_peak, TensorFlow).")
+    if not any(r.get("peer_ratio") for r in rows) and any(r["benchmark"] in (
+            "fzlpr", "multiloss", "mlrfnet", "dual_mae", "mtpret") for r in rows):
+        print("\nNo PyTorch peer rows (peer skipped: pip install '.[bench]', or reduced networks).")
     failed = [n for n, r in runs.items() if r["returncode"] != 0]
     for n in failed:
         print(f"\n{n} FAILED (exit {runs[n]['returncode']}); see {out / (n + '.log')}")
