@@ -111,6 +111,17 @@ def split_by_fractions(df: pd.DataFrame, fractions=(0.7, 0.1, 0.2), seed: int = 
     return df
 
 
+def one_split_or_random(df: pd.DataFrame, split: str, whole: tuple, fractions, seed: int,
+                        dataset: str) -> pd.DataFrame:
+    """A set without official splits: all of it as one of the ``whole`` splits, or
+    ``split="random"``: patient-disjoint ``fractions`` (train, val, test)."""
+    if split in whole:
+        return df.assign(split=split)
+    if split == "random":
+        return split_by_fractions(df, fractions, seed, by="patient")
+    raise DataError(f"{dataset}: split must be {', '.join(map(repr, whole))} or 'random', got {split!r}")
+
+
 def path_under(root, rel, where) -> Path:
     """``root / rel`` for a path read from a metadata file (a CSV cell, a list line), refused with
     a DataError naming ``where`` (file, line, column) if it is absolute or its ``..`` lead out of

@@ -54,7 +54,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import check_files_exist, finish_table, read_csv_checked, resolve_path, split_by_fractions
+from ..tables import check_files_exist, finish_table, one_split_or_random, read_csv_checked, resolve_path
 
 NAME = "indiana"
 PNG_DIR = "NLMCXR_png"
@@ -246,12 +246,7 @@ def load_table(root, layout: str = "auto", views: str = "all", split: str = "tra
     attrs = dict(df.attrs)
     if views != "all":
         df = df[df["projection"] == views.capitalize()]
-    if split == "train":
-        df = df.assign(split="train")
-    elif split == "random":
-        df = split_by_fractions(df, fractions, seed, by="patient")
-    else:
-        raise DataError(f"indiana: split must be 'train' or 'random', got {split!r}")
+    df = one_split_or_random(df, split, ("train",), fractions, seed, NAME)
     df = finish_table(df, dataset=NAME, root=root)
     df.attrs.update(attrs, layout=layout)
     return df

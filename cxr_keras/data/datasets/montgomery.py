@@ -24,7 +24,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, one_split_or_random, resolve_path
 
 NAME = "montgomery"
 CLASSES = ("normal", "tuberculosis")
@@ -158,11 +158,6 @@ def load_table(root, split: str = "test", fractions=(0.7, 0.1, 0.2), seed: int =
     if not rows:
         raise DataError(f"{set_dir}: no image has both lung masks")
     df = pd.DataFrame(rows)
-    if split in ("test", "train"):
-        df["split"] = split
-    elif split == "random":
-        df = split_by_fractions(df, fractions, seed, by="patient")
-    else:
-        raise DataError(f"montgomery: split must be 'test', 'train' or 'random', got {split!r}")
+    df = one_split_or_random(df, split, ("test", "train"), fractions, seed, NAME)
     return finish_table(df, dataset=NAME, root=set_dir.parent, classes=CLASSES,
                         mask_columns=["mask_left", "mask_right"] if masks else None)

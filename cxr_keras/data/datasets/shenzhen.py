@@ -30,7 +30,7 @@ from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
 from ..images import write_image
-from ..tables import find_dataset_dir, finish_table, resolve_path, split_by_fractions
+from ..tables import find_dataset_dir, finish_table, one_split_or_random, resolve_path
 
 NAME = "shenzhen"
 CLASSES = ("normal", "tuberculosis")
@@ -151,10 +151,5 @@ def load_table(root, split: str = "train", fractions=(0.7, 0.1, 0.2), seed: int 
     if df["patient_id"].duplicated().any():
         dup = df.loc[df["patient_id"].duplicated(keep=False), "image"].tolist()
         raise DataError(f"shenzhen: {img_dir}: one number with two labels: {dup[:6]}")
-    if split in ("train", "test"):
-        df["split"] = split
-    elif split == "random":
-        df = split_by_fractions(df, fractions, seed, by="patient")
-    else:
-        raise DataError(f"shenzhen: split must be 'train', 'test' or 'random', got {split!r}")
+    df = one_split_or_random(df, split, ("train", "test"), fractions, seed, NAME)
     return finish_table(df, dataset=NAME, root=set_dir.parent, classes=CLASSES)
