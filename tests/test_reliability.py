@@ -77,7 +77,7 @@ def test_a_run_folder_and_a_cache_being_written_refuse_a_second_process(tmp_path
     from cxr_keras.recipes import lifecycle
 
     cfg = {"x": 1}
-    path = tmp_path / f"demo-{lifecycle.config_hash(cfg)}"
+    path = RunFolder.path_for(tmp_path, "demo", cfg)
     holder = _holder(path)
     cache = tmp_path / "cache"
     cache_holder = _holder(cache)

@@ -38,7 +38,7 @@ from pathlib import Path
 from .._argtypes import nonnegative_int, positive_int
 from ..io import DataError
 from ..locking import FolderLock
-from ..training import RunFolder, config_hash
+from ..training import RunFolder
 
 FULL_CONFIG = "recipe_config.json"  # beside a config.json that names a folder by part of a Config
 
@@ -362,7 +362,7 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     opts = join_processes(opts)
     partial = config is not None
     config = dataclasses.asdict(cfg) if config is None else config
-    with FolderLock(Path(opts.out) / f"{tag}-{config_hash(config)}", "run folder", wait=opts.wait):
+    with FolderLock(RunFolder.path_for(opts.out, tag, config), "run folder", wait=opts.wait):
         return _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial)
 
 

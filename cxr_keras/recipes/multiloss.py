@@ -64,7 +64,7 @@ from ..losses.segmentation import SEGMENTATION_LOSSES as SEGMENTATION_LOSS_FNS
 from ..models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
 from ..models.batchnorm import set_bn_momentum
 from ..models.efficientnet_unet import DEEPEST_CONV
-from ..training import RunFolder, config_hash, fit_stage, multihost
+from ..training import RunFolder, fit_stage, multihost
 from . import lifecycle
 from . import multiloss_paper as paper
 from .common import cache_of, phantom_or_real_root
@@ -234,7 +234,7 @@ def _execute(cfg: Config, opts: RunOptions, stages: tuple) -> RunFolder:
     rerun on a finished run (``DONE`` stands once the ensemble stage ran), and ``force`` redoes
     the first stage asked and every later one (earlier stages and their metrics are kept)."""
     opts = join_processes(opts)  # (first: process i > 0 has its own folder)
-    path = Path(opts.out) / f"multiloss-{config_hash(asdict(cfg))}"
+    path = RunFolder.path_for(opts.out, "multiloss", asdict(cfg))
     with FolderLock(path, "run folder", wait=opts.wait):  # (execute's own lock: the same one)
         if opts.force:
             for s in STAGES[STAGES.index(stages[0]):]:

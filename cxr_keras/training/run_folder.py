@@ -37,11 +37,16 @@ class RunFolder:
         for sub in ("checkpoints", "logs", "predictions", "plots"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def path_for(out, name: str, config: dict) -> Path:
+        """``out/<name>-<hash of config>``: the folder a configuration's run lives in."""
+        return Path(out) / f"{name}-{config_hash(config)}"
+
     @classmethod
     def for_config(cls, out, name: str, config: dict, force: bool = False) -> "RunFolder":
         """The run folder ``out/<name>-<hash of config>``: new, partly done (it resumes) or
         finished (:attr:`finished`, returned as it is); ``force`` empties it first."""
-        path = Path(out) / f"{name}-{config_hash(config)}"
+        path = cls.path_for(out, name, config)
         if force and path.exists():  # start over: checkpoints, stage markers, logs, results
             import shutil
 
