@@ -19,7 +19,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ON_JAX = ["test_losses_ranking", "test_losses_calibrated", "test_mlrfnet_layers",
           "test_segmentation", "test_regularizers", "test_cyclic_cosine", "test_anchors",
-          "test_roi_align",
+          "test_roi_align", "test_raw_image",
           "test_res2net::test_small_model_matches_numpy_reference",
           "test_vit_convert::test_timm_state_dict_gives_the_numpy_logits",
           "test_vit_convert::test_mae_checkpoint_decoder_is_ignored_and_positions_are_resized"]

@@ -16,14 +16,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ..layers.raw_image import IMAGENET_MEAN, IMAGENET_STD, MTPRET_MEAN, MTPRET_STD, NORMALIZATIONS
 from ..training.multihost import data_shard
 from . import augment
 from .cache import Cache
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-MTPRET_MEAN, MTPRET_STD = 122.786, 18.390  # on the 0-255 scale (mtpret's Z-score)
-NORMALIZATIONS = ("imagenet", "unit", "mtpret", "none")
 
 
 def normalize(image, normalization: str):
