@@ -5,8 +5,8 @@
     cxr-keras data list
     cxr-keras prepare DATASET --root DIR --out CACHE [--size 256] [--skip-bad] [--option KEY=VALUE]
     cxr-keras run PAPER [paper options]          (cxr-keras run fzlpr --help)
-    cxr-keras export RUN_DIR [--out DIR]
-    cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta]
+    cxr-keras export RUN_DIR [--out DIR] [--format savedmodel,onnx,litert]
+    cxr-keras predict MODEL IMAGES_DIR --out CSV [--tta] [--on-error skip]
     cxr-keras convert ARCH CHECKPOINT --out FILE.weights.h5 [--include-top]
                                       (ARCH: res2net50, resnet50, resnet18, resnet34, vit_small)
 """
@@ -100,8 +100,8 @@ def cmd_run(args, rest):
 def cmd_export(args):
     from .export import export_run
 
-    out = export_run(args.run_dir, args.out)
-    print(f"exported SavedModel to {out}")
+    out = export_run(args.run_dir, args.out, formats=args.format)
+    print(f"exported {args.format} to {out}")
     return 0
 
 
@@ -109,7 +109,7 @@ def cmd_predict(args):
     from .inference.predict import predict_folder
 
     out = predict_folder(args.model, args.images, args.out, tta=args.tta, batch_size=args.batch_size,
-                         size=args.size)
+                         size=args.size, on_error=args.on_error)
     print(f"wrote predictions to {out}")
     return 0
 
@@ -176,19 +176,26 @@ def build_parser():
     ru.add_argument("paper", nargs="?", help=f"one of: {', '.join(PAPERS)}")
     ru.set_defaults(func=None)
 
-    ex = command("export", "export a run's best model as a SavedModel")
+    ex = command("export", "export a run's best model: raw pixels in, probabilities out")
     ex.add_argument("run_dir", help="a finished run folder")
-    ex.add_argument("--out", default=None, help="SavedModel folder (default: RUN_DIR/export)")
+    ex.add_argument("--out", default=None, help="the export folder (default: RUN_DIR/export)")
+    ex.add_argument("--format", default="savedmodel",
+                    help="comma-separated: savedmodel, onnx (extra [onnx]), litert; or all "
+                         "(default savedmodel)")
     ex.set_defaults(func=cmd_export)
 
-    pd_ = command("predict", "predict a folder of images with a .keras or SavedModel")
-    pd_.add_argument("model", help="a .keras file or an exported SavedModel folder")
+    pd_ = command("predict", "predict a folder of images with a .keras or an exported model")
+    pd_.add_argument("model", help="a .keras file, an export folder, its savedmodel folder, "
+                                   "model.onnx or model.tflite")
     pd_.add_argument("images", help="folder of images (PNG, JPEG, DICOM), searched recursively")
     pd_.add_argument("--out", required=True, help="CSV file of per-image probabilities")
     pd_.add_argument("--tta", action="store_true",
                      help="average the test-time augmentation views (flip, zooms)")
     pd_.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     pd_.add_argument("--size", type=positive_int, default=None, help="input side (default: the model's)")
+    pd_.add_argument("--on-error", choices=("stop", "skip"), default="stop",
+                     help="an unreadable image stops the run (default) or is skipped, named on "
+                          "stderr and in OUT.errors.csv")
     pd_.set_defaults(func=cmd_predict)
 
     co = command("convert", "convert a PyTorch checkpoint to Keras .weights.h5")

@@ -22,6 +22,21 @@ class DataError(ValueError):
     """Bad input data. The message names the file, row, column or argument at fault."""
 
 
+class MissingExtra(DataError, ImportError):
+    """An optional feature whose ``pip`` extra is not installed; the message names the extra."""
+
+
+def require_extra(feature: str, extra: str, modules) -> None:
+    """Raise :class:`MissingExtra` naming ``pip install "cxr-keras[extra]"`` when one of
+    ``modules`` cannot be imported."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtra(f"{feature} needs {', '.join(missing)}: "
+                           f"pip install \"cxr-keras[{extra}]\"")
+
+
 NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # disk full, file too large, quota
 
 

@@ -355,3 +355,15 @@ def test_grid_variants_switch_the_ablation():
     back = mlrfnet.variant(dense, ablation="focal")
     assert (back.loss, back.backbone) == ("focal", "res2net50")
     assert back.backbone_options == mlrfnet.QUICK["backbone_options"]
+
+
+def test_the_run_exports_raw_pixels_in_every_format(finished_run, tmp_path):
+    """MLRFNet (Res2Net + ECA + CSRA): the cache, centre crop, ImageNet; sigmoid of its logits."""
+    from _exports import assert_exports_answer_raw_pixels
+
+    run, _, cfg = finished_run
+    meta = assert_exports_answer_raw_pixels(
+        run.path, tmp_path / "export",
+        dict(resize_to=[cfg.cache_size] * 2, center_crop=[cfg.crop] * 2, output_size=None,
+             channels=3, normalization="imagenet"))
+    assert meta["activation"] == "sigmoid" and len(meta["labels"]) == meta["output_shape"][-1]

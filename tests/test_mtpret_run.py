@@ -282,3 +282,25 @@ def test_report_cells_equal_metrics(runs):
             assert cell.match(value).group(1) == fmt(main[name]), (name, value)
         else:
             assert value.startswith("- ("), (name, value)  # a task we did not run
+
+
+def test_a_classification_task_exports_raw_pixels_in_every_format(tmp_path):
+    """mtpret's FC task model (binary pneumonia) in a run folder as the recipe writes it: the
+    square cache resized to image_size (bilinear), the paper's Z-score, sigmoid of the logit."""
+    from dataclasses import asdict
+
+    from _exports import assert_exports_answer_raw_pixels
+
+    from cxr_keras.training import RunFolder
+
+    cfg, _ = _setup(tmp_path)
+    cfg = replace(cfg, task="pneumonia")
+    run = RunFolder(tmp_path / "run")
+    run.write_json("config.json", asdict(cfg))
+    model = mtpret.build_task_model("pneumonia", mtpret.build_backbone(cfg), cfg, 1)
+    model.save(run.checkpoints / "best.keras")
+    meta = assert_exports_answer_raw_pixels(
+        run.path, tmp_path / "export",
+        dict(resize_to=[cfg.cache_size] * 2, center_crop=None, output_size=list(cfg.image_size),
+             channels=3, normalization="mtpret"))
+    assert meta["output_shape"] == [None, 1] and meta["activation"] == "sigmoid"

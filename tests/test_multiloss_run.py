@@ -284,12 +284,21 @@ def test_bad_loss_name_is_named():
         multiloss.run(multiloss.Config(seg_losses=("bce", "nope")))
 
 
-def test_a_classifier_exports_with_its_preprocessing(run, tmp_path):
-    from cxr_keras.export import export_run
+def test_a_classifier_and_a_unet_export_raw_pixels_in_every_format(run, tmp_path):
+    """The classifier on lung crops (cls_size, EfficientNet's own 0-255 input, softmax kept) and
+    the U-Net on whole CXRs (seg_size; a probability map out)."""
+    from _exports import assert_exports_answer_raw_pixels
 
     folder, _ = run
-    out = export_run(folder / "classify" / CLS_LOSSES[0], tmp_path / "sm")
-    meta = json.loads((out / "export.json").read_text())
-    assert meta["normalization"] == "none"  # EfficientNet rescales 0-255 inputs itself
-    assert meta["outputs"] == "probabilities" and meta["output_activation"] == "softmax"
-    assert meta["labels"] == ["normal", "bacterial", "viral"]
+    cfg = smoke()
+    meta = assert_exports_answer_raw_pixels(
+        folder / "classify" / CLS_LOSSES[0], tmp_path / "cls",
+        dict(resize_to=[cfg.cls_size] * 2, center_crop=None, output_size=None, channels=3,
+             normalization="none"), labels=["normal", "bacterial", "viral"])
+    assert meta["activation"] == "softmax" and meta["outputs"] == "probabilities"
+    meta = assert_exports_answer_raw_pixels(
+        folder / "segment" / SEG_LOSSES[0], tmp_path / "unet",
+        dict(resize_to=[cfg.seg_size] * 2, center_crop=None, output_size=None, channels=3,
+             normalization="none"))
+    assert meta["activation"] == "sigmoid" and meta["output_shape"] == [None, cfg.seg_size,
+                                                                        cfg.seg_size, 1]

@@ -1,41 +1,54 @@
-"""Predict a folder of radiographs with a ``.keras`` model or an exported SavedModel.
+"""Predict a folder of radiographs with a ``.keras`` model or an exported model of any format.
 
-``predict_folder(model_path, images_dir, out_csv)`` reads every PNG / JPEG / DICOM under
-``images_dir`` (recursively, sorted by relative path), preprocesses each one as the training
-pipeline does for evaluation, and writes (atomically) a CSV with a ``path`` column (relative to
-``images_dir``, ``/``-separated) and one sigmoid probability column per label.
+``predict_folder(model, images_dir, out_csv)`` reads every PNG / JPEG / DICOM under ``images_dir``
+(recursively, sorted by relative path; DICOM by its ``.dcm`` / ``.dicom`` suffix or, without a
+suffix, by its ``DICM`` magic) and writes (atomically) a CSV with a ``path`` column (relative to
+``images_dir``, ``/``-separated) and one probability column per label.
 
-Preprocessing, in order (the package's convention, :mod:`cxr_keras.data.cache` then
-:mod:`cxr_keras.data.pipeline` with ``training=False``):
+``model`` is a ``.keras`` file (a run's ``checkpoints/best.keras``: the run's preprocessing and
+labels are read from its folder) or what ``cxr-keras export`` wrote: the export folder, its
+``savedmodel/`` folder, ``model.onnx`` or ``model.tflite``. An exported model takes the decoded
+``uint8`` pixels as they are and preprocesses them in its graph; a ``.keras`` model gets the same
+preprocessing here in Python (:func:`preprocess`, the package's evaluation convention):
 
-1. :func:`~cxr_keras.data.images.read_image` -> grey ``uint8``;
-2. resize with OpenCV bicubic (``INTER_CUBIC``) on ``uint8``: when the model's metadata names a
-   cache size and a centre crop (``export.json`` ``preprocessing``, or the run folder's
-   ``config.json`` for ``RUN/checkpoints/*.keras``; fzlpr: 256 then 224), the image is resized
-   to the cache size (scaled by input/crop if ``size`` differs) and centre cropped, exactly as in
-   evaluation; otherwise it is resized straight to the model's input size;
-3. grey -> as many channels as the model takes (3: the grey value repeated);
-4. normalisation (:func:`cxr_keras.data.pipeline.normalize`, ImageNet mean/std by default).
+1. :func:`~cxr_keras.data.images.read_image` -> grey ``uint8`` (DICOM through pydicom's display
+   pipeline);
+2. resize to the run's cache size with OpenCV bicubic (``INTER_CUBIC``) on ``uint8``, as the cache;
+3. the evaluation centre crop, or mtpret's last bilinear resize (``tf.image.resize``);
+4. grey -> as many channels as the model takes; 5. the run's normalisation.
 
-Label names come from, in order: the ``labels`` argument, ``export.json`` of a SavedModel,
+Label names come from, in order: the ``labels`` argument, the export's ``export.json``,
 ``labels.json`` beside the model (a list, or ``{"labels": [...]}``), the run folder of
 ``RUN/checkpoints/*.keras`` (``predictions/test.npz`` / ``metrics.json``), else ``class_0``...
+A file that cannot be read stops the run with an error naming it (``on_error="stop"``), or is
+reported by name on stderr and in ``OUT.errors.csv`` and left out (``on_error="skip"``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import special
 
-from ..data.images import DICOM_SUFFIXES, read_image
+from ..data.images import DICOM_SUFFIXES, read_dicom, read_image
 from ..io import DataError, atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
+
+
+def _is_dicom_without_suffix(path: Path) -> bool:
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def list_images(images_dir) -> list[Path]:
@@ -43,53 +56,19 @@ def list_images(images_dir) -> list[Path]:
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"images folder not found: {images_dir}")
-    files = [p for p in images_dir.rglob("*")
-             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    files = [p for p in images_dir.rglob("*") if p.is_file() and (
+        p.suffix.lower() in IMAGE_SUFFIXES or _is_dicom_without_suffix(p))]
     files.sort(key=lambda p: p.relative_to(images_dir).as_posix())
     if not files:
         raise DataError(f"no PNG, JPEG or DICOM image under {images_dir}")
     return files
 
 
-class SavedModelPredictor:
-    """A SavedModel's ``serve`` endpoint behind ``predict_on_batch`` (what TTAPredictor calls)."""
-
-    def __init__(self, path):
-        import tensorflow as tf
-
-        self._tf = tf
-        self.path = Path(path)
-        try:
-            self._loaded = tf.saved_model.load(str(self.path))
-        except Exception as e:
-            raise DataError(f"cannot load SavedModel {self.path}: {e}") from e
-        if hasattr(self._loaded, "serve"):
-            self._fn = self._loaded.serve
-            spec = self._fn.input_signature[0] if self._fn.input_signature else None
-            self._dict_out = False
-        else:
-            sig = self._loaded.signatures.get("serving_default")
-            if sig is None:
-                raise DataError(f"SavedModel {self.path} has neither a 'serve' endpoint nor a "
-                                "'serving_default' signature")
-            self._fn = sig
-            specs = list(sig.structured_input_signature[1].values())
-            spec = specs[0] if len(specs) == 1 else None
-            self._dict_out = True
-        self.input_shape = (None if spec is None
-                            else [None if d is None else int(d) for d in spec.shape])
-
-    def predict_on_batch(self, x):
-        tf = self._tf
-        if self._dict_out:
-            (name, spec), = self._fn.structured_input_signature[1].items()
-            out = self._fn(**{name: tf.convert_to_tensor(x, tf.float32)})
-            if len(out) != 1:
-                raise DataError(f"SavedModel {self.path} has {len(out)} outputs; expected one")
-            out = next(iter(out.values()))
-        else:
-            out = self._fn(tf.convert_to_tensor(x, tf.float32))
-        return np.asarray(out)
+def _read(path: Path) -> np.ndarray:
+    img = read_dicom(path) if not path.suffix and _is_dicom_without_suffix(path) else read_image(path)
+    if img.size == 0:
+        raise DataError(f"empty image: {path}")
+    return img
 
 
 def _read_json(path):
@@ -99,145 +78,200 @@ def _read_json(path):
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def load_predictor(model_path):
-    """``(model, metadata)`` for a ``.keras`` file or a SavedModel folder.
+class KerasPredictor:
+    """A ``.keras`` model with the Python preprocessing of its run."""
 
-    ``model`` has ``predict_on_batch``; ``metadata`` holds what is known of ``input_shape``,
-    ``labels``, ``normalization`` and ``preprocessing``.
-    """
-    from ..export import EXPORT_JSON, load_keras_model, output_activation, run_labels, run_preprocessing
+    def __init__(self, path, size=None):
+        from ..export import load_keras_model, output_activation, read_run_config, run_labels, run_preprocessing
 
+        self.path = Path(path)
+        self.model = load_keras_model(self.path)
+        shape = [None if d is None else int(d) for d in self.model.inputs[0].shape]
+        if len(shape) != 4:
+            raise DataError(f"{self.path}: expected an image model with (N, H, W, C) input, got {shape}")
+        run_dir = self.path.parent.parent if self.path.parent.name == "checkpoints" else None
+        config = read_run_config(run_dir) if run_dir is not None else {}
+        self.preprocessing = run_preprocessing(config, shape) if size is None else None
+        if self.preprocessing is None:
+            h, w = shape[1:3]
+            if size is not None:
+                if (h is not None and h != size) or (w is not None and w != size):
+                    raise DataError(f"--size {size} does not fit the model {self.path}, whose "
+                                    f"input is {h}x{w}")
+                h = w = int(size)
+            if h is None or w is None:
+                raise DataError(f"the model {self.path} takes any input size; pass size=")
+            self.preprocessing = dict(resize_to=[h, w], center_crop=None, output_size=None,
+                                      channels=shape[3] or 3,
+                                      normalization=config.get("normalization", "imagenet"))
+        self.activation = None if output_activation(self.model) else "sigmoid"
+        self.labels = run_labels(run_dir) if run_dir is not None else None
+        self.raw = False
+
+    def predict_on_batch(self, x):
+        return np.asarray(self.model.predict_on_batch(x))
+
+
+class ExportedPredictor:
+    """What ``cxr-keras export`` wrote: raw ``uint8`` images in, probabilities out."""
+
+    def __init__(self, path):
+        from ..export import EXPORT_JSON, load_exported
+
+        path = Path(path)
+        if path.is_dir() and not (path / "saved_model.pb").exists():  # the export folder
+            meta = _read_json(path / EXPORT_JSON)
+            if not meta.get("formats"):
+                raise DataError(f"{path / EXPORT_JSON} lists no exported format")
+            fmt, name = next(iter(meta["formats"].items()))
+            path = path / name
+        else:
+            fmt = "savedmodel" if path.is_dir() else {".onnx": "onnx", ".tflite": "litert"}[path.suffix]
+            found = [p for p in (path / "assets.extra" / EXPORT_JSON, path.parent / EXPORT_JSON)
+                     if p.is_file()]
+            meta = _read_json(found[0]) if found else {}
+        if meta and "formats" not in meta:
+            raise DataError(f"{path} was exported by an older cxr-keras (float input): export the "
+                            "run again with cxr-keras export")
+        self.path, self.format, self.meta = path, fmt, meta
+        self.run = load_exported(path, fmt)
+        self.labels = meta.get("labels")
+        self.preprocessing = meta.get("preprocessing")
+        self.activation = None  # probabilities already
+        self.raw = True
+
+    def predict_raw(self, images):
+        return np.asarray(self.run(np.stack(images)))
+
+    def predict_on_batch(self, x):  # the preprocessed model input (test-time augmentation)
+        loaded = getattr(self.run, "loaded", None)
+        if loaded is None or not hasattr(loaded, "serve_model_input") or not self.preprocessing:
+            raise DataError(f"test-time augmentation needs the .keras model or an exported "
+                            f"SavedModel, not {self.path}")
+        import tensorflow as tf
+
+        return np.asarray(loaded.serve_model_input(tf.constant(x, tf.float32)))
+
+
+def load_predictor(model_path, size=None):
+    """A :class:`KerasPredictor` for a ``.keras`` file, an :class:`ExportedPredictor` for an
+    export folder, a SavedModel folder, ``.onnx`` or ``.tflite``; DataError naming anything else."""
     model_path = Path(model_path)
-    meta = {"input_shape": None, "labels": None, "normalization": "imagenet",
-            "preprocessing": None, "activation": "sigmoid"}
-    if model_path.is_dir():
-        if not (model_path / "saved_model.pb").exists():
-            raise DataError(f"{model_path} is a folder but not a SavedModel (no saved_model.pb)")
-        model = SavedModelPredictor(model_path)
-        meta["input_shape"] = model.input_shape
-        if (model_path / EXPORT_JSON).exists():
-            exp = _read_json(model_path / EXPORT_JSON)
-            for key in ("labels", "normalization", "preprocessing"):
-                if exp.get(key) is not None:
-                    meta[key] = exp[key]
-            if exp.get("outputs") == "probabilities":
-                meta["activation"] = None
-            if exp.get("input_shape"):
-                meta["input_shape"] = exp["input_shape"]
-    elif model_path.suffix == ".keras":
-        model = load_keras_model(model_path)
-        meta["input_shape"] = [None if d is None else int(d) for d in model.inputs[0].shape]
-        if output_activation(model):
-            meta["activation"] = None
-        run_dir = model_path.parent.parent if model_path.parent.name == "checkpoints" else None
-        if run_dir is not None and (run_dir / "config.json").exists():
-            config = _read_json(run_dir / "config.json")
-            meta["preprocessing"] = run_preprocessing(config)
-            meta["normalization"] = config.get("normalization", "imagenet")
-            meta["labels"] = run_labels(run_dir)
-    elif not model_path.exists():
+    if not model_path.exists():
         raise DataError(f"model not found: {model_path}")
+    if model_path.suffix == ".keras" and model_path.is_file():
+        predictor = KerasPredictor(model_path, size)
+    elif model_path.is_dir() and not ((model_path / "saved_model.pb").exists()
+                                      or (model_path / "export.json").exists()):
+        raise DataError(f"{model_path} is a folder but neither an export nor a SavedModel "
+                        "(no export.json, no saved_model.pb)")
+    elif model_path.is_dir() or model_path.suffix in (".onnx", ".tflite"):
+        predictor = ExportedPredictor(model_path)
     else:
-        raise DataError(f"{model_path}: expected a .keras file or a SavedModel folder")
+        raise DataError(f"{model_path}: expected a .keras file, an export folder, a SavedModel "
+                        "folder, a .onnx or a .tflite file")
     side = model_path if model_path.is_dir() else model_path.parent
     if (side / "labels.json").exists():
         found = _read_json(side / "labels.json")
         found = found.get("labels") if isinstance(found, dict) else found
-        if meta["labels"] is None or model_path.is_file():
-            meta["labels"] = found
-    return model, meta
+        if predictor.labels is None or model_path.is_file():
+            predictor.labels = found
+    return predictor
 
 
-def _target_hw(input_shape, size, model_path):
-    shape = list(input_shape) if input_shape else [None, None, None, 3]
-    if len(shape) != 4:
-        raise DataError(f"{model_path}: expected an image model with (N, H, W, C) input, "
-                        f"got {shape}")
-    h, w, c = shape[1], shape[2], shape[3] or 3
-    if size is not None:
-        size = int(size)
-        if (h is not None and h != size) or (w is not None and w != size):
-            raise DataError(f"--size {size} does not fit the model {model_path}, whose input is "
-                            f"{h}x{w}")
-        h = w = size
-    if h is None or w is None:
-        raise DataError(f"the model {model_path} takes any input size; pass size=")
-    return int(h), int(w), int(c)
-
-
-def preprocess(img: np.ndarray, hw, channels: int = 3, preprocessing=None,
-               normalization: str = "imagenet") -> np.ndarray:
-    """One grey ``uint8`` image -> float32 (H, W, channels) model input (see module docstring)."""
+def preprocess(img: np.ndarray, preprocessing: dict) -> np.ndarray:
+    """One grey ``uint8`` image -> the float32 (h, w, channels) model input; ``preprocessing``:
+    :class:`~cxr_keras.layers.raw_image.RawImagePreprocessing`'s arguments (module docstring)."""
     from ..data.pipeline import normalize
 
-    h, w = hw
-    pre = preprocessing or {}
-    resize_to, crop = pre.get("resize_to"), pre.get("center_crop")
-    if resize_to and crop:
-        # The cache size scaled to this input: 256 / 224 times the input side.
-        rh, rw = int(round(h * resize_to / crop)), int(round(w * resize_to / crop))
-        img = _resize(img, rh, rw, pre.get("resize", "squash"))
-        oy, ox = (rh - h) // 2, (rw - w) // 2
-        img = img[oy:oy + h, ox:ox + w]
-    else:
-        img = _resize(img, h, w, pre.get("resize", "squash"))
+    def pair(v):
+        return None if v is None else (int(v), int(v)) if isinstance(v, int) else tuple(map(int, v))
+
+    rh, rw = pair(preprocessing["resize_to"])
+    crop, size = pair(preprocessing.get("center_crop")), pair(preprocessing.get("output_size"))
+    if img.shape != (rh, rw):
+        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_CUBIC)
+    if crop:
+        oy, ox = (rh - crop[0]) // 2, (rw - crop[1]) // 2
+        img = img[oy:oy + crop[0], ox:ox + crop[1]]
     x = img.astype(np.float32)[..., None]
+    if size:
+        import tensorflow as tf
+
+        x = tf.image.resize(x, size, method="bilinear").numpy()
+    channels = int(preprocessing.get("channels", 3))
     if channels != 1:
         x = np.repeat(x, channels, axis=-1)
-    return np.asarray(normalize(x, normalization), np.float32)
+    return np.asarray(normalize(x, preprocessing.get("normalization", "imagenet")), np.float32)
 
 
-def _resize(img, h, w, mode="squash"):
-    if img.shape == (h, w):
-        return img
-    if mode == "pad" and img.shape[0] != img.shape[1]:  # letterbox, as the cache's resize="pad"
-        s = min(h / img.shape[0], w / img.shape[1])
-        nh, nw = max(1, int(round(img.shape[0] * s))), max(1, int(round(img.shape[1] * s)))
-        out = np.zeros((h, w), np.uint8)
-        top, left = (h - nh) // 2, (w - nw) // 2
-        out[top:top + nh, left:left + nw] = cv2.resize(img, (nw, nh),
-                                                       interpolation=cv2.INTER_CUBIC)
-        return out
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_CUBIC)
+def _read_all(files, on_error: str):
+    """(images, errors): the decoded images of ``files`` (None where one failed, when skipping)."""
+    images, errors = [], []
+    for path in files:
+        try:
+            images.append(_read(path))
+        except DataError as e:
+            if on_error == "stop":
+                raise
+            print(f"skipped {path}: {e}", file=sys.stderr, flush=True)
+            images.append(None)
+            errors.append((path, str(e)))
+    return images, errors
 
 
-def _batches(files, batch_size, hw, channels, preprocessing, normalization):
-    for start in range(0, len(files), batch_size):
-        xs = []
-        for path in files[start:start + batch_size]:
-            img = read_image(path)  # DataError naming the file
-            if img.size == 0:
-                raise DataError(f"empty image: {path}")
-            xs.append(preprocess(img, hw, channels, preprocessing, normalization))
-        yield np.stack(xs)
+def _predict_raw(predictor, images, batch_size):
+    """Probabilities of raw images: consecutive images of one size go in one batch."""
+    out, start = [], 0
+    while start < len(images):
+        stop = start + 1
+        while (stop < len(images) and stop - start < batch_size
+               and images[stop].shape == images[start].shape):
+            stop += 1
+        out.append(predictor.predict_raw(images[start:stop]))
+        start = stop
+    return np.concatenate(out)
 
 
 def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_size: int = 16,
-                   size=None, labels=None, zoom: float = 0.1) -> Path:
-    """Write the probabilities of every image under ``images_dir`` to ``out_csv`` (sigmoid of
-    the logits, or the model's own softmax / sigmoid output).
+                   size=None, labels=None, zoom: float = 0.1, on_error: str = "stop") -> Path:
+    """Write the probabilities of every image under ``images_dir`` to ``out_csv`` (module
+    docstring); returns ``out_csv``.
 
     ``tta=True`` averages the probabilities over the test-time views of
-    :class:`~cxr_keras.inference.tta.TTAPredictor` (original, hflip, zoom in/out by ``zoom``).
-    ``size`` overrides the input side of a model that accepts any size. Returns ``out_csv``.
+    :class:`~cxr_keras.inference.tta.TTAPredictor` (original, hflip, zoom in/out by ``zoom``;
+    a ``.keras`` model or an exported SavedModel). ``size`` overrides the input side of a
+    ``.keras`` model that accepts any size. ``on_error``: ``"stop"`` or ``"skip"``.
     """
     from .tta import TTAPredictor
 
     if int(batch_size) < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    if on_error not in ("stop", "skip"):
+        raise DataError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     files = list_images(images_dir)
-    model, meta = load_predictor(model_path)
-    h, w, c = _target_hw(meta["input_shape"], size, model_path)
-    batches = _batches(files, int(batch_size), (h, w), c, meta["preprocessing"],
-                       meta["normalization"])
-    activate = special.expit if meta["activation"] == "sigmoid" else (lambda v: v)
-    if tta:
-        probs = TTAPredictor(model, zoom=zoom, activation=meta["activation"]).predict(batches)
+    predictor = load_predictor(model_path, size)
+    images, errors = _read_all(files, on_error)
+    kept = [(f, img) for f, img in zip(files, images) if img is not None]
+    if not kept:
+        raise DataError(f"none of the {len(files)} images under {images_dir} could be read")
+    files, images = [f for f, _ in kept], [img for _, img in kept]
+    if tta or not predictor.raw:
+        x = np.stack([preprocess(img, predictor.preprocessing) for img in images])
+        if tta:
+            probs = TTAPredictor(predictor, zoom=zoom, activation=predictor.activation).predict(
+                x, batch_size=int(batch_size))
+        else:
+            activate = special.expit if predictor.activation == "sigmoid" else np.asarray
+            probs = np.concatenate([activate(np.asarray(predictor.predict_on_batch(
+                x[i:i + int(batch_size)]), np.float64)) for i in range(0, len(x), int(batch_size))])
     else:
-        probs = np.concatenate([activate(np.asarray(model.predict_on_batch(x), np.float64))
-                                for x in batches])
-    probs = np.asarray(probs, np.float64).reshape(len(files), -1)
-    names = labels if labels is not None else meta["labels"]
+        probs = _predict_raw(predictor, images, int(batch_size))
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2:
+        raise DataError(f"{model_path} outputs {probs.shape[1:]} per image (a map, not one "
+                        "probability per label): predict writes per-image probabilities")
+    names = labels if labels is not None else predictor.labels
     if names is None:
         names = [f"class_{i}" for i in range(probs.shape[1])]
     names = [str(n) for n in names]
@@ -248,6 +282,12 @@ def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_siz
         raise DataError("a label may not be called 'path' (the CSV's first column)")
     root = Path(images_dir)
     out_csv = Path(out_csv)
+    if errors:
+        with atomic_path(out_csv.with_name(out_csv.name + ".errors.csv")) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "error"])
+                writer.writerows((p.relative_to(root).as_posix(), e) for p, e in errors)
     with atomic_path(out_csv) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
