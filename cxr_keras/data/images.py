@@ -143,16 +143,49 @@ def imdecode_checked(data: np.ndarray, path, what: str = "image") -> np.ndarray:
 
 
 def read_dicom(path) -> np.ndarray:
-    """Decode a DICOM file to grey ``uint8``.
+    """Decode a DICOM file to grey ``uint8`` through pydicom's own display pipeline.
 
-    Takes the first frame of a multi-frame file, applies Rescale Slope/Intercept, then the file's
-    first Window Center/Width if present with its VOI LUT Function (LINEAR, LINEAR_EXACT or
-    SIGMOID, DICOM PS3.3 C.11.2.1.2-3; a LINEAR width of 1 is a threshold), else the full min-max
-    range, scaled to 0..255; and inverts MONOCHROME1 so that air is dark as in MONOCHROME2. A
-    Modality or VOI LUT Sequence is not applied (rescale / window attributes only).
+    1. Pixels: the first frame when NumberOfFrames > 1, decoded by pydicom from any transfer
+       syntax it has a decoder for; compressed ones (JPEG, JPEG-LS, JPEG 2000) need the plugins of
+       the ``dicom`` extra (``pip install "cxr-keras[dicom]"``, named in the error when missing).
+    2. Colour (SamplesPerPixel > 1): YBR_FULL / YBR_FULL_422 converted to RGB by pydicom's
+       ``convert_color_space``, then grey as the BT.601 luma (0.299 R + 0.587 G + 0.114 B, as for
+       PNG and JPEG), scaled from 0 .. 2**BitsStored - 1; colour images have no modality or VOI
+       stage (DICOM PS3.3 C.11.1, C.11.2 apply to grey images).
+    3. Grey: ``apply_modality_lut`` (Modality LUT Sequence, else Rescale Slope / Intercept), then
+       ``apply_voi_lut`` with the first view: a VOI LUT Sequence when present (it wins over a
+       window, as in pydicom), else the first Window Center / Width with VOILUTFunction LINEAR
+       (the default, also for an unknown value), LINEAR_EXACT or SIGMOID (PS3.3 C.11.2.1.2-3).
+       The VOI output is scaled to 0..255 over its output range: 0 .. 2**n - 1 for a LUT whose
+       descriptor gives n bits per entry; for a window, the range pydicom maps the window onto
+       (what it returns for -inf and +inf: the stored bit range through the rescale, or the
+       Modality LUT's bit range). A window that is invalid (width < 1 for LINEAR, <= 0 otherwise,
+       not a number) is ignored; with no VOI the modality output's own min-max range is used.
+    4. Polarity, one inversion at most: the grey is inverted (255 - y) when Photometric
+       Interpretation is MONOCHROME1 *or* Presentation LUT Shape (2050,0020) is INVERSE, so that
+       air is dark. In an image object the two describe the same inversion: the General Image
+       and DX Image modules (PS3.3 C.7.6.1, C.8.11.3) require INVERSE with MONOCHROME1 and
+       IDENTITY with MONOCHROME2, and the Presentation LUT (C.11.6) is the last step, applied to
+       the VOI output. So MONOCHROME1 + INVERSE is inverted once (not twice), MONOCHROME2 +
+       INVERSE is inverted (what the shape says), and the non-conformant MONOCHROME1 + IDENTITY
+       is inverted (the Photometric Interpretation, a type 1 attribute that defines the stored
+       values, is trusted over the type 3 shape). A Presentation LUT Sequence is not applied.
     """
     path = Path(path)
     return _decode_dicom(str(path), path)
+
+
+def _pydicom_pixels():
+    """pydicom's pixel functions: ``pydicom.pixels`` (pydicom >= 3) or
+    ``pydicom.pixel_data_handlers.util`` (2.4, setup.cfg's lower bound)."""
+    try:
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+    except ImportError:  # pydicom 2.4
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut, convert_color_space
+    return apply_modality_lut, apply_voi_lut, convert_color_space
+
+
+DICOM_EXTRA = 'pip install "cxr-keras[dicom]"'
 
 
 def _decode_dicom(source, path) -> np.ndarray:
@@ -173,54 +206,118 @@ def _decode_dicom(source, path) -> np.ndarray:
         raise DataError(f"DICOM file declares an empty image ({cols} x {rows}): {path}")
     check_pixels(rows, cols, path, frames)
     try:
-        arr = ds.pixel_array.astype(np.float64)
-        return _dicom_to_uint8(ds, arr, path)
+        arr, photometric = _first_frame(ds, frames, path)
+        return _dicom_to_uint8(ds, arr, photometric, path)
     except DataError:
         raise
     except Exception as e:  # pydicom raises a variety of errors for broken files and attributes
         raise DataError(f"cannot read DICOM file {path}: {type(e).__name__}: {e}") from e
 
 
-def _dicom_to_uint8(ds, arr: np.ndarray, path) -> np.ndarray:
-    # pydicom gives (frames, rows, cols[, samples]) when NumberOfFrames > 1, and a samples axis
-    # last when SamplesPerPixel > 1: decide by those attributes, not by the array's shape.
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]  # the first frame
-    if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
-        arr = arr[..., :3].mean(axis=-1)  # the grey of RGB
-    if arr.ndim != 2:
-        raise DataError(f"cannot read DICOM file {path}: pixel data of shape {arr.shape} is not one "
-                        f"grey image")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    arr = arr * slope + intercept
-    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
-    function = str(getattr(ds, "VOILUTFunction", "") or "LINEAR").strip().upper()
-    if center is not None and width is not None and (width >= 1 if function not in _VOI_NONLINEAR
-                                                     else width > 0):
-        scaled = _voi_window(arr, center, width, function) * 255.0
-    else:  # no (valid) window: the full range
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.clip((arr - lo) / max(hi - lo, 1e-6), 0.0, 1.0) * 255.0
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+def _missing_decoder(path, tsyntax, detail: str = "") -> DataError:
+    return DataError(f"cannot decode DICOM file {path}: its transfer syntax {tsyntax.name} ({tsyntax}) "
+                     f"needs a decoder plugin that is not installed; install the 'dicom' extra: "
+                     f"{DICOM_EXTRA}" + (f" ({detail})" if detail else ""))
+
+
+def _first_frame(ds, frames: int, path) -> tuple[np.ndarray, str]:
+    """The first frame as pydicom decodes it, and its Photometric Interpretation after decoding
+    (pydicom 3 may convert YBR to RGB): (rows, cols) or (rows, cols, samples)."""
+    from pydicom.uid import UID
+
+    tsyntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2.4: the pixel data handlers
+        try:
+            arr = ds.pixel_array
+        except (NotImplementedError, RuntimeError) as e:  # no handler, or its package missing
+            if tsyntax.is_compressed:
+                raise _missing_decoder(path, tsyntax, str(e).strip().splitlines()[0]) from None
+            raise
+        return (arr[0] if frames > 1 else arr), str(ds.PhotometricInterpretation)
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise DataError(f"cannot decode DICOM file {path}: pydicom has no decoder for its transfer "
+                        f"syntax {tsyntax.name} ({tsyntax})") from None
+    if not decoder.is_available:
+        raise _missing_decoder(path, tsyntax, "; ".join(decoder.missing_dependencies))
+    arr, meta = decoder.as_array(ds, index=0)
+    return arr, str(meta.get("photometric_interpretation", ds.PhotometricInterpretation))
+
+
+def _dicom_to_uint8(ds, arr: np.ndarray, photometric: str, path) -> np.ndarray:
+    apply_modality_lut, apply_voi_lut, convert_color_space = _pydicom_pixels()
+    photometric = photometric.strip().upper()
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if samples > 1:  # decided by the header, not by the array's shape
+        if arr.ndim != 3:
+            raise DataError(f"cannot read DICOM file {path}: SamplesPerPixel {samples} but pixel "
+                            f"data of shape {arr.shape}")
+        rgb = arr[..., :3]
+        if photometric in ("YBR_FULL", "YBR_FULL_422"):
+            rgb = convert_color_space(rgb, photometric, "RGB")
+        grey = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        top = float((1 << int(ds.BitsStored)) - 1)
+        scaled = np.clip(grey / top, 0.0, 1.0) * 255.0
+    else:
+        if arr.ndim != 2:
+            raise DataError(f"cannot read DICOM file {path}: pixel data of shape {arr.shape} is "
+                            f"not one grey image")
+        scaled = _grey_display(ds, arr, photometric, apply_modality_lut, apply_voi_lut) * 255.0
+    shape = str(getattr(ds, "PresentationLUTShape", "") or "").strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":  # one inversion (read_dicom, step 4)
         scaled = 255.0 - scaled
     return np.round(scaled).astype(np.uint8)
 
 
-_VOI_NONLINEAR = ("LINEAR_EXACT", "SIGMOID")
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
 
 
-def _voi_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """The VOI window of DICOM PS3.3 C.11.2.1.2.1 (LINEAR, the default and any unknown value),
-    C.11.2.1.3.2 (LINEAR_EXACT) and C.11.2.1.3.1 (SIGMOID), as a fraction 0..1 of the output."""
-    if function == "SIGMOID":
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width == 1:  # LINEAR with width 1 is a threshold: x <= c - 0.5 -> ymin, else ymax
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+def _grey_display(ds, arr, photometric, apply_modality_lut, apply_voi_lut) -> np.ndarray:
+    """Modality then VOI stage of a grey image, as a fraction 0..1 of the VOI output range."""
+    values = apply_modality_lut(arr, ds)
+    voi = _voi_kind(ds) if photometric in ("MONOCHROME1", "MONOCHROME2") else None
+    if voi == "lut":
+        if not np.issubdtype(values.dtype, np.integer):  # rescaled: LUT inputs are integers
+            values = np.floor(values).astype(np.int64)
+        out = apply_voi_lut(values, ds, index=0).astype(np.float64)
+        lo, hi = 0.0, float((1 << int(ds.VOILUTSequence[0].LUTDescriptor[2])) - 1)
+    elif voi == "window":
+        with np.errstate(over="ignore"):  # SIGMOID far outside its window
+            out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+            lo, hi = (float(v) for v in apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0,
+                                                      prefer_lut=False))
+    else:
+        out = values.astype(np.float64)
+        lo, hi = float(out.min()), float(out.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi == lo:
+        lo, hi = float(out.min()), float(out.max())  # degenerate range (slope 0): min-max
+    return np.clip((out - lo) / (hi - lo if hi != lo else 1e-6), 0.0, 1.0)
+
+
+def _voi_kind(ds) -> str | None:
+    """``"lut"``, ``"window"`` or None: which VOI stage ``apply_voi_lut`` will apply, after
+    normalising the window attributes (an unknown VOILUTFunction becomes LINEAR, the default; an
+    invalid window is removed from this in-memory dataset)."""
+    seq = ds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+        return "lut"
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in _VOI_FUNCTIONS:
+        function = "LINEAR"
+    if "VOILUTFunction" in ds:
+        ds.VOILUTFunction = function
+    valid = (center is not None and width is not None and np.isfinite(center) and np.isfinite(width)
+             and (width >= 1 if function == "LINEAR" else width > 0))
+    if not valid:
+        for keyword in ("WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        return None
+    return "window"
 
 
 def _first(value):
