@@ -352,22 +352,64 @@ def write_image(path, img: np.ndarray, *, rgb: bool = False, bits: int = 8, qual
     return path
 
 
-def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id: str = "",
-                sop_uid: str | None = None, bits: int = 12) -> Path:
-    """Write a grey ``uint8`` image as a minimal valid DICOM (CR, explicit VR little endian).
+DICOM_COMPRESSIONS = {"rle": "RLELossless", "jpeg2000": "JPEG2000Lossless", "jpegls": "JPEGLSLossless"}
 
-    Pixel values are stored on ``bits`` bits with a rescale slope/intercept of 1/0 and a window
-    covering the range; ``monochrome1=True`` stores inverted pixels tagged MONOCHROME1 (as some
-    PediCXR files are), so a correct reader recovers the same picture.
+
+def can_compress_dicom(compression: str) -> bool:
+    """Whether :func:`write_dicom` can write ``compression`` (a key of
+    :data:`DICOM_COMPRESSIONS`) here: pydicom >= 3 with the encoder's plugin installed
+    (JPEG 2000: pylibjpeg-openjpeg; JPEG-LS: pyjpegls; RLE: none). Reading any of them back
+    needs a decoder too (the ``dicom`` extra; RLE: none)."""
+    try:
+        import pydicom.uid
+        from pydicom.pixels import get_decoder, get_encoder
+    except ImportError:  # pydicom 2.4
+        return False
+    uid = getattr(pydicom.uid, DICOM_COMPRESSIONS[compression])
+    return get_encoder(uid).is_available and get_decoder(uid).is_available
+
+
+def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id: str = "",
+                sop_uid: str | None = None, bits: int = 12, modality: str = "rescale",
+                voi: str = "window", presentation_inverse: bool = False, frames: int = 1,
+                rgb: bool = False, compression: str | None = None) -> Path:
+    """Write a grey ``uint8`` image as a minimal valid DICOM (DX, explicit VR little endian),
+    which :func:`read_dicom` decodes back to (about) the same picture, whatever the options.
+
+    Grey pixels are stored on ``bits`` bits. The options exercise the display pipeline:
+
+    - ``monochrome1=True``: inverted pixels tagged MONOCHROME1 (as some PediCXR files are);
+      ``presentation_inverse=True``: Presentation LUT Shape INVERSE (with MONOCHROME1 the DX
+      form of the same one inversion, with MONOCHROME2 an inversion of its own).
+    - ``modality``: ``"rescale"`` (slope 1, intercept 0) or ``"lut"`` (a Modality LUT Sequence
+      of 16-bit entries that reverses the stored values: a reader that skips it sees a negative).
+    - ``voi``: ``"window"`` (LINEAR over the whole range), ``"sigmoid"`` (VOILUTFunction SIGMOID;
+      the values are stored through its inverse, so the picture is recovered within a grey
+      level), ``"lut"`` (a VOI LUT Sequence of 16-bit entries squaring the square-root-coded
+      values) or ``None`` (no VOI: the reader stretches min-max, the same picture only when
+      ``img`` spans 0..255).
+    - ``frames``: NumberOfFrames; frame 0 is ``img``, the others its negative.
+    - ``rgb=True``: SamplesPerPixel 3, 8-bit RGB of grey content (no modality or VOI stage; the
+      grey options above are refused).
+    - ``compression``: None, ``"rle"``, ``"jpeg2000"`` or ``"jpegls"`` (lossless; see
+      :func:`can_compress_dicom`).
     """
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    maxval = (1 << bits) - 1
-    pix = np.round(img.astype(np.float64) / 255.0 * maxval).astype(np.uint16)
-    if monochrome1:
-        pix = (maxval - pix).astype(np.uint16)
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise ValueError(f"write_dicom expects a 2-D uint8 array, got {img.dtype} {img.shape}")
+    if modality not in ("rescale", "lut"):
+        raise ValueError(f"modality must be 'rescale' or 'lut', got {modality!r}")
+    if voi not in ("window", "sigmoid", "lut", None):
+        raise ValueError(f"voi must be 'window', 'sigmoid', 'lut' or None, got {voi!r}")
+    if compression is not None and compression not in DICOM_COMPRESSIONS:
+        raise ValueError(f"compression must be None or one of {sorted(DICOM_COMPRESSIONS)}, got {compression!r}")
+    if rgb and (monochrome1 or modality != "rescale" or voi != "window" or presentation_inverse):
+        raise ValueError("rgb=True stores colour without modality / VOI / inversion options")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
     meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
@@ -378,13 +420,32 @@ def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id:
     ds.Modality = "DX"
     ds.PatientID = patient_id
     ds.Rows, ds.Columns = int(img.shape[0]), int(img.shape[1])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
     ds.PixelRepresentation = 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-    ds.WindowCenter, ds.WindowWidth = (maxval + 1) / 2.0, float(maxval + 1)
+    if rgb:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        pix = np.repeat(img[..., None], 3, axis=-1)
+        others = 255 - pix
+    else:
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+        pix = _grey_to_stored(ds, img, bits, modality, voi, inverted=monochrome1 or presentation_inverse)
+        others = _grey_to_stored(ds.copy(), img, bits, modality, voi,
+                                 inverted=not (monochrome1 or presentation_inverse))
+        if presentation_inverse:
+            ds.PresentationLUTShape = "INVERSE"
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        pix = np.stack([pix] + [others] * (frames - 1))
+    pix = np.ascontiguousarray(pix)
     ds.PixelData = pix.tobytes()
+    if compression is not None:
+        if not can_compress_dicom(compression):
+            raise DataError(f"cannot write {path} with {compression} compression: it needs pydicom >= 3 "
+                            f"and the encoder plugin ({DICOM_EXTRA})")
+        ds.compress(getattr(pydicom.uid, DICOM_COMPRESSIONS[compression]), pix,
+                    generate_instance_uid=False)
     with atomic_path(path, durable=False) as tmp:  # images can be written again
         if int(pydicom.__version__.split(".")[0]) >= 3:
             pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
@@ -392,3 +453,42 @@ def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id:
             ds.is_little_endian, ds.is_implicit_VR = True, False
             pydicom.dcmwrite(str(tmp), ds, write_like_original=False)
     return Path(path)
+
+
+def _grey_to_stored(ds, img: np.ndarray, bits: int, modality: str, voi, inverted: bool) -> np.ndarray:
+    """The stored values that the modality and VOI stages written into ``ds`` (by this function)
+    turn back into ``img`` (or its negative when ``inverted``: a stage after VOI inverts it)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    maxval = (1 << bits) - 1
+    v = img.astype(np.float64) / 255.0
+    if inverted:
+        v = 1.0 - v
+    if voi == "sigmoid":  # y = 1 / (1 + exp(-4 (x - c) / w)) inverted, y kept off 0 and 1
+        c = maxval / 2.0
+        y = np.clip(v, 0.25 / 255, 1 - 0.25 / 255)
+        w = 4.0 * c / np.log((1 - 0.25 / 255) / (0.25 / 255))
+        m = np.round(c + w / 4.0 * np.log(y / (1.0 - y)))
+        ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = f"{c:.1f}", f"{w:.4f}", "SIGMOID"
+    elif voi == "lut":  # VOI LUT: output = 65535 (i / maxval)^2 on the square-root-coded values
+        m = np.round(maxval * np.sqrt(v))
+        item = Dataset()
+        item.add_new(0x00283002, "US", [maxval + 1 if maxval < 65535 else 0, 0, 16])  # LUT Descriptor
+        lut = np.round(65535.0 * (np.arange(maxval + 1) / maxval) ** 2).astype("<u2")
+        item.add_new(0x00283006, "OW", lut.tobytes())  # LUT Data
+        ds.VOILUTSequence = Sequence([item])
+    else:
+        m = np.round(v * maxval)
+        if voi == "window":
+            ds.WindowCenter, ds.WindowWidth = (maxval + 1) / 2.0, float(maxval + 1)
+    m = np.clip(m, 0, maxval)
+    if modality == "lut":  # stored s = maxval - m, Modality LUT[s] = maxval - s
+        item = Dataset()
+        item.add_new(0x00283002, "US", [maxval + 1 if maxval < 65535 else 0, 0, 16])  # LUT Descriptor
+        item.add_new(0x00283006, "OW", (maxval - np.arange(maxval + 1)).astype("<u2").tobytes())
+        item.ModalityLUTType = "US"  # unspecified
+        ds.ModalityLUTSequence = Sequence([item])
+        return (maxval - m).astype(np.uint16)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    return m.astype(np.uint16)
