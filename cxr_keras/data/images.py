@@ -357,14 +357,14 @@ DICOM_COMPRESSIONS = {"rle": "RLELossless", "jpeg2000": "JPEG2000Lossless", "jpe
 
 def can_compress_dicom(compression: str) -> bool:
     """Whether :func:`write_dicom` can write ``compression`` (a key of
-    :data:`DICOM_COMPRESSIONS`) here: pydicom >= 3 with the encoder's plugin installed
-    (JPEG 2000: pylibjpeg-openjpeg; JPEG-LS: pyjpegls; RLE: none). Reading any of them back
+    :data:`DICOM_COMPRESSIONS`) here: RLE always; JPEG 2000 and JPEG-LS with pydicom >= 3 and
+    the encoder's plugin installed (pylibjpeg-openjpeg; pyjpegls). Reading any of them back
     needs a decoder too (the ``dicom`` extra; RLE: none)."""
     try:
         import pydicom.uid
         from pydicom.pixels import get_decoder, get_encoder
-    except ImportError:  # pydicom 2.4
-        return False
+    except ImportError:  # pydicom 2.4: its own RLE encoder only
+        return compression == "rle"
     uid = getattr(pydicom.uid, DICOM_COMPRESSIONS[compression])
     return get_encoder(uid).is_available and get_decoder(uid).is_available
 
@@ -443,9 +443,12 @@ def write_dicom(path, img: np.ndarray, *, monochrome1: bool = False, patient_id:
     if compression is not None:
         if not can_compress_dicom(compression):
             raise DataError(f"cannot write {path} with {compression} compression: it needs pydicom >= 3 "
-                            f"and the encoder plugin ({DICOM_EXTRA})")
-        ds.compress(getattr(pydicom.uid, DICOM_COMPRESSIONS[compression]), pix,
-                    generate_instance_uid=False)
+                            f"and the encoder and decoder plugins ({DICOM_EXTRA})")
+        uid = getattr(pydicom.uid, DICOM_COMPRESSIONS[compression])
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.compress(uid, pix, generate_instance_uid=False)
+        else:  # pydicom 2.4: RLE only
+            ds.compress(uid, pix)
     with atomic_path(path, durable=False) as tmp:  # images can be written again
         if int(pydicom.__version__.split(".")[0]) >= 3:
             pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
