@@ -172,6 +172,14 @@ def test_voi_lut_sequence_after_rescale_by_hand(tmp_path):
     np.testing.assert_array_equal(read_image(path), [[0, 0, 0, 62], [255, 128, 128, 128]])
 
 
+def test_eight_bit_voi_lut_with_more_than_256_entries(tmp_path):
+    raw = np.array([[0, 255, 256, 1000, 4095]], np.uint16)
+    seq = pydicom.Sequence([_lut_item([4096, 0, 8], np.arange(4096) // 16)])  # x // 16, 0..255
+    # entries past 255 are reached (pydicom 3.0.2's own apply_voi wraps them: 0, 15, 0, 14, 15)
+    np.testing.assert_array_equal(read_image(_plain(tmp_path / "l8.dcm", raw, VOILUTSequence=seq)),
+                                  [[0, 15, 16, 62, 255]])
+
+
 def test_modality_lut_sequence_by_hand(tmp_path):
     raw = np.array([[0, 1], [2, 3]], np.uint16)
     seq = pydicom.Sequence([_lut_item([4, 0, 16], [1000, 500, 250, 0])])

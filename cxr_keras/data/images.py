@@ -282,8 +282,14 @@ def _grey_display(ds, arr, photometric, apply_modality_lut, apply_voi_lut) -> np
     if voi == "lut":
         if not np.issubdtype(values.dtype, np.integer):  # rescaled: LUT inputs are integers
             values = np.floor(values).astype(np.int64)
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        bits = int(descriptor[2])
+        if bits == 8 and int(descriptor[0] or 65536) > 256:
+            # pydicom (3.0.2) indexes an 8-bit LUT with uint8 indices, which wrap past entry 255;
+            # the same entries read as 16-bit values (LUT Data holds one entry per 16-bit word)
+            ds.VOILUTSequence[0].LUTDescriptor = [int(descriptor[0]), int(descriptor[1]), 16]
         out = apply_voi_lut(values, ds, index=0).astype(np.float64)
-        lo, hi = 0.0, float((1 << int(ds.VOILUTSequence[0].LUTDescriptor[2])) - 1)
+        lo, hi = 0.0, float((1 << bits) - 1)
     elif voi == "window":
         with np.errstate(over="ignore"):  # SIGMOID far outside its window
             out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
