@@ -41,7 +41,11 @@ Reader choices (CHOICE, documented in the fidelity notes):
 
 Phantom: pediatric chests (``child=True``); disease -> phantom findings in :data:`FINDING_MAP`
 (Pneumonia -> Bacterial, i.e. lobar; Situs inversus -> a mirrored chest; Other disease -> one of a
-few adult findings). About 30% of the DICOMs are MONOCHROME1; about 10% of train images get a
+few adult findings). About 30% of the DICOMs are MONOCHROME1 (half of them also with Presentation LUT
+Shape INVERSE, the DX form), and a fixed share by position exercises the rest of the display
+pipeline (:func:`dicom_variant`): a VOI LUT Sequence, a SIGMOID window, a Modality LUT Sequence,
+two frames, and a lossless JPEG-LS (or JPEG 2000) file when its plugin is installed; every
+variant decodes to the same picture. About 10% of train images get a
 second row from another radiologist who adds a disease (to exercise the aggregation). Rare
 diseases are capped at ``min_test_positives - 1`` positives in the phantom test file, as in the
 real data, so the folding rule yields the six classes at any ``n``.
@@ -60,7 +64,7 @@ import pandas as pd
 from ...io import DataError, write_text
 from ...progress import parallel_map
 from .. import phantom
-from ..images import write_dicom
+from ..images import can_compress_dicom, write_dicom
 from ..tables import (
     check_files_exist,
     finish_table,
@@ -108,12 +112,25 @@ PHANTOM_PREVALENCE = {k: max(0.08 if k in SIX else 0.015, REAL_COUNTS[k][0] / 77
 
 # ----------------------------------------------------------------------------- phantom writer
 
+def dicom_variant(i: int, mono1: bool, compression: str | None) -> dict:
+    """The :func:`~cxr_keras.data.images.write_dicom` options of the ``i``-th phantom image:
+    by position, so that the labels and pictures do not depend on them (``compression``: the
+    lossless codec this machine can write, or None for uncompressed files)."""
+    options = {"monochrome1": mono1, "presentation_inverse": mono1 and i % 2 == 0}
+    options.update({3: {"voi": "lut"}, 6: {"voi": "sigmoid"}, 8: {"modality": "lut"}}.get(i % 10, {}))
+    if i % 20 == 9 and compression is not None:
+        options["compression"] = compression
+    if i % 25 == 12:
+        options["frames"] = 2
+    return options
+
+
 def _render_one(job):
-    root, rel, seed, size, findings, mirror, mono1 = job
+    root, rel, seed, size, findings, mirror, options = job
     img = phantom.render_chest(seed, size, findings, child=True).image
     if mirror:
         img = np.ascontiguousarray(img[:, ::-1])
-    write_dicom(Path(root) / rel, img, monochrome1=mono1)
+    write_dicom(Path(root) / rel, img, **options)
 
 
 def _findings(rng, diseases) -> tuple[tuple, bool]:
@@ -142,6 +159,7 @@ def write_phantom(out, n: int = 200, size: int = 256, seed: int = 0, workers=Non
     n_test = 0 if n < 2 else max(1, int(round(n * 1397 / 9125)))
     rows = {"train": [], "test": []}
     jobs, test_rare = [], dict.fromkeys(RARE, 0)
+    codec = next((c for c in ("jpegls", "jpeg2000") if can_compress_dicom(c)), None)
     for i in range(n):
         split = "train" if i < n - n_test else "test"
         diseases = [k for k, p in PHANTOM_PREVALENCE.items() if rng.random() < p][:2]
@@ -160,7 +178,7 @@ def write_phantom(out, n: int = 200, size: int = 256, seed: int = 0, workers=Non
             rows[split].append(_row(image_id, f"R{int(rad[1]) % 3 + 1}", second))
         findings, mirror = _findings(rng, diseases)
         jobs.append((str(out), f"{split}/{image_id}.dicom", int(rng.integers(2**31)), size,
-                     findings, mirror, bool(rng.random() < 0.3)))
+                     findings, mirror, dicom_variant(i, bool(rng.random() < 0.3), codec)))
     parallel_map(_render_one, jobs, workers, desc="pedicxr phantom", progress=progress)
     for split, name in LABEL_FILES.items():
         buf = io.StringIO()
