@@ -103,6 +103,57 @@ def run_preprocessing(config: dict, input_shape=None):
     return spec
 
 
+def _policy_names(config):
+    """Every dtype policy name in a serialised Keras object."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy":
+            yield config["config"]["name"]
+        for value in config.values():
+            yield from _policy_names(value)
+    elif isinstance(config, list):
+        for value in config:
+            yield from _policy_names(value)
+
+
+def _to_float32(config):
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config["config"]["name"].startswith("mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _to_float32(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_to_float32(v) for v in config]
+    return config
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def serving_copy(model):
+    """A copy of ``model`` to export: the same weights, in float32 (a model trained under mixed
+    float16 / bfloat16 is served in float32: ONNX Runtime's and LiteRT's CPU kernels take neither
+    half type, and the variables are float32 anyway), and the constants that Normalization layers
+    derive from their weights held as variables (tf2onnx freezes variables; it would leave those
+    constants as missing graph inputs). ``model`` itself is not changed."""
+    import keras
+    import tensorflow as tf
+
+    copy = keras.saving.deserialize_keras_object(
+        _to_float32(keras.saving.serialize_keras_object(model)), safe_mode=True)
+    copy.set_weights(model.get_weights())
+    for layer in _all_layers(copy):
+        if hasattr(layer, "finalize_state"):  # e.g. Normalization: mean / variance from weights
+            layer.finalize_state()
+        if isinstance(layer, keras.layers.Normalization):
+            for name in ("mean", "variance"):
+                value = getattr(layer, name, None)
+                if value is not None and not isinstance(value, tf.Variable):
+                    object.__setattr__(layer, name, tf.Variable(value, trainable=False))
+    return copy
+
+
 def serving_model(model, preprocessing: dict, input_dtype: str = "uint8"):
     """``model`` behind :class:`RawImagePreprocessing` (``preprocessing``: its arguments) and the
     activation that turns its outputs into probabilities: a Keras model from raw grey images
@@ -208,11 +259,43 @@ def _run_savedmodel(path: Path):
     return run
 
 
+def _raw_signature():
+    """The exported input: raw grey uint8 images (N, H, W) of any size."""
+    import tensorflow as tf
+
+    return [tf.TensorSpec([None, None, None], tf.uint8, name="image")]
+
+
+def _register_erfc_for_tf2onnx():
+    """tf2onnx has no converter for TF's ``Erfc`` (the exact GELU of the ViTs: ``0.5 x
+    erfc(-x / sqrt 2)``) and ONNX no such op: convert it as ``1 - Erf(x)`` (ONNX Erf, opset 9)."""
+    import tf2onnx.onnx_opset  # noqa: F401  (registers tf2onnx's own converters first)
+    from tf2onnx import constants, utils
+    from tf2onnx.handler import tf_op
+
+    if any("Erfc" in handlers for handlers in tf_op.get_opsets().get(constants.ONNX_DOMAIN, [])):
+        return
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841  (registered by the decorator)
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            x, dtype = node.input[0], ctx.get_dtype(node.input[0])
+            erf = ctx.make_node("Erf", [x], op_name_scope=node.name, shapes=[ctx.get_shape(x)],
+                                dtypes=[dtype])
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"),
+                                 np.array(1, dtype=utils.map_onnx_to_numpy_type(dtype)))
+            node.type = "Sub"
+            ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
 def _write_onnx(serving, model, path: Path, meta: dict):
     require_extra("ONNX export", "onnx", EXTRAS["onnx"][1])
     import onnx
 
-    serving.export(str(path), format="onnx", verbose=False)
+    _register_erfc_for_tf2onnx()
+
+    serving.export(str(path), format="onnx", verbose=False, input_signature=_raw_signature())
     proto = onnx.load(str(path))
     for key in ("labels", "activation", "preprocessing", "outputs"):
         entry = proto.metadata_props.add()
@@ -230,7 +313,16 @@ def _run_onnx(path: Path):
 
 
 def _write_litert(serving, model, path: Path, meta: dict):
-    serving.export(str(path), format="litert", verbose=False)
+    import keras
+
+    try:
+        serving.export(str(path), format="litert", verbose=False,
+                       input_signature=_raw_signature())
+    except ValueError as e:
+        if "format" in str(e) and not path.exists():  # a Keras without LiteRT export
+            raise DataError(f"LiteRT export needs a Keras that has model.export(format='litert') "
+                            f"(Keras {keras.__version__} says: {e})") from e
+        raise
 
 
 def _run_litert(path: Path):
@@ -294,6 +386,8 @@ def export_model(model, out, preprocessing: dict, *, labels=None, formats=("save
     formats = parse_formats(formats)
     if "onnx" in formats:
         require_extra("ONNX export", "onnx", EXTRAS["onnx"][1])
+    trained_policy = sorted(set(_policy_names(keras.saving.serialize_keras_object(model))))
+    model = serving_copy(model)
     serving = serving_model(model, preprocessing)
     n_out = int(serving.outputs[0].shape[-1])
     if labels is not None:
@@ -313,6 +407,7 @@ def export_model(model, out, preprocessing: dict, *, labels=None, formats=("save
         "model_input_shape": _input_shape(model),
         "output_shape": [None if d is None else int(d) for d in serving.outputs[0].shape],
         "atol": float(atol),
+        "trained_dtype_policies": trained_policy,  # served in float32 (serving_copy)
         "check": {},
         "keras_version": keras.__version__,
         "tensorflow_version": tf.__version__,
@@ -431,8 +526,10 @@ def export_run(run_dir, out=None, *, formats=("savedmodel",), atol: float = DEFA
                         + ("" if run_dir.is_dir() else f" ({run_dir} is not a folder)"))
     model = load_keras_model(best)
     shape = _input_shape(model)
-    if len(shape) != 4:
-        raise DataError(f"{best}: expected an image model with (N, H, W, C) input, got {shape}")
+    if len(shape) != 4 or len(getattr(model, "inputs", [])) != 1 or len(model.outputs) != 1:
+        raise DataError(f"{best}: export takes a model with one (N, H, W, C) image input and one "
+                        f"output (a classifier or a segmenter), not {len(model.outputs)} outputs "
+                        f"from input {shape}")
     preprocessing = run_preprocessing(read_run_config(run_dir), shape)
     if preprocessing is None:
         if None in shape[1:3]:

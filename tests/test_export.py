@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr_keras.data.images import write_dicom, write_image
+from cxr_keras.data.images import can_compress_dicom, write_dicom, write_image
 from cxr_keras.export import ExportMismatch, export_model, export_run, load_exported
 from cxr_keras.inference.predict import predict_folder
 from cxr_keras.io import DataError, MissingExtra
@@ -60,6 +60,9 @@ def setup(tmp_path_factory):
         write_image(images / f"img{i}.png", rng.integers(0, 256, (h, w), dtype=np.uint8))
     write_image(images / "sub" / "a.jpg", rng.integers(0, 256, (48, 40), dtype=np.uint8))
     write_dicom(images / "sub" / "b.dcm", rng.integers(0, 256, (36, 36), dtype=np.uint8))
+    codec = "jpeg2000" if can_compress_dicom("jpeg2000") else "rle"  # a hospital's compressed file
+    write_dicom(images / "sub" / "c.dcm", rng.integers(0, 256, (40, 33), dtype=np.uint8),
+                monochrome1=True, voi="lut", compression=codec)
     (images / "notes.txt").write_text("not an image")
     export = export_run(run.path, formats="all")
     return dict(root=root, run=run, model=model, images=images, export=export)
@@ -203,16 +206,17 @@ def test_predict_folder_agrees_across_formats(setup):
     head, paths, pk = tables["keras"]
     assert head == ["path", *LABELS]
     assert paths == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "sub/a.jpg",
-                     "sub/b.dcm"]
-    assert pk.shape == (7, 3) and np.all((pk > 0) & (pk < 1))
+                     "sub/b.dcm", "sub/c.dcm"]
+    assert pk.shape == (8, 3) and np.all((pk > 0) & (pk < 1))
     for name, (h, p, probs) in tables.items():
         assert (h, p) == (head, paths), name
         np.testing.assert_allclose(probs, pk, rtol=0, atol=1e-4, err_msg=name)
     from cxr_keras.data.images import read_image
 
-    img = read_image(setup["images"] / "img2.png")
-    np.testing.assert_allclose(pk[paths.index("img2.png")],
-                               keras_probabilities(setup["model"], [img])[0], atol=1e-5)
+    for name in ("img2.png", "sub/c.dcm"):
+        img = read_image(setup["images"] / name)
+        np.testing.assert_allclose(pk[paths.index(name)],
+                                   keras_probabilities(setup["model"], [img])[0], atol=1e-5)
 
 
 def test_predict_with_tta_keras_and_savedmodel_agree(setup):
@@ -294,3 +298,26 @@ def test_fresh_process_reload_and_cli(setup):
     assert json.loads((root / "cli_sm" / "export.json").read_text())["labels"] == LABELS
     ref = predict_folder(setup["export"] / "savedmodel", setup["images"], root / "ref.csv", tta=True)
     np.testing.assert_allclose(_read_csv(root / "cli.csv")[2], _read_csv(ref)[2], atol=1e-5)
+
+
+def test_a_mixed_precision_model_is_served_in_float32(tmp_path):
+    """Trained under mixed bfloat16 (the CPU default where it is native) or float16 (GPUs): the
+    export serves a float32 copy with the same weights (ONNX Runtime and LiteRT CPU kernels take
+    neither half type), checked in every format; close to the half-precision model itself."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = tiny_model()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    spec = dict(resize_to=[CACHE, CACHE], center_crop=[SIZE, SIZE], output_size=None, channels=3,
+                normalization="imagenet")
+    out = export_model(model, tmp_path / "export", spec, formats="all")
+    meta = json.loads((out / "export.json").read_text())
+    assert "mixed_bfloat16" in meta["trained_dtype_policies"]
+    x = raw_batch(45, 39, n=2, seed=12)
+    half = keras_probabilities(model, x)
+    for name in meta["formats"].values():
+        got = load_exported(out / name)(x)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, half, rtol=0, atol=3e-2, err_msg=name)
