@@ -9,8 +9,11 @@ and with what :func:`_timing.model_row` reads (``count_params``, ``trainable_wei
 torch tensors, ``channels_last`` in memory unless ``--peer-format contiguous`` (the model too), so
 the timed steps hold no conversion. ``torch.set_num_threads(cores)``: the cores of this process's
 CPU affinity, as TensorFlow uses. Same batch, size, optimiser (Keras' epsilon 1e-7) and loss as
-ours. Needs the ``bench`` extra (``pip install '.[bench]'``; a CPU build of torch is enough);
-without it :func:`available` is False and the scripts print :data:`SKIPPED`.
+ours. ``--peer-device`` (default ``auto``: CUDA where torch sees a GPU) and ``--precision`` (the
+dtype policy of ours: the peer runs under ``torch.autocast`` to the same half type, float16 with a
+``GradScaler`` as Keras' loss scaling) serve the GPU figures of ``gpu.sh``. Needs the ``bench``
+extra (``pip install '.[bench]'``; a CPU build of torch is enough); without it
+:func:`available` is False and the scripts print :data:`SKIPPED`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def add_args(ap) -> None:
                     help="do not time the PyTorch + timm peer")
     ap.add_argument("--peer-format", choices=FORMATS, default="channels_last",
                     help="memory format of the peer's model and batches (default channels_last)")
+    ap.add_argument("--peer-device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="the peer's device (default auto: cuda where torch sees a GPU)")
 
 
 def _biased_focal(logits, y, alpha=0.4, beta=2.0, shift=0.2):
@@ -64,7 +69,7 @@ class Peer:
     jit_compile = False
 
     def __init__(self, arch, num_classes, size, loss, optimizer, cores, fmt="channels_last",
-                 **timm_kwargs):
+                 device="cpu", precision="float32", **timm_kwargs):
         import timm
         import torch
 
@@ -72,9 +77,16 @@ class Peer:
         torch.manual_seed(0)
         self.torch = torch
         self.arch, self.loss_name, self.size = arch, loss, size
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device, self.precision = device, precision
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its kernels
+        self.amp = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16}.get(precision)
+        self.scaler = (torch.amp.GradScaler(device) if self.amp is torch.float16 else None)
         self.format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
         self.net = timm.create_model(arch, pretrained=False, num_classes=num_classes,
-                                     **timm_kwargs).to(memory_format=self.format)
+                                     **timm_kwargs).to(device, memory_format=self.format)
         self.name = f"timm_{arch}"
         params = list(self.net.parameters())
         kind, lr, *rest = optimizer
@@ -103,7 +115,7 @@ class Peer:
         if key not in self._cache:
             import numpy as np
 
-            t = self.torch.from_numpy(np.array(x, dtype=np.float32))
+            t = self.torch.from_numpy(np.array(x, dtype=np.float32)).to(self.device)
             if image:
                 t = t.permute(0, 3, 1, 2).contiguous(memory_format=self.format)
             self._cache[key] = (x, t)  # keeps x alive so that its id is not reused
@@ -117,18 +129,28 @@ class Peer:
             return F.cross_entropy(logits, y)
         return _biased_focal(logits, y)
 
+    def _autocast(self):
+        return self.torch.autocast(self.device, dtype=self.amp, enabled=self.amp is not None)
+
     def train_on_batch(self, x, y):
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
-        loss = self._loss(self.net(self._tensor(x, True)), self._tensor(y, False))
-        loss.backward()
-        self.opt.step()
+        with self._autocast():
+            logits = self.net(self._tensor(x, True))
+        loss = self._loss(logits.float(), self._tensor(y, False))  # the loss in float32, as ours
+        if self.scaler is None:
+            loss.backward()
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
         return loss.item()
 
     def predict_on_batch(self, x):
         self.net.eval()
-        with self.torch.inference_mode():
-            return self.net(self._tensor(x, True)).numpy()
+        with self.torch.inference_mode(), self._autocast():
+            return self.net(self._tensor(x, True)).float().cpu().numpy()
 
     def gmacs(self) -> float:
         """MACs per image of the convolutions and linear layers (weight products, as
@@ -150,7 +172,8 @@ class Peer:
         self.net.eval()
         with torch.inference_mode():
             h, w = self.size if isinstance(self.size, (tuple, list)) else (self.size, self.size)
-            self.net(torch.zeros(1, 3, h, w).contiguous(memory_format=self.format))
+            self.net(torch.zeros(1, 3, h, w, device=self.device)
+                     .contiguous(memory_format=self.format))
         for h in hooks:
             h.remove()
         return total[0] / 1e9
@@ -169,6 +192,7 @@ def add(models: dict, peers: dict, targets, size: int, num_classes: int, loss: s
     for arch, ours in peers.items():
         t = time.perf_counter()
         net = Peer(arch, num_classes, size, loss, optimizer, cores, args.peer_format,
+                   getattr(args, "peer_device", "cpu"), getattr(args, "precision", "float32"),
                    **timm_kwargs)
         models[f"peer_{arch}"] = {"model": net, "targets": targets, "peer_of": list(ours),
                                   "build_s": time.perf_counter() - t}
@@ -196,6 +220,7 @@ def rows(peers: dict, batch: int, cores: int) -> list:
                "framework": f"torch {torch.__version__}, timm {timm.__version__}",
                "memory_format": "channels_last" if net.format is torch.channels_last
                else "contiguous", "torch_threads": torch.get_num_threads(),
+               "device": net.device, "precision": net.precision,
                **_timing.model_row(m, batch, cores)}
         out.append(_timing.flop_fields(row, g, 6 * g))
     return out
@@ -221,4 +246,5 @@ def report(results: dict) -> None:
                       f"| {r['predict_images_per_s'] / p['predict_images_per_s']:.2f}x |")
     p = peers[0]
     print(f"\nPeer: {p['framework']}, {p['memory_format']}, {p['torch_threads']} torch threads, "
+          f"{p.get('device', 'cpu')}, {p.get('precision', 'float32')}, "
           f"same batches, loss and optimiser, timed alternating with ours.")

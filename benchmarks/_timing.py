@@ -90,17 +90,66 @@ def time_models(models: dict, xs: list, steps: int, warmup: int) -> tuple:
 
 
 def environment(n_cores: int, load: tuple) -> dict:
-    """Common fields of the results JSON: cores, versions, threads, load average, peak RSS."""
+    """Common fields of the results JSON: cores, versions, threads, devices, dtype policy, load
+    average, peak RSS. TensorFlow's fields are None where it is not installed (a JAX-only GPU
+    machine)."""
     import keras
-    import tensorflow as tf
 
-    return {"cores": n_cores, "cpu_count": os.cpu_count(),
-            "tf_version": tf.__version__, "keras_version": keras.__version__,
-            "backend": keras.backend.backend(),
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "loadavg_1min_before_after": [round(load[0], 2), round(load[1], 2)],
-            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    env = {"cores": n_cores, "cpu_count": os.cpu_count(), "tf_version": None,
+           "keras_version": keras.__version__, "backend": keras.backend.backend(),
+           "dtype_policy": keras.mixed_precision.global_policy().name,
+           "devices": devices(), "intra_op_threads": None, "inter_op_threads": None}
+    try:
+        import tensorflow as tf
+    except ImportError:
+        tf = None
+    if tf is not None:
+        env.update(tf_version=tf.__version__,
+                   intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+                   inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads())
+    if env["backend"] == "jax":
+        import jax
+
+        env["jax_version"] = jax.__version__
+    env.update(loadavg_1min_before_after=[round(load[0], 2), round(load[1], 2)],
+               max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    return env
+
+
+def devices() -> list:
+    """The accelerators the Keras backend sees (``["cpu"]`` when none)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        found = [f"{d.platform}:{d.device_kind}" for d in jax.devices() if d.platform != "cpu"]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        found = [d.name for d in tf.config.list_physical_devices("GPU")]
+    else:
+        found = []
+    return found or ["cpu"]
+
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def add_precision_args(ap) -> None:
+    """``--precision``: the Keras dtype policy ours are built with (the peer runs under
+    ``torch.autocast`` with the same half type)."""
+    ap.add_argument("--precision", choices=PRECISIONS, default="float32",
+                    help="Keras dtype policy of our models; the peer autocasts to the same half "
+                         "type (default float32)")
+
+
+def tensors(arrays: list) -> list:
+    """NumPy batches as backend tensors (on the backend's default device), created once."""
+    import keras
+
+    return [keras.ops.convert_to_tensor(a) for a in arrays]
 
 
 def model_row(m: dict, batch: int, n_cores: int) -> dict:

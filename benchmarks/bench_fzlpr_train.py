@@ -80,6 +80,7 @@ def main(argv=None) -> dict:
                          "DenseNet121; the fzlpr --quick recipe uses 1,2,2,1)")
     _timing.add_loop_args(ap, steps=20, warmup=3)
     _timing.add_jit_out_args(ap)
+    _timing.add_precision_args(ap)
     _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
@@ -87,7 +88,6 @@ def main(argv=None) -> dict:
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     out = Path(args.out)
     cores = _timing.cores()
@@ -95,10 +95,11 @@ def main(argv=None) -> dict:
 
     rng = np.random.default_rng(args.seed)
     # ImageNet-normalised-looking inputs and multi-hot targets (about 1 positive in 6, no NaN).
-    xs = [tf.constant(rng.standard_normal((args.batch, args.size, args.size, 3), dtype=np.float32))
-          for _ in range(args.pool)]
-    ys = [tf.constant((rng.random((args.batch, NUM_CLASSES)) < 1 / 6).astype(np.float32))
-          for _ in range(args.pool)]
+    xs = _timing.tensors([rng.standard_normal((args.batch, args.size, args.size, 3),
+                                              dtype=np.float32) for _ in range(args.pool)])
+    ys = _timing.tensors([(rng.random((args.batch, NUM_CLASSES)) < 1 / 6).astype(np.float32)
+                          for _ in range(args.pool)])
+    keras.mixed_precision.set_global_policy(args.precision)
 
     keras.utils.set_random_seed(args.seed)
     models = {}

@@ -75,6 +75,7 @@ def main(argv=None) -> dict:
                     help="blocks per stage of every backbone, e.g. 1,1,1,1 for a smoke test "
                          "(default: the full networks)")
     _timing.add_jit_out_args(ap)
+    _timing.add_precision_args(ap)
     _peer.add_args(ap)
     args = ap.parse_args(argv)
     _timing.check_loop_args(ap, args)
@@ -85,7 +86,6 @@ def main(argv=None) -> dict:
 
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from cxr_keras.losses import BiasedFocalLoss
 
@@ -93,10 +93,11 @@ def main(argv=None) -> dict:
     cores = _timing.cores()
     s, b = args.size, args.batch
     rng = np.random.default_rng(args.seed)
-    xs = [tf.constant(rng.standard_normal((b, s, s, 3)).astype(np.float32))
-          for _ in range(args.pool)]
-    ys = [tf.constant((rng.random((b, NUM_CLASSES)) < 0.1).astype(np.float32))
-          for _ in range(args.pool)]
+    xs = _timing.tensors([rng.standard_normal((b, s, s, 3)).astype(np.float32)
+                          for _ in range(args.pool)])
+    ys = _timing.tensors([(rng.random((b, NUM_CLASSES)) < 0.1).astype(np.float32)
+                          for _ in range(args.pool)])
+    keras.mixed_precision.set_global_policy(args.precision)
 
     keras.utils.set_random_seed(args.seed)
     models = {}

@@ -118,7 +118,9 @@ def _model_rows(bench, models, setting, label, versus, phases=("train", "predict
             rows.append(r)
     for p in peers:
         for ph in phases:
-            rows.append(_row(bench, f"PyTorch peer: timm {p['arch']} ({p['memory_format']}) {ph}",
+            how = ", ".join([p["memory_format"]] + [f"{p[k]}" for k in ("device", "precision")
+                                                     if p.get(k) not in (None, "cpu", "float32")])
+            rows.append(_row(bench, f"PyTorch peer: timm {p['arch']} ({how}) {ph}",
                              setting(p), p[f"{ph}_images_per_s"], p[f"{ph}_images_per_s_core"],
                              p.get(f"{ph}_gflop_per_s")))
     return rows
