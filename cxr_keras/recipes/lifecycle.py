@@ -255,7 +255,8 @@ def add_run_args(p: argparse.ArgumentParser, default_dataset: str) -> argparse.A
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic kernels (bit-identical reruns; slower on GPU)")
     p.add_argument("--mixed-precision", default=None, choices=["auto", "on", "off"],
-                   help="mixed float16 (auto: on with a GPU, off on CPU)")
+                   help="mixed precision (auto: float16 with a GPU, bfloat16 on a CPU with "
+                        "AVX512_BF16 or AMX under TensorFlow, else off; on: float16)")
     p.add_argument("--xla", default=None, choices=["auto", "on", "off"],
                    help="XLA compilation (auto: on with a GPU or on the JAX backend, off on CPU with TensorFlow)")
     p.add_argument("--force", action="store_true", help="rerun a finished configuration")
