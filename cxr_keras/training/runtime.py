@@ -75,52 +75,33 @@ def _gpu_count(backend: str) -> int:
     return 0
 
 
-# CPU flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles), as Linux names them
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+def auto_precision(backend: str, gpus: int) -> str | None:
+    """What ``mixed_precision="auto"`` picks: ``"float16"`` with a GPU, else None (float32).
 
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set:
-    """The feature flags of the first processor in ``path`` (empty where it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def auto_precision(backend: str, gpus: int, flags=None) -> str | None:
-    """What ``mixed_precision="auto"`` picks: ``"float16"`` with a GPU, ``"bfloat16"`` on a CPU
-    with native bfloat16 arithmetic (:data:`BF16_CPU_FLAGS`) on the TensorFlow backend, else None
-    (float32). On such a CPU (AVX512_BF16) oneDNN's bfloat16 kernels trained densenet121_fzlpr
-    1.27x and MLRFNet 1.34x faster than float32, and predicted 1.45-1.5x faster
-    (``benchmarks/bench_precision.py``, figures in ``benchmarks/README.md``); the JAX backend's CPU
-    path was not measured and keeps float32. ``flags``: the CPU's flags (default: read from
-    /proc/cpuinfo).
+    Not bfloat16 on a CPU, though on one with native bfloat16 arithmetic (AVX512_BF16) oneDNN's
+    bfloat16 kernels trained densenet121_fzlpr 1.27x and MLRFNet 1.34x faster than float32 and
+    predicted 1.45-1.5x faster (``benchmarks/bench_precision.py``, ``benchmarks/README.md``): a
+    model trained under ``mixed_bfloat16`` keeps bfloat16 layers, and its ONNX export does not
+    load in ONNX Runtime (no bfloat16 ``Conv``). Ask for it with ``mixed_precision="bfloat16"``
+    (``--mixed-precision bfloat16``).
 
     Example:
 
     ```python
-    auto_precision("tensorflow", gpus=0, flags={"avx512f", "avx512_bf16"})   # "bfloat16"
-    auto_precision("tensorflow", gpus=0, flags={"avx2", "fma"})              # None: float32
+    auto_precision("tensorflow", gpus=1)   # "float16"
+    auto_precision("tensorflow", gpus=0)   # None: float32
     ```
     """
-    if gpus > 0:
-        return "float16"
-    if backend != "tensorflow":
-        return None
-    flags = cpu_flags() if flags is None else set(flags)
-    return "bfloat16" if flags & set(BF16_CPU_FLAGS) else None
+    return "float16" if gpus > 0 else None
 
 
 def configure(seed: int | None = None, deterministic: bool = False, mixed_precision="auto",
               xla="auto", multi_gpu: bool = True) -> Runtime:
-    """Decide mixed precision (by default float16 on a GPU, bfloat16 on a CPU with native bfloat16
-    arithmetic under TensorFlow, else off: :func:`auto_precision`) and XLA (on by default on GPU and on
-    the JAX backend, where ``jit_compile=False`` runs every op on its own, uncompiled: under
-    ``--distributed`` a reduced DenseNet's step then took minutes instead of seconds).
+    """Decide mixed precision (by default float16 on a GPU only: :func:`auto_precision`;
+    ``"bfloat16"`` asks for mixed bfloat16, e.g. on a CPU with AVX512_BF16) and XLA (on by
+    default on GPU and on the JAX backend, where ``jit_compile=False`` runs every op on its own,
+    uncompiled: under ``--distributed`` a reduced DenseNet's step then took minutes instead of
+    seconds).
 
     Process-wide state changes only where asked for:
 
@@ -134,9 +115,8 @@ def configure(seed: int | None = None, deterministic: bool = False, mixed_precis
       public switch to turn it off again.
     * The global dtype policy is **not** changed here: :meth:`Runtime.scope` (or
       :meth:`Runtime.precision`) sets ``"mixed_float16"`` (``mixed_precision`` true, or "auto"
-      with a GPU), ``"mixed_bfloat16"`` ("auto" on a CPU with native bfloat16 arithmetic, on the
-      TensorFlow backend: :func:`auto_precision`) or ``"float32"`` for the models built inside
-      it and puts the earlier policy back on exit. Under both mixed policies variables, the
+      with a GPU), ``"mixed_bfloat16"`` (``mixed_precision="bfloat16"``) or ``"float32"`` for
+      the models built inside it and puts the earlier policy back on exit. Under both mixed policies variables, the
       models' output layers and the losses stay float32.
 
     ``multi_gpu``: on TensorFlow with several GPUs visible, build a MirroredStrategy.
@@ -157,6 +137,8 @@ def configure(seed: int | None = None, deterministic: bool = False, mixed_precis
         half = auto_precision(backend, gpus)
         mp = half is not None
         half = half or "float16"
+    elif mixed_precision in ("bfloat16", "float16"):
+        mp, half = True, mixed_precision
     else:
         mp = bool(mixed_precision)
     jit = (gpus > 0 or backend == "jax") if xla == "auto" else bool(xla)
