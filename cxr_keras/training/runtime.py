@@ -80,10 +80,10 @@ def auto_precision(backend: str, gpus: int) -> str | None:
 
     Not bfloat16 on a CPU, though on one with native bfloat16 arithmetic (AVX512_BF16) oneDNN's
     bfloat16 kernels trained densenet121_fzlpr 1.27x and MLRFNet 1.34x faster than float32 and
-    predicted 1.45-1.5x faster (``benchmarks/bench_precision.py``, ``benchmarks/README.md``): a
-    model trained under ``mixed_bfloat16`` keeps bfloat16 layers, and its ONNX export does not
-    load in ONNX Runtime (no bfloat16 ``Conv``). Ask for it with ``mixed_precision="bfloat16"``
-    (``--mixed-precision bfloat16``).
+    predicted 1.45-1.5x faster (``benchmarks/bench_precision.py``, ``benchmarks/README.md``):
+    it moved densenet121_fzlpr's first training loss by 5% against float32, and its effect on the
+    papers' final AUCs is not measured yet. Ask for it with ``mixed_precision="bfloat16"``
+    (``--mixed-precision bfloat16``); ``cxr-keras export`` serves such a model in float32.
 
     Example:
 
