@@ -2,5 +2,6 @@
 
 from cxr_keras.layers.csra import CSRA
 from cxr_keras.layers.eca import ECA
+from cxr_keras.layers.raw_image import RawImagePreprocessing
 
-__all__ = ["CSRA", "ECA"]
+__all__ = ["CSRA", "ECA", "RawImagePreprocessing"]
