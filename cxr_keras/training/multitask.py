@@ -13,12 +13,15 @@ through ``model.fit`` of a thin wrapper whose loss adds the penalty, so it runs 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
 
+from ..io import atomic_path, write_json
 from ..regularizers import L2SP
 from .cyclic_cosine import CyclicCosine
 from .fit import compile_built
@@ -144,6 +147,53 @@ def continual_learning(backbone, tasks, rounds: int = 3, epochs: int = 1, max_lr
             if on_visit is not None:
                 on_visit(record)
     return records
+
+
+def last_losses(records, names) -> dict:
+    """``{task: [its loss at the end of each visit, in order]}`` of :func:`continual_learning`'s
+    records."""
+    return {name: [r["history"]["loss"][-1] for r in records if r["task"] == name] for name in names}
+
+
+def visits_table(records) -> list:
+    """Markdown lines: one row per visit of :func:`continual_learning` -- round, task, last-epoch
+    loss, first and last learning rate, and the L2-SP distance ("-" without L2-SP)."""
+    lines = ["| round | task | loss (last epoch) | lr first / last | L2-SP distance |",
+             "|---:|---|---:|---|---:|"]
+    for r in records:
+        dist = r.get("distance_to_anchor")
+        lines.append(f"| {r['round']} | {r['task']} | {r['history']['loss'][-1]:.4f} | "
+                     f"{r['lr_first_last'][0]:.2e} / {r['lr_first_last'][1]:.2e} | "
+                     f"{'-' if dist is None else f'{dist:.4f}'} |")
+    return lines
+
+
+class RoundCheckpoints:
+    """:func:`continual_learning` resumable at its last finished round: after every round each
+    task model (and so the shared backbone) is saved to ``folder/<task>.weights.h5`` and the visit
+    records so far to ``folder/rounds.json``; opened on a folder holding them, the task models are
+    loaded back. Pass ``on_visit`` and ``start_round=done + 1`` to :func:`continual_learning`;
+    ``records`` holds every visit, the earlier runs' included."""
+
+    def __init__(self, folder, tasks):
+        self.folder, self.tasks = Path(folder), list(tasks)
+        self.state = self.folder / "rounds.json"
+        self.records = json.loads(self.state.read_text()) if self.state.exists() else []
+        self.done = max([r["round"] for r in self.records], default=0)
+        for t in self.tasks if self.done else ():  # every task model at the end of that round
+            t.model.load_weights(self.folder / f"{t.name}.weights.h5")
+
+    def on_visit(self, record):
+        """Record (and print) a visit; checkpoint the round after its last task."""
+        self.records.append(record)
+        print(f"round {record['round']} task {record['task']}: "
+              + ", ".join(f"{k} {v[-1]:.4f}" for k, v in record["history"].items()))
+        if record["task"] == record["order"][-1]:  # the round is finished: checkpoint it
+            for t in self.tasks:
+                with atomic_path(self.folder / f"{t.name}.weights.h5", suffix=".weights.h5") as tmp:
+                    t.model.save_weights(tmp)
+            write_json(self.state, self.records)
+            self.done = record["round"]
 
 
 class _OffsetCosine(keras.optimizers.schedules.LearningRateSchedule):
