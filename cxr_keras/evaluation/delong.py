@@ -63,3 +63,26 @@ def delong_test(y_true, score_a, score_b):
     z = diff / np.sqrt(var)
     p = 2.0 * norm.sf(abs(z))
     return float(auc[0]), float(auc[1]), float(z), float(p)
+
+
+def delong_table(reference: str, predictions: dict, labels, score: str = "prob") -> list:
+    """Markdown lines: per label (column j), the p-value (3 significant digits) of DeLong's
+    paired test of ``predictions[reference]`` against every other entry (name -> ``{"y_true",
+    score}`` arrays, as saved predictions of one test set), on the rows whose label is known;
+    "-" where the two label columns differ or one class is missing."""
+    ref = predictions[reference]
+    others = [k for k in predictions if k != reference]
+    lines = ["| label | " + " | ".join(others) + " |", "|---|" + "---:|" * len(others)]
+    for j, label in enumerate(labels):
+        cells = []
+        for name in others:
+            p = predictions[name]
+            y = ref["y_true"][:, j]
+            keep = ~np.isnan(y)
+            if not np.array_equal(p["y_true"][:, j][keep], y[keep]) or len(set(y[keep])) < 2:
+                cells.append("-")
+                continue
+            *_, pval = delong_test(y[keep], ref[score][keep, j], p[score][keep, j])
+            cells.append(f"{pval:.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines

@@ -221,3 +221,12 @@ def seconds_per_image(model, n: int = 20, input_shape=None) -> float:
     for _ in range(n):
         model.predict_on_batch(x)
     return (time.perf_counter() - t0) / max(n, 1)
+
+
+def model_cost(model, latency_images: int = 20) -> dict:
+    """One image's cost, as papers tabulate it: the input shape, GMACs (:func:`count_flops`'s
+    ``gflops``), the parameters and the measured seconds per image at batch 1 (mean of
+    ``latency_images``, :func:`seconds_per_image`)."""
+    return {"input": list(model.input_shape[1:]), "gmacs": count_flops(model)["gflops"],
+            "params": int(model.count_params()),
+            "seconds_per_image": seconds_per_image(model, latency_images)}

@@ -65,6 +65,24 @@ def map_box(box_xywh, original_hw, cache_size, crop_size):
     return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
 
 
+def boxes_on_rows(boxes, rows, labels, cache_size: int, crop_size: int, limit: int | None = None):
+    """The ``boxes`` (a table with ``image``, ``finding``, ``x``, ``y``, ``w``, ``h``, e.g. NIH's
+    BBox_List_2017) on the images of ``rows`` (a cache split's rows: ``image``, ``orig_h``,
+    ``orig_w``) whose finding is one of ``labels``, the first ``limit``: (each box's row index,
+    its finding, the box on the model input (:func:`map_box`)), or None where there is none."""
+    rows = rows.reset_index(drop=True)
+    where = {name: i for i, name in enumerate(rows["image"])}
+    boxes = boxes.loc[boxes["image"].isin(where) & boxes["finding"].isin(labels)]
+    if limit is not None:
+        boxes = boxes.head(limit)
+    if boxes.empty:
+        return None
+    idx = np.array([where[n] for n in boxes["image"]])
+    mapped = [map_box((b.x, b.y, b.w, b.h), (int(rows.loc[i, "orig_h"]), int(rows.loc[i, "orig_w"])),
+                      cache_size, crop_size) for b, i in zip(boxes.itertuples(), idx)]
+    return idx, list(boxes["finding"]), mapped
+
+
 def _box_mask(shape, box, margin=0.0):
     """Pixels whose centre lies in the closed box enlarged by ``margin`` on every side."""
     x, y, w, h = box
@@ -136,3 +154,20 @@ def localization_scores(heatmaps, boxes, labels, tolerance=0, threshold=0.5) -> 
         idx = [i for i, v in enumerate(labels) if v == lab]
         per_label[lab] = _summary([hits[i] for i in idx], [ious[i] for i in idx])
     return {"per_label": per_label, "overall": _summary(hits, ious)}
+
+
+def localization_table(by_level: dict) -> list:
+    """Markdown lines: per finding (and ``all``), its box count and ``pointing accuracy / mean
+    IoU`` (3 decimals) of each level's :func:`localization_scores` (``by_level``: level ->
+    scores with a ``layer`` entry, the layer in the column's title)."""
+    lines = ["| finding | boxes | " + " | ".join(f"{lv} (`{v['layer']}`)" for lv, v in by_level.items())
+             + " |", "|---|---:|" + "---:|" * len(by_level)]
+    first = next(iter(by_level.values()))
+    for k in list(first["per_label"]) + ["all"]:
+        cells = []
+        for v in by_level.values():
+            s = v["overall"] if k == "all" else v["per_label"][k]
+            cells.append(f"{s['pointing_accuracy']:.3f} / {s['mean_iou']:.3f}")
+        n = (first["overall"] if k == "all" else first["per_label"][k])["n"]
+        lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
+    return lines

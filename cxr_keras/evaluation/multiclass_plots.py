@@ -90,6 +90,17 @@ def plot_roc_pr(y_true, proba, labels, path=None, title=None):
     return finish_figure(fig, path)
 
 
+def plot_confusion_roc_pr(y_true, proba, labels, stem, title=None):
+    """The confusion matrix of the most probable class (``<stem>_confusion.png``) and the ROC and
+    precision-recall curves (``<stem>_roc_pr.png``, :func:`plot_roc_pr`) of class indices
+    ``y_true`` and probabilities ``proba`` (N, K); ``stem``: a path without its ending."""
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, np.argmax(proba, axis=1), labels=range(len(labels)))
+    plot_confusion_matrix(cm, labels, f"{stem}_confusion.png", title=title)
+    plot_roc_pr(y_true, proba, labels, f"{stem}_roc_pr.png", title=title)
+
+
 _ALIASES = {"fscore": "f1", "f1score": "f1", "fmeasure": "f1"}
 
 

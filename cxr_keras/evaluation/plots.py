@@ -152,3 +152,27 @@ def plot_reconstructions(images, reconstructions, masks, path=None, norm_pix=Fal
                 axes[i, j].set_title(name, fontsize=8)
     fig.suptitle(title)
     return finish_figure(fig, path)
+
+
+def plot_mae_reconstructions(mae, images, path=None, title="MAE reconstructions"):
+    """:func:`plot_reconstructions` of a masked autoencoder (:class:`~cxr_keras.models.mae.
+    MaskedAutoencoder`) on ``images``: its reconstruction of each, under a fresh random mask."""
+    out = mae.reconstruct(images)
+    masks = mae.images_from_patches(out["mask"][..., None] * np.ones((1, 1, mae.patch_size ** 2 * 3)))
+    return plot_reconstructions(np.asarray(images), mae.images_from_patches(out["pred"]), masks, path,
+                                norm_pix=mae.norm_pix_loss, patch_size=mae.patch_size, title=title)
+
+
+def plot_image_rows(rows, titles, path=None, width: float = 7.0, row_height: float = 2.4,
+                    dpi: int = 100):
+    """One row of grey panels per entry of ``rows`` (its images, left to right), ``titles[j]``
+    over the panels of column j (e.g. an image, its mask and its crop)."""
+    fig = Figure(figsize=(width, row_height * len(rows)))
+    axes = fig.subplots(len(rows), len(titles), squeeze=False)
+    for images, ax in zip(rows, axes):
+        for a, img, title in zip(ax, images, titles):
+            a.imshow(img, cmap="gray")
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    fig.tight_layout()
+    return finish_figure(fig, path, dpi=dpi, bbox_inches=None)

@@ -1,8 +1,11 @@
-"""Markdown tables that put our numbers next to the paper's."""
+"""Markdown tables that put our numbers next to the paper's, and the cells and tables the
+recipes' reports share."""
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 
 def _fmt(v):
@@ -69,3 +72,34 @@ def phantom_note(dataset: str, data: str, more: str = "") -> list:
         return []
     return [f"Data: **phantom** {data} (synthetic). Numbers are not comparable with the paper's; "
             "the tables show the pipeline end to end." + (f" {more}" if more else ""), ""]
+
+
+def mean_std(values, with_n: bool = False) -> str:
+    """``mean (std)`` of the finite ``values`` (None skipped; sample std, 0 for one value; NaN
+    for none), 3 decimals; ``with_n`` adds how many were given: ``mean (std, n=N)``."""
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    mu = float(v.mean()) if len(v) else float("nan")
+    sd = float("nan") if len(v) == 0 else float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return f"{mu:.3f} ({sd:.3f}" + (f", n={len(values)})" if with_n else ")")
+
+
+def history_ends(history: dict) -> dict:
+    """``{"first": {term: first epoch's value}, "final": {term: last epoch's}}`` of a training
+    history (:func:`cxr_keras.training.read_history`; ``epoch`` and empty terms left out)."""
+    terms = {k: v for k, v in history.items() if k != "epoch" and v}
+    return {"first": {k: v[0] for k, v in terms.items()}, "final": {k: v[-1] for k, v in terms.items()}}
+
+
+def pretraining_numbers(history: dict, images_per_epoch: int, seconds) -> dict:
+    """The numbers of a (self-supervised) pretraining run: ``epochs`` trained, the ``first`` and
+    ``final`` loss terms (:func:`history_ends`), ``train_seconds`` and ``images_per_second``
+    (None without ``seconds``: a resumed run has no honest rate)."""
+    epochs = len(history.get("loss", []))
+    return dict(epochs=epochs, **history_ends(history), train_seconds=seconds,
+                images_per_second=(images_per_epoch * epochs / seconds) if seconds else None)
+
+
+def loss_terms_table(ends: dict) -> list:
+    """Markdown lines: each term's first and last epoch value (:func:`history_ends`), by name."""
+    return ["| term | first epoch | last epoch |", "|---|---:|---:|"] + [
+        f"| {k} | {ends['first'][k]:.4f} | {ends['final'][k]:.4f} |" for k in sorted(ends["final"])]

@@ -39,3 +39,39 @@ def overlay_grid(grey, heatmaps, titles, path=None, cols: int = 3, boxes=None, c
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=dpi)
     return fig
+
+
+def top_label_gradcam(model, ds, y_true, prob, labels, path=None, n: int = 9,
+                      layer_name: str = "relu"):
+    """A multi-label model's Grad-CAM of each image's top predicted label at ``layer_name``, on
+    the ``n`` images of ``ds`` (ImageNet-normalised) with the most findings in ``y_true`` (only
+    those rows are kept in memory), each titled with its true and predicted labels (probability
+    ``prob`` > 0.5; "No Finding" for none) and the label shown (fzlpr Fig. 7)."""
+    from ..data.pipeline import imagenet_grey
+    from ..inference.batches import gather_rows
+    from .gradcam import grad_cam
+
+    order = np.argsort(-np.nansum(y_true, axis=1), kind="stable")[:n]
+    picked = gather_rows(ds, order)
+    xs = np.stack([picked[i] for i in order])
+    cls = np.argmax(prob[order], axis=1)
+    cams = grad_cam(model, xs, cls, layer_name=layer_name)
+    titles = []
+    for i, c in zip(order, cls):
+        truth = [labels[j] for j in np.flatnonzero(y_true[i] > 0.5)] or ["No Finding"]
+        pred = [labels[j] for j in np.flatnonzero(prob[i] > 0.5)] or ["No Finding"]
+        titles.append(f"GT: {', '.join(truth)}\nPred: {', '.join(pred)}\nCAM: {labels[c]}")
+    return overlay_grid(imagenet_grey(xs), cams, titles, path)
+
+
+def models_gradcam(models, images, classes, class_names, path=None, cell=(2.6, 2.6), dpi: int = 100):
+    """One row per image, one column per model (``models``: ``[(name, model, layer), ...]``):
+    each model's Grad-CAM of the image's class ``classes[i]`` at its layer, over the image (its
+    first channel on 0-255), titled with the model's name and the class (multiloss Fig. 9)."""
+    from .gradcam import grad_cam
+
+    cams = [grad_cam(model, images, classes, layer_name=layer) for _, model, layer in models]
+    grey = np.clip(images[..., 0], 0, 255).astype(np.uint8)
+    panels = [(grey[r], cams[c][r], f"{name}\n{class_names[classes[r]]}")
+              for r in range(len(images)) for c, (name, _, _) in enumerate(models)]
+    return overlay_grid(*zip(*panels), path, cols=len(models), cell=cell, dpi=dpi)
