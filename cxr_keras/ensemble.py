@@ -9,6 +9,7 @@ of (N, K) arrays or a dict name -> (N, K) array in member order is accepted ever
 - :func:`slsqp_weights`: weights minimising the log loss of the weighted average (SLSQP).
 - :func:`stacking_model` / :func:`fit_stacking` / :func:`stacking_predict`: a small Keras
   meta-learner on the concatenated member probabilities.
+- :func:`prediction_level`: the four at once, fitted on validation, applied to test.
 
 NumPy/SciPy only, except the stacking functions, which import Keras when called.
 """
@@ -256,3 +257,16 @@ def stacking_predict(model, probas, batch_size=1024) -> np.ndarray:
     if x.shape[1] != expected:
         raise ValueError(f"stacking model expects {expected} inputs (M * K), got {x.shape[1]}")
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def prediction_level(val_probas, y_val, test_probas, *, starts: int = 10, seed: int = 0,
+                     stacking_epochs: int = 300) -> tuple[dict, np.ndarray]:
+    """The four prediction-level ensembles of the members' ``test_probas``, with the SLSQP
+    weights and the stacking meta-learner fitted on ``val_probas`` / ``y_val``: ({"majority
+    voting", "simple averaging", "weighted averaging", "stacking"} -> (N, K), the weights)."""
+    w, _ = slsqp_weights(val_probas, y_val, starts=starts, seed=seed)
+    stack = fit_stacking(val_probas, y_val, epochs=stacking_epochs, seed=seed)
+    return {"majority voting": vote_proba(test_probas),
+            "simple averaging": average(test_probas),
+            "weighted averaging": weighted_average(test_probas, w),
+            "stacking": stacking_predict(stack, test_probas)}, w

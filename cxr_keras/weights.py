@@ -63,3 +63,15 @@ def download(arch: str, hint: str = "") -> Path:
     except Exception as e:  # get_file raises a bare Exception on network errors
         raise DataError(f"{arch}: cannot download the ImageNet weights from {entry.url} ({e}). "
                         f"Download that file by hand{hint}") from e
+
+
+def weights_for(spec: str | None, arch: str, option: str = "--imagenet-weights") -> str | None:
+    """``arch``'s weights in a specification naming them for several architectures: None,
+    "imagenet" (download) or one file for every architecture, or "ARCH=FILE,ARCH=FILE" (an error
+    naming ``option`` where ``arch`` has no file)."""
+    if spec is None or "=" not in spec:
+        return spec
+    pairs = dict(part.split("=", 1) for part in spec.split(",") if part.strip())
+    if arch not in pairs:
+        raise DataError(f"{option} {spec!r} names no file for {arch}")
+    return pairs[arch]

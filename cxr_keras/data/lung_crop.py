@@ -13,9 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from ..progress import Progress
 from .images import read_image, write_image
+from .tables import finish_table
 
 
 def and_ensemble(masks, threshold=0.5):
@@ -143,3 +145,17 @@ def write_lung_crops(paths, masks, out, *, size=512, margin=0.0, low=1.0, high=9
         written.append(str(dest.resolve()))
         bar.update(1)
     return written, int(sum(not np.any(m) for m in masks))
+
+
+def lung_crop_table(rows, masks, out, *, dataset: str, classes, size=512, margin=0.0, low=1.0,
+                    high=99.0) -> tuple[pd.DataFrame, int]:
+    """The table of the images of ``rows`` (a cache's rows: path, split, label and patient_id if
+    any) lung-cropped with ``masks`` into ``out`` (:func:`write_lung_crops`): each crop keeps its
+    split, label and patient, ``source`` names the original. Returns (table, empty masks)."""
+    crops, empty = write_lung_crops(rows["path"].tolist(), masks, out, size=size, margin=margin,
+                                    low=low, high=high)
+    records = pd.DataFrame(dict(
+        path=crops, split=rows["split"].to_numpy(), label=rows["label"].astype(int).to_numpy(),
+        patient_id=rows["patient_id"].to_numpy() if "patient_id" in rows else "",
+        source=rows["path"].to_numpy()))
+    return finish_table(records, dataset=dataset, root=out, classes=classes), empty

@@ -191,6 +191,53 @@ def finish_table(df: pd.DataFrame, *, dataset: str, root, labels=None, classes=N
     return df
 
 
+def sources_for_training(table: pd.DataFrame, sources, val_fraction: float, seed: int,
+                         by: str = "patient", where="") -> pd.DataFrame:
+    """The rows of ``table`` from ``sources`` (its ``source`` column), all for training but a
+    seeded ``val_fraction`` held out for validation (:func:`split_off_validation`), attributes
+    kept; an error naming ``where`` when no row is from ``sources``."""
+    keep = table["source"].isin(sources).to_numpy()
+    if not keep.any():
+        raise DataError(f"{where}: no image from {tuple(sources)}")
+    attrs = dict(table.attrs)
+    table = split_off_validation(table[keep].assign(split="train"), val_fraction, seed, by=by)
+    table.attrs = attrs
+    return table.reset_index(drop=True)
+
+
+def only_split(split: str):
+    """A function ``table -> its rows of split``, attributes kept (a cache of one split)."""
+    def keep(table):
+        attrs = dict(table.attrs)
+        table = table.loc[table["split"] == split].reset_index(drop=True)
+        table.attrs = attrs
+        return table
+
+    return keep
+
+
+def pooled_table(parts: dict, *, dataset: str, root, labelled: bool = True,
+                 split: str | None = None) -> pd.DataFrame:
+    """One table of the images of several readers' tables (``parts``: source name -> table, in
+    order): ``path``, ``split`` (each table's, or ``split`` for every row), ``source`` (the name)
+    and, ``labelled``, every table's labels as ``<source>/<label>`` columns (float32; NaN where a
+    table has no such column), listed in ``attrs["labels"]``."""
+    frames = []
+    for name, t in parts.items():
+        frame = pd.DataFrame({"path": t["path"].to_numpy(),
+                              "split": split or t["split"].to_numpy(), "source": name})
+        for c in t.attrs["labels"] if labelled else ():
+            frame[f"{name}/{c}"] = t[c].to_numpy()
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)
+    table.attrs = {"dataset": dataset, "root": str(Path(root).resolve())}
+    if labelled:
+        labels = [c for c in table.columns if "/" in c]
+        table[labels] = table[labels].astype("float32")
+        table.attrs["labels"] = labels
+    return table
+
+
 def sample_multilabel(rng: np.random.Generator, prevalence: dict, max_labels: int = 4) -> list:
     """Draw a co-occurring label set with independent Bernoulli draws, capped at ``max_labels``.
 

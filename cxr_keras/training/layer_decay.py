@@ -25,6 +25,15 @@ def _multiplier(path: str, table: dict, default: float) -> float:
     return value
 
 
+def warmup_cosine(lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: int):
+    """MAE's per-step schedule: linear warm-up from 0 to ``lr`` over ``warmup_epochs`` (at most
+    every step but one), then cosine to 0 over the rest of ``epochs``."""
+    total = max(1, steps_per_epoch * epochs)
+    warm = min(total - 1, steps_per_epoch * warmup_epochs)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), alpha=0.0,
+                                                  warmup_target=lr, warmup_steps=warm)
+
+
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class LayerDecayAdamW(keras.optimizers.Adam):
     """AdamW whose learning rate and weight decay are scaled per variable.

@@ -71,6 +71,15 @@ class RunFolder:
     def file(self, *parts) -> Path:
         return self.path.joinpath(*parts)
 
+    def sub(self, *parts, config: dict | None = None) -> "RunFolder":
+        """The run folder of a part of this run (a sub-model) at ``parts`` below it; ``config``
+        is written as its ``config.json`` unless one is there (what ``cxr-keras export`` records
+        as the model's preprocessing)."""
+        sub = RunFolder(self.path.joinpath(*parts))
+        if config and not sub.file("config.json").exists():
+            sub.write_json("config.json", config)
+        return sub
+
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"

@@ -74,6 +74,7 @@ COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "
 POLICIES = ("ones", "zeros", "ignore")
 # mlrfnet / CheXpert paper's best-per-observation: U-Ones for Atelectasis and Edema, U-Zeros else.
 MIXED_POLICY = {k: ("ones" if k in ("Atelectasis", "Edema") else "zeros") for k in LABELS}
+LABEL_POLICIES = ("mixed", "ones", "zeros")  # apply_uncertainty's, on labels read with NaN
 
 # Observation -> phantom finding(s); a tuple means "one of these, drawn at random".
 FINDING_MAP = {
@@ -313,3 +314,18 @@ def load_table(root, uncertain="ones", blank: str = "zeros", frontal_only: bool 
     df = finish_table(df, dataset=NAME, root=root, labels=labels)
     df.attrs.update(uncertain=_policy_for(uncertain, labels), blank=blank, folder=ds_dir.name)
     return df
+
+
+def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
+    """Labels read with ``uncertain="ignore"`` (NaN where uncertain) under ``policy``: NaN becomes
+    1 (``"ones"``, U-Ones), 0 (``"zeros"``, U-Zeros), or per observation (``"mixed"``:
+    :data:`MIXED_POLICY`, U-Ones for Atelectasis and Edema, U-Zeros for the others). One cache
+    read that way serves every policy."""
+    if policy not in LABEL_POLICIES:
+        raise DataError(f"uncertain must be one of {LABEL_POLICIES}, got {policy!r}")
+    y = np.array(y, np.float32, copy=True)
+    for j, name in enumerate(labels):
+        rule = MIXED_POLICY.get(name, "zeros") if policy == "mixed" else policy
+        col = y[:, j]
+        col[np.isnan(col)] = 1.0 if rule == "ones" else 0.0
+    return y
