@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -171,6 +172,20 @@ def parse_set(pairs) -> dict:
             raise DataError(f"--set expects KEY=VALUE, got {pair!r}")
         out[key.strip()] = _json_or_text(text)
     return out
+
+
+def comma_list(text, option: str, *, of=str, known=None, what: str = "item") -> list:
+    """The items of a comma-separated option value (None or blank: none), each converted by
+    ``of``; an error naming ``option`` for one that does not convert or is not ``known``."""
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    try:
+        items = [of(t) for t in items]
+    except ValueError as e:
+        raise DataError(f"{option} takes comma-separated {of.__name__} values, got {text!r}") from e
+    unknown = [t for t in items if known is not None and t not in known]
+    if unknown:
+        raise DataError(f"{option}: unknown {what}(s) {unknown}; known: {', '.join(map(str, known))}")
+    return items
 
 
 def read_config_file(path) -> dict:
@@ -350,6 +365,13 @@ def open_run(out, tag: str, config: dict, force: bool = False) -> RunFolder:
     return RunFolder.for_config(out, tag, config, force=force)
 
 
+def fit_options(runtime, opts: RunOptions, seed: int) -> dict:
+    """The :func:`~cxr_keras.training.fit_stage` arguments a run's execution sets: the ``seed``,
+    XLA (the runtime's), Keras verbosity and TensorBoard (the options')."""
+    return dict(seed=seed, jit_compile=runtime.jit_compile, verbose=opts.verbose,
+                tensorboard=opts.tensorboard)
+
+
 def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config: dict | None = None):
     """Run one configuration through the lifecycle (module docstring); returns its RunFolder.
 
@@ -366,6 +388,44 @@ def execute(tag: str, cfg, opts: RunOptions, *, prepare, train, evaluate, config
     config = dataclasses.asdict(cfg) if config is None else config
     with FolderLock(RunFolder.path_for(opts.out, tag, config), "run folder", wait=opts.wait):
         return _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial)
+
+
+def execute_stages(tag: str, cfg, opts: RunOptions, stages: tuple, asked: tuple, *, folders,
+                   prepare, train, evaluate):
+    """:func:`execute` for a recipe of several stages in one run folder, each reading what the
+    one before wrote: only the ``asked`` stages of ``stages`` run (``train`` and ``evaluate`` get
+    ``stages=asked``); a single stage may be rerun on a finished run (``DONE`` stands once the last
+    stage ran), and ``force`` empties the first stage asked and every later one
+    (``folders(path, stage)``: that stage's paths in the run folder ``path``) -- earlier stages
+    and their metrics are kept."""
+    import shutil
+
+    opts = join_processes(opts)  # (first: process i > 0 has its own folder)
+    path = RunFolder.path_for(opts.out, tag, dataclasses.asdict(cfg))
+    with FolderLock(path, "run folder", wait=opts.wait):  # (execute's own lock: the same one)
+        if opts.force:
+            for stage in stages[stages.index(asked[0]):]:
+                for folder in folders(path, stage):
+                    shutil.rmtree(folder, ignore_errors=True)
+        if opts.force or tuple(asked) != tuple(stages):
+            (path / "DONE").unlink(missing_ok=True)
+        run = execute(tag, cfg, dataclasses.replace(opts, distributed=False, force=False),
+                      prepare=prepare, train=functools.partial(train, stages=asked),
+                      evaluate=functools.partial(evaluate, stages=asked))
+        if stages[-1] not in asked:
+            run.file("DONE").unlink(missing_ok=True)
+        return run
+
+
+def stage_function(run, name: str):
+    """``run`` with ``stage=name``: the function that runs that stage alone of a recipe of
+    several (:func:`execute_stages`), named after it."""
+    def one_stage(cfg=None, out="runs", data_root=None, **options):
+        return run(cfg, out, data_root, stage=name, **options)
+
+    one_stage.__name__ = one_stage.__qualname__ = name
+    one_stage.__doc__ = f"The {name} stage alone: :func:`run` with ``stage={name!r}``."
+    return one_stage
 
 
 def _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial):
@@ -398,6 +458,32 @@ def _execute_locked(tag, cfg, opts, prepare, train, evaluate, config, partial):
     return run
 
 
+IMAGENET_SKIPPED = ("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
+                    "with --imagenet-weights or the default download)")
+
+
+def write_summary(path, text) -> None:
+    """Write a command's summary of several runs (``text()``: its tables), on process 0 only
+    (the only one whose run folders hold their metrics)."""
+    from ..io import write_text
+    from ..training import multihost
+
+    if multihost.is_chief():
+        write_text(path, text())
+        print(f"wrote {path}", flush=True)
+
+
+def setup(cfg, resolve, real: tuple, out="runs", data_root=None, opts: RunOptions | None = None,
+          kwargs: dict | None = None, join: bool = False):
+    """(Config, RunOptions) of a recipe's Python entry point: ``cfg`` resolved and bound to its
+    data (:func:`bind_data`; ``real``: the real datasets it takes), ``opts`` (default: from
+    ``out``, ``data_root`` and the options ``kwargs``); ``join``: the processes joined
+    (:func:`join_processes`: once, so pass the result on to every later call)."""
+    opts = opts or options(out, data_root, **(kwargs or {}))
+    cfg = bind_data(resolve(cfg), opts, real)
+    return cfg, join_processes(opts) if join else opts
+
+
 def bind_data(cfg, opts: RunOptions, real: tuple):
     """``cfg`` as it runs on ``opts``' data: "phantom" becomes ``real[0]`` when a data folder is
     given; checked (:func:`check_dataset`); for real data, the folders go into ``cfg.extra`` so
@@ -410,6 +496,15 @@ def bind_data(cfg, opts: RunOptions, real: tuple):
     folders = dict(data_root=str(opts.data_root), cache=str(opts.cache),
                    roots={k: str(v) for k, v in opts.roots.items()})
     return dataclasses.replace(cfg, extra=dict(cfg.extra, **folders))
+
+
+def check_choices(cfg, **known) -> None:
+    """Each field of ``cfg`` named in ``known`` (field -> its choices) holds one of its choices;
+    else an error naming the field, the choices and the value."""
+    for name, choices in known.items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            raise DataError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 def check_dataset(cfg, opts: RunOptions, real: tuple) -> None:
