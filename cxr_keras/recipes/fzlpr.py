@@ -20,18 +20,12 @@ import numpy as np
 from scipy.special import expit
 
 from .._argtypes import positive_float, positive_int
-from ..data.augment import PRESETS
-from ..data.cache import Cache
-from ..data.pipeline import imagenet_grey, make_dataset
 from ..evaluation import metrics as M
-from ..evaluation.calibration import calibration_section
-from ..evaluation.delong import delong_test
+from ..evaluation.delong import delong_table
 from ..evaluation.metrics import mean_of
-from ..evaluation.plots import plot_auc_differences, plot_roc_curves, plot_training_curves
+from ..evaluation.plots import plot_auc_differences
 from ..evaluation.report import comparison_table, phantom_note
-from ..explain.figures import overlay_grid
-from ..explain.gradcam import grad_cam
-from ..inference.batches import gather_rows, predict_dataset
+from ..explain.figures import top_label_gradcam
 from ..inference.tta import TABLE3_STEPS, TTAPredictor, cumulative_means
 from ..integrity import verify
 from ..io import DataError
@@ -39,10 +33,10 @@ from ..losses import get_loss
 from ..models import densenet, densenet121_fzlpr
 from ..models.batchnorm import set_bn_momentum
 from ..models.densenet_fzlpr import set_backbone_trainable
-from ..training import RunFolder, fit_stage, read_history
+from ..training import RunFolder, fit_stage
 from . import fzlpr_paper as paper
 from . import lifecycle
-from .common import prepared_cache
+from .common import auc_metric, crop_pipelines, curves_and_calibration, predict_and_save, prepared_cache
 from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 LOSSES = ("bce", "focal", "zlpr", "fzlpr")
@@ -97,8 +91,7 @@ def build_parser():
 
 def resolve(cfg: Config) -> Config:
     """The configuration as it runs: tau only applies to (F)ZLPR (ZLPR is tau 1), checked."""
-    if cfg.loss not in LOSSES:
-        raise DataError(f"loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    lifecycle.check_choices(cfg, loss=LOSSES)
     if cfg.loss == "fzlpr":
         if cfg.tau is None or cfg.tau <= 0:
             raise DataError(f"tau must be > 0 for the FZLPR loss, got {cfg.tau!r}")
@@ -134,27 +127,18 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptio
         **options) -> RunFolder:
     """Train and evaluate one configuration (phantom NIH when ``data_root`` is None); returns
     its run folder (a finished one as it is). ``options``: see :class:`RunOptions`."""
-    opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = lifecycle.bind_data(resolve(cfg or Config()), opts, ("nih",))
+    cfg, opts = lifecycle.setup(cfg or Config(), resolve, ("nih",), out, data_root, opts, options)
     return execute(run_tag(cfg), cfg, opts, prepare=_prepare, train=_train, evaluate=_evaluate)
 
 
 def _prepare(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     """The NIH cache and its three pipelines (random crop for training, centre crop else)."""
-    cache_path = prepared_cache("nih", cfg, opts, phantom_n=cfg.phantom_n,
-                                phantom_size=cfg.phantom_size, cache_size=cfg.cache_size,
-                                table_options={"val_fraction": cfg.val_fraction,
-                                               "val_by": cfg.val_by, "seed": cfg.seed})
-    cache = Cache(cache_path)
-    if cache.size < cfg.crop:
-        raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
-                        f"{cfg.crop}px crop; prepare it with --size {cfg.cache_size}")
-    preset = replace(PRESETS["fzlpr"], crop=cfg.crop / cache.size)
-    kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
-    return SimpleNamespace(labels=cache.labels,
-                           train=make_dataset(cache, "train", training=True, **kw),
-                           val=make_dataset(cache, "val", training=False, **kw),
-                           test=make_dataset(cache, "test", training=False, **kw))
+    cache = prepared_cache("nih", cfg, opts, phantom_n=cfg.phantom_n,
+                           phantom_size=cfg.phantom_size, cache_size=cfg.cache_size,
+                           table_options={"val_fraction": cfg.val_fraction,
+                                          "val_by": cfg.val_by, "seed": cfg.seed})
+    return crop_pipelines(cache, "fzlpr", cfg.crop, batch_size=cfg.batch_size, seed=cfg.seed,
+                          normalization="imagenet")
 
 
 def _train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
@@ -164,25 +148,20 @@ def _train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
     model = build_model(cfg, len(data.labels))
     loss = get_loss(cfg.loss, **({"tau": cfg.tau} if cfg.loss == "fzlpr" else {}))
 
-    def auc():
-        return keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
-                                 name="auc")
-
-    common = dict(loss=loss, monitor=cfg.monitor, seed=cfg.seed, jit_compile=runtime.jit_compile,
-                  verbose=opts.verbose, tensorboard=opts.tensorboard)
+    common = dict(loss=loss, monitor=cfg.monitor, **lifecycle.fit_options(runtime, opts, cfg.seed))
     t0 = time.perf_counter()
     resumed = any(run_dir.checkpoints.iterdir())  # anything there: an earlier process trained
     set_backbone_trainable(model, False)
     fit_stage(model, data.train, data.val, run_dir, "stage1", epochs=cfg.stage1_epochs,
               optimizer=keras.optimizers.AdamW(cfg.stage1_lr, weight_decay=cfg.weight_decay),
-              metrics=[auc()], **common)
+              metrics=[auc_metric(len(data.labels))], **common)
     set_backbone_trainable(model, True)
     schedule = keras.optimizers.schedules.CosineDecay(
         cfg.stage2_lr, decay_steps=max(1, steps * cfg.stage2_epochs),
         alpha=cfg.lr_floor / cfg.stage2_lr)
     fit_stage(model, data.train, data.val, run_dir, "stage2", epochs=cfg.stage2_epochs,
               optimizer=keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay),
-              metrics=[auc()], **common)
+              metrics=[auc_metric(len(data.labels))], **common)
     return None if resumed else time.perf_counter() - t0
 
 
@@ -194,8 +173,7 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data, train_seconds, opts: RunOpt
 
 def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, train_images=None):
     """Every number, plot and table of one run."""
-    val_logits, val_y = predict_dataset(model, val_ds, np.float64)
-    run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
+    [(val_logits, val_y)] = predict_and_save(model, run_dir, labels, val=val_ds)
     tta = TTAPredictor(model, zoom=cfg.tta_zoom)
     views = tta.predict_views(test_ds)
     test_y = np.concatenate([np.asarray(y) for _, y in test_ds])
@@ -211,11 +189,9 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
     thr = M.threshold_metrics(test_y, test_prob, 0.5, labels)  # = logit 0, the paper's rule
     est, lo, hi = M.bootstrap_ci(lambda t, s: M.mean_auc(t, s), test_y, test_prob,
                                  n_boot=cfg.bootstrap, seed=cfg.seed)
-    history = {}
-    for stage in ("stage1", "stage2"):
-        for k, v in read_history(run_dir.file("logs", f"history_{stage}.csv")).items():
-            history.setdefault(k, []).extend(v)
-    calibration, calibration_md = calibration_section(test_y, test_prob, labels, run_dir)
+    _, calibration, calibration_md = curves_and_calibration(
+        run_dir, test_y, test_prob, labels, stages=("stage1", "stage2"),
+        roc_title=f"ROC, test ({cfg.loss})")
     metrics = run_dir.update_metrics(
         loss=cfg.loss, tau=cfg.tau,
         val_auc=val_auc, val_mean_auc=mean_of(val_auc),
@@ -224,30 +200,11 @@ def evaluate(model, cfg, run_dir, labels, val_ds, test_ds, train_seconds=None, t
         tta_auc={k: {"per_class": v, "mean": mean_of(v)} for k, v in tta_auc.items()},
         test_threshold_metrics=thr, test_calibration=calibration,
         train_seconds=train_seconds, train_images=train_images)
-    plot_roc_curves(test_y, test_prob, labels, run_dir.file("plots", "roc_test.png"),
-                    title=f"ROC, test ({cfg.loss})")
-    plot_training_curves(history, run_dir.file("plots", "training_curves.png"))
-    gradcam_figure(model, test_ds, test_y, test_prob, labels, run_dir.file("plots", "gradcam.png"),
-                   n=cfg.gradcam_images)
+    # Fig. 7: Grad-CAM of the top predicted label on conv5, images with findings first
+    top_label_gradcam(model, test_ds, test_y, test_prob, labels, run_dir.file("plots", "gradcam.png"),
+                      n=cfg.gradcam_images, layer_name="relu")
     run_dir.write_text("report.md", report(cfg, metrics) + "\n".join(calibration_md))
     return metrics
-
-
-def gradcam_figure(model, test_ds, test_y, test_prob, labels, path, n=9):
-    """Fig. 7: Grad-CAM of the top predicted label on conv5, blended over test images."""
-    # prefer images with findings, as the paper's figure does; keep only those rows in memory
-    order = np.argsort(-np.nansum(test_y, axis=1), kind="stable")[:n]
-    picked = gather_rows(test_ds, order)
-    xs = np.stack([picked[i] for i in order])
-    cls = np.argmax(test_prob[order], axis=1)
-    cams = grad_cam(model, xs, cls, layer_name="relu")
-    grey = imagenet_grey(xs)
-    titles = []
-    for i, c in zip(order, cls):
-        truth = [labels[j] for j in np.flatnonzero(test_y[i] > 0.5)] or ["No Finding"]
-        pred = [labels[j] for j in np.flatnonzero(test_prob[i] > 0.5)] or ["No Finding"]
-        titles.append(f"GT: {', '.join(truth)}\nPred: {', '.join(pred)}\nCAM: {labels[c]}")
-    overlay_grid(grey, cams, titles, path)
 
 
 def report(cfg: Config, m: dict) -> str:
@@ -316,25 +273,9 @@ def delong_section(runs) -> list:
     preds = {r.metrics()["loss"]: r.load_predictions("test") for r in runs}
     if "fzlpr" not in preds:
         return []
-    ref = preds["fzlpr"]
-    labels = [str(x) for x in ref["labels"]]
-    lines = ["### DeLong's test, FZLPR against each loss (test set, p-values)", "",
-             "| label | " + " | ".join(k for k in preds if k != "fzlpr") + " |",
-             "|---|" + "---:|" * (len(preds) - 1)]
-    for j, label in enumerate(labels):
-        cells = []
-        for loss, p in preds.items():
-            if loss == "fzlpr":
-                continue
-            y = ref["y_true"][:, j]
-            keep = ~np.isnan(y)
-            if not np.array_equal(p["y_true"][:, j][keep], y[keep]) or len(set(y[keep])) < 2:
-                cells.append("-")
-                continue
-            *_, pval = delong_test(y[keep], ref["prob_original"][keep, j], p["prob_original"][keep, j])
-            cells.append(f"{pval:.3g}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    labels = [str(x) for x in preds["fzlpr"]["labels"]]
+    return (["### DeLong's test, FZLPR against each loss (test set, p-values)", ""]
+            + delong_table("fzlpr", preds, labels, "prob_original") + [""])
 
 
 def tau_report(runs, plot_path) -> str:
