@@ -23,26 +23,24 @@ Python::
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import keras
 import numpy as np
 from scipy.special import expit
 
 from .._argtypes import positive_int
-from ..data.augment import PRESETS
 from ..data.cache import Cache
-from ..data.datasets.chexpert import COMPETITION_LABELS, MIXED_POLICY
+from ..data.datasets.chexpert import COMPETITION_LABELS, LABEL_POLICIES, apply_uncertainty
 from ..data.datasets.nih import load_boxes
-from ..data.findings import canonical_names, harmonise, kleene_or
-from ..data.pipeline import imagenet_grey, make_dataset
+from ..data.pipeline import imagenet_grey
+from ..data.tables import only_split
+from ..evaluation import cross_dataset
 from ..evaluation import metrics as M
-from ..evaluation.calibration import calibration_section
-from ..evaluation.flops import count_flops, seconds_per_image
-from ..evaluation.localization import localization_scores, map_box
-from ..evaluation.plots import plot_roc_curves, plot_training_curves
+from ..evaluation.flops import model_cost
+from ..evaluation.localization import boxes_on_rows, localization_scores, localization_table
 from ..evaluation.report import comparison_table, metrics_table, phantom_note
 from ..explain.figures import overlay_grid
 from ..explain.gradcam import grad_cam
@@ -53,10 +51,9 @@ from ..losses import BiasedFocalLoss, get_loss
 from ..models.batchnorm import set_bn_momentum
 from ..models.mlrfnet import gradcam_layers
 from ..models.mlrfnet import mlrfnet as mlrfnet_model
-from ..training import RunFolder, fit_stage, read_history
-from . import lifecycle
+from ..training import RunFolder, fit_stage
+from . import common, lifecycle
 from . import mlrfnet_paper as paper
-from .common import cache_of, phantom_or_real_root
 from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 DATASETS = ("phantom", "phantom-nih", "phantom-chexpert", "nih", "chexpert")
@@ -71,7 +68,7 @@ ABLATIONS = {
     "bce": {"loss": "bce"},
     "focal": {"loss": "focal"},
 }
-POLICIES = ("mixed", "ones", "zeros")
+POLICIES = LABEL_POLICIES  # CheXpert uncertainty policies: mixed (U-O&U-Z), ones, zeros
 SPLITS = ("official", "random")
 TEST_DATASETS = ("nih", "chexpert")  # cross-dataset test sets (--test-dataset)
 
@@ -178,11 +175,7 @@ def resolve(cfg: Config) -> Config:
     if clash:
         raise DataError(f"{', '.join(clash)} is not the ablation {cfg.ablation!r} (which sets "
                         f"{ABLATIONS[cfg.ablation] or PAPER_MODEL}): choose the ablation instead")
-    if cfg.dataset not in DATASETS:
-        raise DataError(f"dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
-    for name, known in (("uncertain", POLICIES), ("split", SPLITS)):
-        if getattr(cfg, name) not in known:
-            raise DataError(f"{name} must be one of {', '.join(known)}, got {getattr(cfg, name)!r}")
+    lifecycle.check_choices(cfg, dataset=DATASETS, uncertain=POLICIES, split=SPLITS)
     if cfg.test_dataset not in (None, *TEST_DATASETS) or cfg.test_dataset == cfg.source:
         raise DataError(f"test_dataset must be None or a dataset other than the training one "
                         f"({cfg.source}): one of {', '.join(TEST_DATASETS)}; got {cfg.test_dataset!r}")
@@ -237,31 +230,25 @@ class Data:
     """The run's cache, label columns and datasets. CheXpert is cached once with uncertain
     entries kept as NaN, so the three policies share one cache."""
     def __init__(self, cfg: Config, opts: RunOptions):
-        self.root = phantom_or_real_root(cfg.source, cfg, opts, phantom_n=cfg.phantom_n,
-                                         phantom_size=cfg.phantom_size)
+        self.root = common.phantom_or_real_root(cfg.source, cfg, opts, phantom_n=cfg.phantom_n,
+                                                phantom_size=cfg.phantom_size)
         options = {"val_fraction": cfg.val_fraction, "val_by": cfg.val_by, "seed": cfg.seed,
                    **({"split": cfg.split} if cfg.source == "nih"
                       else {"uncertain": "ignore", "blank": "zeros"})}
-        cache_path = cache_of(cfg.source, self.root, opts, cache_size=cfg.cache_size,
-                              table_options=options, cache=opts.cache)
+        cache_path = common.cache_of(cfg.source, self.root, opts, cache_size=cfg.cache_size,
+                                     table_options=options, cache=opts.cache)
         self.cache = cache = Cache(cache_path)
-        if cache.size < cfg.crop:
-            raise DataError(f"the cache {cache_path} has {cache.size}px images, smaller than the "
-                            f"{cfg.crop}px crop")
         if cfg.source == "chexpert":
             self.labels = (list(COMPETITION_LABELS) if cfg.train_labels == "competition"
                            else list(cache.labels))
             self.eval_labels = list(COMPETITION_LABELS)
         else:
             self.labels = self.eval_labels = list(cache.labels)
-        preset = dataclasses.replace(PRESETS["mlrfnet"], crop=cfg.crop / cache.size)
-        kw = dict(preset=preset, batch_size=cfg.batch_size, seed=cfg.seed, normalization="imagenet")
-        self.train = make_dataset(cache, "train", training=True, drop_remainder=True,
-                                  targets=self.targets(cfg, "train"), **kw)
-        self.val = make_dataset(cache, "val", training=False, targets=self.targets(cfg, "val"), **kw)
-        self.test = make_dataset(cache, "test", training=False, targets=self.targets(cfg, "test"),
-                                 **kw)
-        self.cross = cross_test_set(cfg, opts, self.labels, kw) if cfg.test_dataset else None
+        p = common.crop_pipelines(cache, "mlrfnet", cfg.crop, targets=partial(self.targets, cfg),
+                                  drop_remainder=True, batch_size=cfg.batch_size, seed=cfg.seed,
+                                  normalization="imagenet")
+        self.train, self.val, self.test = p.train, p.val, p.test
+        self.cross = cross_test_set(cfg, opts, self.labels, p.options) if cfg.test_dataset else None
 
     def targets(self, cfg: Config, split: str) -> np.ndarray:
         """Labels of ``split`` with the uncertainty policy applied (CheXpert's cache keeps
@@ -282,43 +269,12 @@ def cross_test_set(cfg: Config, opts: RunOptions, model_labels, kw: dict) -> dic
     phantom = cfg.dataset.startswith("phantom")
     if not phantom and name not in opts.roots:
         raise DataError(f"test_dataset {name!r} on real data needs its folder: --root {name}=DIR")
-    root = phantom_or_real_root(name, cfg, opts, phantom_n=cfg.phantom_n,
-                                phantom_size=cfg.phantom_size, root=opts.roots.get(name))
+    root = common.phantom_or_real_root(name, cfg, opts, phantom_n=cfg.phantom_n,
+                                       phantom_size=cfg.phantom_size, root=opts.roots.get(name))
     options = {"uncertain": "ignore", "blank": "zeros"} if name == "chexpert" else {}
-
-    def test_rows(table):
-        attrs = dict(table.attrs)
-        table = table.loc[table["split"] == "test"].reset_index(drop=True)
-        table.attrs = attrs
-        return table
-
-    cache = Cache(cache_of(name, root, opts, cache_size=cfg.cache_size, table_options=options,
-                           table_fn=test_rows, tag="test split"))
-    rows = cache.rows("test").copy()
-    rows.attrs = {"dataset": name, "labels": list(cache.labels)}
-    table = harmonise(rows)
-    model = canonical_names(cfg.source, model_labels)
-    findings = [v for v in table.attrs["labels"]
-                if v in table.attrs["harmonised"]["sources"] and v in model.values()]
-    if not findings:
-        raise DataError(f"{cfg.source} and {name} share no finding once harmonised")
-    columns = [[j for j, c in enumerate(model_labels) if model[c] == v] for v in findings]
-    targets = table[findings].to_numpy(np.float32)
-    return dict(dataset=name, findings=findings, columns=columns,
-                data=make_dataset(cache, "test", training=False, targets=targets, **kw))
-
-
-def apply_uncertainty(y: np.ndarray, labels, policy: str) -> np.ndarray:
-    """Replace NaN (uncertain) by 1 (U-Ones), 0 (U-Zeros), or per observation (mixed: U-Ones for
-    Atelectasis and Edema, U-Zeros for the others)."""
-    if policy not in POLICIES:
-        raise DataError(f"uncertain must be one of {POLICIES}, got {policy!r}")
-    y = np.array(y, np.float32, copy=True)
-    for j, name in enumerate(labels):
-        rule = MIXED_POLICY.get(name, "zeros") if policy == "mixed" else policy
-        col = y[:, j]
-        col[np.isnan(col)] = 1.0 if rule == "ones" else 0.0
-    return y
+    cache = Cache(common.cache_of(name, root, opts, cache_size=cfg.cache_size, table_options=options,
+                                  table_fn=only_split("test"), tag="test split"))
+    return cross_dataset.cross_test_set(cache, name, cfg.source, model_labels, **kw)
 
 
 # ------------------------------------------------------------------------------------- running
@@ -328,30 +284,27 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, opts: RunOptio
     """Train and evaluate one configuration (phantom NIH when ``data_root`` is None); returns
     its run folder (a finished one as it is). ``options``: see :class:`RunOptions` (``roots``:
     e.g. ``{"chexpert": DIR}``)."""
-    opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = lifecycle.bind_data(resolve(cfg or Config()), opts, ("nih", "chexpert"))
+    cfg, opts = lifecycle.setup(cfg or Config(), resolve, ("nih", "chexpert"), out, data_root, opts,
+                                options)
     return execute(run_tag(cfg), cfg, opts, prepare=Data, train=_train, evaluate=_evaluate)
 
 
 def _train(cfg: Config, run_dir: RunFolder, data: Data, runtime, opts: RunOptions):
     """Sec. IV-C: Adam, lr x ``lr_decay`` every ``lr_decay_epochs``, early stop on validation
     loss; returns the training seconds (None for a resumed run: no misleading rate)."""
-    steps = data.train.num_rows // cfg.batch_size  # per epoch, also when --distributed splits rows
-    if steps == 0:
-        raise DataError(f"the training split has {data.train.num_rows} images, fewer than one "
-                        f"batch of {cfg.batch_size}")
+    # per epoch, also when --distributed splits the rows
+    steps = common.full_batches(data.train.num_rows, cfg.batch_size, "the training split")
     model = build_model(cfg, len(data.labels))
     schedule = keras.optimizers.schedules.ExponentialDecay(
         cfg.lr, decay_steps=steps * cfg.lr_decay_epochs, decay_rate=cfg.lr_decay, staircase=True)
-    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
-                            name="auc")
+    auc = common.auc_metric(len(data.labels))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=cfg.patience)
     t0 = time.perf_counter()
     resumed = any(run_dir.checkpoints.iterdir())
     fit_stage(model, data.train, data.val, run_dir, "train", epochs=cfg.epochs,
               optimizer=keras.optimizers.Adam(schedule), loss=build_loss(cfg), metrics=[auc],
-              monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=runtime.jit_compile,
-              callbacks=[stop], verbose=opts.verbose, tensorboard=opts.tensorboard)
+              monitor="val_loss", mode="min", callbacks=[stop],
+              **lifecycle.fit_options(runtime, opts, cfg.seed))
     return None if resumed else time.perf_counter() - t0
 
 
@@ -363,11 +316,8 @@ def _evaluate(cfg: Config, run_dir: RunFolder, data: Data, train_seconds, opts: 
 def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     """Every number, plot and table of one run."""
     cols = [data.labels.index(k) for k in data.eval_labels]
-    val_logits, val_y = predict_dataset(model, data.val, np.float64)
-    test_logits, test_y = predict_dataset(model, data.test, np.float64)
-    labels = np.array(data.labels)
-    run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=labels)
-    run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=labels)
+    (val_logits, val_y), (test_logits, test_y) = common.predict_and_save(model, run_dir, data.labels,
+                                                                         val=data.val, test=data.test)
     val_prob, test_prob = expit(val_logits[:, cols]), expit(test_logits[:, cols])
     val_y, test_y = val_y[:, cols], test_y[:, cols]
     names = data.eval_labels
@@ -379,8 +329,9 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
     if cfg.source == "nih":
         localization = pointing_game(model, cfg, run_dir, data, test_prob)
 
-    history = read_history(run_dir.file("logs", "history_train.csv"))
-    calibration, calibration_md = calibration_section(test_y, test_prob, names, run_dir)
+    history, calibration, calibration_md = common.curves_and_calibration(
+        run_dir, test_y, test_prob, names, stages=("train",), curves_title="Loss and AUC (Figs. 8-9)",
+        roc_title=f"ROC, {'test' if cfg.source == 'nih' else 'valid.csv'} (Fig. 10)")
     cross = cross_dataset_test(model, cfg, run_dir, data) if data.cross else None
     metrics = run_dir.update_metrics(
         ablation=cfg.ablation, source=cfg.source, uncertain=cfg.uncertain if cfg.source ==
@@ -389,10 +340,6 @@ def evaluate(model, cfg: Config, run_dir, data: Data, train_seconds=None):
         cross_dataset=cross,
         epochs_trained=len(history.get("loss", [])),
         train_seconds=train_seconds, train_images=data.train.num_rows)
-    plot_roc_curves(test_y, test_prob, names, run_dir.file("plots", "roc_test.png"),
-                    title=f"ROC, {'test' if cfg.source == 'nih' else 'valid.csv'} (Fig. 10)")
-    plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
-                         title="Loss and AUC (Figs. 8-9)")
     run_dir.write_text("report.md", report(cfg, metrics) + "\n".join(calibration_md))
     return metrics
 
@@ -402,34 +349,23 @@ def cross_dataset_test(model, cfg: Config, run_dir, data: Data) -> dict:
     datasets share, beside the same findings on its own test set (from ``predictions/test.npz``).
     Several outputs onto one finding would be OR-ed: their largest logit, and the three-valued OR
     of their labels. Saves ``predictions/test_<dataset>.npz``."""
-    cross, findings = data.cross, data.cross["findings"]
+    cross = data.cross
     logits, y = predict_dataset(model, cross["data"], np.float64)
-    scores = np.stack([logits[:, cols].max(axis=1) for cols in cross["columns"]], axis=1)
+    scores = cross_dataset.onto_findings(logits, cross["columns"])
     run_dir.save_predictions(f"test_{cross['dataset']}", y_true=y, logits=scores,
-                             labels=np.array(findings))
+                             labels=np.array(cross["findings"]))
     own = run_dir.load_predictions("test")
-    own_y = np.stack([kleene_or(own["y_true"][:, cols]) for cols in cross["columns"]], axis=1)
-    own_scores = np.stack([own["logits"][:, cols].max(axis=1) for cols in cross["columns"]], axis=1)
-    auc = M.per_class_auc(y, expit(scores), findings)
-    own_auc = M.per_class_auc(own_y, expit(own_scores), findings)
-    return dict(dataset=cross["dataset"], images=int(len(y)), findings=findings,
-                positives={f: int(np.nansum(y[:, j])) for j, f in enumerate(findings)},
-                auc=auc, mean_auc=M.mean_of(auc), source_auc=own_auc,
-                source_mean_auc=M.mean_of(own_auc))
+    return dict(dataset=cross["dataset"], **cross_dataset.cross_dataset_scores(
+        scores, y, own["logits"], own["y_true"], cross["findings"], cross["columns"]))
 
 
 def cost_figures(model, cfg: Config, data: Data, num_classes: int) -> dict:
     """Table 8: FLOPs (multiply-accumulates, counted from the layers) and measured seconds per
     image at batch 1, for the trained model and (for a reduced model) the paper-size one."""
-    shape = (cfg.crop, cfg.crop, 3)
-    out = {"trained": {"input": list(shape), "gmacs": count_flops(model)["gflops"],
-                       "params": int(model.count_params()),
-                       "seconds_per_image": seconds_per_image(model, cfg.latency_images)}}
+    out = {"trained": model_cost(model, cfg.latency_images)}
     if cfg.backbone_options or cfg.crop != 224:
         full = build_model(cfg, num_classes, full_size=True)
-        out["paper_size"] = {"input": [224, 224, 3], "gmacs": count_flops(full)["gflops"],
-                             "params": int(full.count_params()),
-                             "seconds_per_image": seconds_per_image(full, max(1, cfg.latency_images // 4))}
+        out["paper_size"] = model_cost(full, max(1, cfg.latency_images // 4))
     else:
         out["paper_size"] = out["trained"]
     return out
@@ -445,21 +381,14 @@ def pointing_game(model, cfg: Config, run_dir, data: Data, test_prob) -> dict | 
     except DataError as e:
         print(f"no Grad-CAM localisation: {e}")
         return None
-    rows = data.cache.rows("test").reset_index(drop=True)
-    where = {name: i for i, name in enumerate(rows["image"])}
-    boxes = boxes.loc[boxes["image"].isin(where) & boxes["finding"].isin(data.labels)]
-    if cfg.max_boxes is not None:
-        boxes = boxes.head(cfg.max_boxes)
-    if boxes.empty:
+    found = boxes_on_rows(boxes, data.cache.rows("test"), data.labels, data.cache.size, cfg.crop,
+                          cfg.max_boxes)
+    if found is None:
         return None
-    idx = np.array([where[n] for n in boxes["image"]])
+    idx, findings, mapped = found
     images = gather_rows(data.test, idx)
-    cls = np.array([data.labels.index(f) for f in boxes["finding"]])
+    cls = np.array([data.labels.index(f) for f in findings])
     xs = np.stack([images[i] for i in idx])
-    mapped = [map_box((b.x, b.y, b.w, b.h), (int(rows.loc[i, "orig_h"]), int(rows.loc[i, "orig_w"])),
-                      data.cache.size, cfg.crop)
-              for b, i in zip(boxes.itertuples(), idx)]
-    findings = list(boxes["finding"])
     out = {}
     for level, layer in gradcam_layers(model).items():
         heatmaps = np.concatenate([grad_cam(model, xs[s:s + 16], cls[s:s + 16], layer_name=layer)
@@ -530,17 +459,8 @@ def report(cfg: Config, m: dict) -> str:
                                   "GPU)"), ""]
     loc = m.get("localization")
     if loc:
-        lines += ["### Grad-CAM against BBox_List_2017 (Fig. 11): pointing game / mean IoU", "",
-                  "| finding | boxes | " + " | ".join(f"{lv} (`{v['layer']}`)" for lv, v in loc.items())
-                  + " |", "|---|---:|" + "---:|" * len(loc)]
-        first = next(iter(loc.values()))
-        for k in list(first["per_label"]) + ["all"]:
-            cells = []
-            for v in loc.values():
-                s = v["overall"] if k == "all" else v["per_label"][k]
-                cells.append(f"{s['pointing_accuracy']:.3f} / {s['mean_iou']:.3f}")
-            n = (first["overall"] if k == "all" else first["per_label"][k])["n"]
-            lines.append(f"| {k} | {n} | " + " | ".join(cells) + " |")
+        lines += ["### Grad-CAM against BBox_List_2017 (Fig. 11): pointing game / mean IoU", ""]
+        lines += localization_table(loc)
         lines += ["", "The paper shows heatmaps (Fig. 11) but reports no localisation score.", ""]
     table, desc, ref = paper.ABLATIONS[cfg.ablation]
     lines += [comparison_table({f"mean AUC ({cfg.source})": m["test_mean_auc"]},
@@ -550,29 +470,10 @@ def report(cfg: Config, m: dict) -> str:
         lines += [f"Training: {m['train_seconds'] / 60:.1f} min, about "
                   f"{m['train_images'] * m['epochs_trained'] / m['train_seconds']:.1f} images/s.", ""]
     if m.get("cross_dataset"):
-        lines += cross_dataset_section(cfg.source, m["cross_dataset"])
+        lines += cross_dataset.cross_dataset_table(cfg.source, m["cross_dataset"])
     lines += ["Plots: `plots/roc_test.png` (Fig. 10), `plots/training_curves.png` (Figs. 8-9)" +
               (", `plots/gradcam_boxes.png` (Fig. 11)." if loc else "."), ""]
     return "\n".join(lines)
-
-
-def cross_dataset_section(source: str, c: dict) -> list:
-    """The report's cross-dataset table: per shared finding, AUC on the training dataset's test
-    set and on the other dataset's (4 decimals; difference = other - own)."""
-    where = {"chexpert": "CheXpert valid.csv", "nih": "the NIH test list"}
-    f4 = "{:.4f}".format
-    lines = [f"### Cross-dataset test (not in the paper): trained on {source}, tested on "
-             f"{where[c['dataset']]} ({c['images']} images)", "",
-             f"| finding | positives | AUC, {source} test | AUC, {c['dataset']} | difference |",
-             "|---|---:|---:|---:|---:|"]
-    rows = [(f, str(c["positives"][f]), c["source_auc"][f], c["auc"][f]) for f in c["findings"]]
-    rows.append(("Mean", "", c["source_mean_auc"], c["mean_auc"]))
-    for name, pos, own, other in rows:
-        cells = ["-" if v != v else f4(v) for v in (own, other, other - own)]
-        lines.append(f"| {name} | {pos} | " + " | ".join(cells) + " |")
-    return lines + ["", "Findings named as torchxrayvision names them, after "
-                    "`cxr_keras.data.harmonise` (docs/LABELS.md); only findings both datasets "
-                    "label are scored.", ""]
 
 
 def main(argv=None) -> int:
