@@ -35,7 +35,6 @@ from types import SimpleNamespace
 
 import keras
 import numpy as np
-import pandas as pd
 from scipy.special import expit
 
 from .._argtypes import open_fraction, positive_int
@@ -43,22 +42,28 @@ from ..data import load_table
 from ..data.augment import PRESETS, Preset
 from ..data.cache import Cache
 from ..data.pipeline import make_dataset
+from ..data.tables import pooled_table
 from ..evaluation import metrics as M
-from ..evaluation.calibration import calibration_section
-from ..evaluation.plots import plot_reconstructions, plot_roc_curves, plot_training_curves
-from ..evaluation.report import comparison_table, metrics_table, phantom_note
-from ..inference.batches import predict_dataset
+from ..evaluation.plots import plot_mae_reconstructions, plot_training_curves
+from ..evaluation.report import (
+    comparison_table,
+    loss_terms_table,
+    mean_std,
+    metrics_table,
+    phantom_note,
+    pretraining_numbers,
+)
 from ..integrity import verify
-from ..io import DataError, write_text
+from ..io import DataError
 from ..losses import get_loss
 from ..models.mae import DualMaskedAutoencoder, MaskedAutoencoder
 from ..models.resnet import resnet34
 from ..models.vit import copy_encoder, load_vit_weights, vit, vit_small
-from ..training import RunFolder, fit_stage, multihost, read_history
-from ..training.layer_decay import LayerDecayAdamW, vit_layer_multipliers
+from ..training import RunFolder, fit_stage, read_history
+from ..training.layer_decay import LayerDecayAdamW, vit_layer_multipliers, warmup_cosine
+from ..weights import weights_for
+from . import common, lifecycle
 from . import dual_mae_paper as paper
-from . import lifecycle
-from .common import cache_of, phantom_or_real_root
 from .lifecycle import RecipeConfig, RunOptions, config_from_args, options_from_args
 
 STAGES = ("all", "pretrain", "finetune", "baselines")
@@ -183,15 +188,10 @@ def resolve(cfg: Config) -> Config:
     for ResNet-34) and the mask ratio written out (none without pretraining), checked."""
     cfg = replace(cfg, init=cfg.init or ("dual_mae" if cfg.backbone == "vit_s" else "scratch"))
     cfg = replace(cfg, mask_ratio=cfg.ratio if cfg.init in METHODS else None)
-    if cfg.backbone not in BACKBONES:
-        raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
-    if cfg.init not in INITS:
-        raise DataError(f"init must be one of {INITS}, got {cfg.init!r}")
+    lifecycle.check_choices(cfg, backbone=BACKBONES, init=INITS, select=SELECT)
     if cfg.backbone == "resnet34" and cfg.init in METHODS:
         raise DataError(f"--init {cfg.init} pretrains a ViT; ResNet-34 takes scratch, imagenet or "
                         "xray")
-    if cfg.select not in SELECT:
-        raise DataError(f"select must be one of {SELECT}, got {cfg.select!r}")
     if not 0.0 < cfg.label_fraction <= 1.0:
         raise DataError(f"--label-fraction must be in (0, 1], got {cfg.label_fraction}")
     if cfg.init == "imagenet" and cfg.imagenet_weights is None:
@@ -202,18 +202,14 @@ def resolve(cfg: Config) -> Config:
 
 def seeds_of(seeds: str | None, default: int) -> list:
     """``--seeds 0,1,2`` as integers; ``[default]`` without it."""
-    try:
-        return [int(s) for s in seeds.split(",") if s.strip()] if seeds else [default]
-    except ValueError as e:
-        raise DataError(f"--seeds takes comma-separated integers, got {seeds!r}") from e
+    return lifecycle.comma_list(seeds, "--seeds", of=int) or [default]
 
 
 # ------------------------------------------------------------------- lifecycle over several runs
 
 def _setup(cfg, out, data_root, opts, options) -> tuple[Config, RunOptions]:
     """The resolved Config and the RunOptions of a stage, the processes joined once."""
-    opts = opts or lifecycle.options(out, data_root, **options)
-    return lifecycle.bind_data(resolve(cfg or Config()), opts, ("pedicxr",)), lifecycle.join_processes(opts)
+    return lifecycle.setup(cfg or Config(), resolve, ("pedicxr",), out, data_root, opts, options, join=True)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -224,39 +220,28 @@ def adult_cache(cfg: Config, opts: RunOptions) -> Path:
     where a dataset has no such column, and for CheXpert's uncertain labels) for the supervised
     X-ray baselines."""
     seeded, (n_nih, n_chx) = replace(cfg, seed=cfg.pretrain_seed), cfg.adult_phantom_n
-    nih = phantom_or_real_root("nih", seeded, opts, phantom_n=n_nih, phantom_size=cfg.phantom_size)
-    chx = phantom_or_real_root("chexpert", seeded, opts, phantom_n=n_chx,
-                               phantom_size=cfg.phantom_size)
+    nih = common.phantom_or_real_root("nih", seeded, opts, phantom_n=n_nih, phantom_size=cfg.phantom_size)
+    chx = common.phantom_or_real_root("chexpert", seeded, opts, phantom_n=n_chx,
+                                      phantom_size=cfg.phantom_size)
 
     def with_chexpert(nih_table):
-        parts = []
-        for name, t in (("NIH", nih_table),
-                        ("CheXpert", load_table("chexpert", chx, frontal_only=True,
-                                                uncertain="ignore",
-                                                val_fraction=cfg.adult_val_fraction))):
-            labels = list(t.attrs["labels"])
-            t = t[["path", "split"] + labels].rename(columns={c: f"{name}/{c}" for c in labels})
-            t.insert(2, "source", name)
-            parts.append(t)
-        table = pd.concat(parts, ignore_index=True)
-        labels = [c for c in table.columns if "/" in c]
-        table.attrs = {"dataset": "adult", "root": str(Path(nih).resolve()), "labels": labels}
-        table[labels] = table[labels].astype("float32")
-        return table
+        chexpert = load_table("chexpert", chx, frontal_only=True, uncertain="ignore",
+                              val_fraction=cfg.adult_val_fraction)
+        return pooled_table({"NIH": nih_table, "CheXpert": chexpert}, dataset="adult", root=nih)
 
-    return cache_of("nih", nih, opts, cache_size=cfg.cache_size, table_fn=with_chexpert,
-                    table_options={"val_fraction": cfg.adult_val_fraction},
-                    tag=f"adult+{Path(chx).resolve()}")
+    return common.cache_of("nih", nih, opts, cache_size=cfg.cache_size, table_fn=with_chexpert,
+                           table_options={"val_fraction": cfg.adult_val_fraction},
+                           tag=f"adult+{Path(chx).resolve()}")
 
 
 def pedicxr_cache(cfg: Config, opts: RunOptions) -> Path:
     """PediCXR's cache: one phantom and one split (seed 0) for every seed, the seeds vary the
     training."""
-    root = phantom_or_real_root("pedicxr", replace(cfg, seed=0), opts, phantom_n=cfg.phantom_n,
-                                phantom_size=cfg.phantom_size)
+    root = common.phantom_or_real_root("pedicxr", replace(cfg, seed=0), opts, phantom_n=cfg.phantom_n,
+                                       phantom_size=cfg.phantom_size)
     options = {"val_fraction": cfg.val_fraction, "label_fraction": cfg.label_fraction, "seed": 0}
-    return cache_of("pedicxr", root, opts, cache_size=cfg.cache_size, table_options=options,
-                    cache=opts.cache if cfg.label_fraction == 1.0 else None)
+    return common.cache_of("pedicxr", root, opts, cache_size=cfg.cache_size, table_options=options,
+                           cache=opts.cache if cfg.label_fraction == 1.0 else None)
 
 
 # ------------------------------------------------------------------------------------ schedule
@@ -266,11 +251,8 @@ def optimizer(lr: float, steps_per_epoch: int, epochs: int, warmup: int, cfg: Co
     """AdamW (betas, decoupled weight decay, none on biases and norms as MAE unless
     ``cfg.decay_all``), linear warm-up then cosine to 0, per step (MAE's schedule); per-variable lr
     ``multipliers`` (layer decay)."""
-    total = max(1, steps_per_epoch * epochs)
-    warm = min(total - 1, steps_per_epoch * warmup)
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, max(1, total - warm), alpha=0.0,
-                                                      warmup_target=lr, warmup_steps=warm)
-    return LayerDecayAdamW(schedule, beta_1=cfg.betas[0], beta_2=cfg.betas[1],
+    return LayerDecayAdamW(warmup_cosine(lr, steps_per_epoch, epochs, warmup),
+                           beta_1=cfg.betas[0], beta_2=cfg.betas[1],
                            weight_decay=cfg.weight_decay, lr_multipliers=multipliers,
                            decay_vectors=cfg.decay_all)
 
@@ -311,9 +293,7 @@ def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     preset = dataclasses.replace(PRESETS["dual_mae_pretrain"], crop=cfg.image_size / cache.size)
     train = make_dataset(cache, None, preset=preset, training=True, target="none",
                          batch_size=cfg.pretrain_batch, seed=cfg.pretrain_seed, drop_remainder=True)
-    steps = len(cache) // cfg.pretrain_batch
-    if steps == 0:
-        raise DataError(f"{len(cache)} adult images are fewer than one batch of {cfg.pretrain_batch}")
+    steps = common.full_batches(len(cache), cfg.pretrain_batch, "the adult set")
     return SimpleNamespace(cache=cache, train=train, steps=steps)
 
 
@@ -326,8 +306,8 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
     lr = cfg.base_lr * cfg.pretrain_batch / 256
     fit_stage(model, data.train, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
               optimizer=optimizer(lr, data.steps, cfg.pretrain_epochs, cfg.pretrain_warmup, cfg),
-              loss=None, monitor="loss", mode="min", seed=cfg.pretrain_seed,
-              jit_compile=runtime.jit_compile, verbose=opts.verbose, tensorboard=opts.tensorboard)
+              loss=None, monitor="loss", mode="min",
+              **lifecycle.fit_options(runtime, opts, cfg.pretrain_seed))
     seconds = None if resumed else time.perf_counter() - t0
     model.encoder.save_weights(run_dir.file("encoder.weights.h5"))
     return seconds
@@ -342,30 +322,19 @@ def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: Run
     centre = Preset(crop=cfg.image_size / cache.size)
     sample = next(iter(make_dataset(cache, None, preset=centre, target="none", batch_size=6,
                                     shuffle=False)))
-    mae = model.online if method == "dual_mae" else model
-    out = mae.reconstruct(sample)
-    plot_reconstructions(np.asarray(sample), mae.images_from_patches(out["pred"]),
-                         mae.images_from_patches(out["mask"][..., None] *
-                                                 np.ones((1, 1, mae.patch_size ** 2 * 3))),
-                         run_dir.file("plots", "reconstructions.png"), norm_pix=mae.norm_pix_loss,
-                         patch_size=mae.patch_size,
-                         title=f"{method}: input, masked ({int(cfg.ratio * 100)}%), reconstruction")
+    plot_mae_reconstructions(model.online if method == "dual_mae" else model, sample,
+                             run_dir.file("plots", "reconstructions.png"),
+                             title=f"{method}: input, masked ({int(cfg.ratio * 100)}%), reconstruction")
     plot_training_curves(history, run_dir.file("plots", "pretraining_curves.png"),
                          title=f"{method} pretraining loss terms")
-    images = steps * cfg.pretrain_batch * len(history.get("loss", []))
     m = run_dir.update_metrics(
-        method=method, mask_ratio=cfg.ratio, epochs=len(history.get("loss", [])),
-        final={k: v[-1] for k, v in history.items() if k != "epoch" and v},
-        first={k: v[0] for k, v in history.items() if k != "epoch" and v},
-        train_seconds=seconds, images_per_second=(images / seconds) if seconds else None,
+        method=method, mask_ratio=cfg.ratio, **pretraining_numbers(history, steps * cfg.pretrain_batch, seconds),
         adult_images=len(cache), params=int(model.count_params()))
     lines = [f"# dual_mae pretraining: {method}, mask ratio {cfg.ratio}", "",
              f"{len(cache)} adult images (NIH + CheXpert frontal{', phantom' if cfg.dataset == 'phantom' else ''}), "
              f"{m['epochs']} epochs of batch {cfg.pretrain_batch}, ViT {cfg.width}x{cfg.depth} / "
              f"patch {cfg.patch_size} at {cfg.image_size} px, decoder {cfg.decoder_width}x"
-             f"{cfg.decoder_depth}.", "", "| term | first epoch | last epoch |", "|---|---:|---:|"]
-    for k in sorted(m["final"]):
-        lines.append(f"| {k} | {m['first'][k]:.4f} | {m['final'][k]:.4f} |")
+             f"{cfg.decoder_depth}.", ""] + loss_terms_table(m)
     if method == "dual_mae":
         lines += ["", "l1 = MSE(y1, y2), l2 = MSE(x, y1), l3 = MSE(x, y2) (eq. 1); the target "
                   "network gets no gradient (eq. 2 moves it), so l3 only monitors it."]
@@ -426,13 +395,7 @@ def initialise(model, cfg: Config, source: RunFolder | None):
 def imagenet_weights(cfg: Config) -> str:
     """The ImageNet weights of ``cfg.backbone``: "imagenet" (download), one file, or the file
     named for the backbone in "vit_s=F1,resnet34=F2"."""
-    value = cfg.imagenet_weights
-    if value is None or "=" not in value:
-        return value
-    pairs = dict(part.split("=", 1) for part in value.split(",") if part.strip())
-    if cfg.backbone not in pairs:
-        raise DataError(f"--imagenet-weights {value!r} names no file for {cfg.backbone}")
-    return pairs[cfg.backbone]
+    return weights_for(cfg.imagenet_weights, cfg.backbone)
 
 
 def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
@@ -450,21 +413,17 @@ def xray_pretrain(cfg: Config | None = None, out="runs", data_root=None, *,
 
 
 def _xray_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
-    cache = Cache(adult_cache(cfg, opts))
-    preset = dataclasses.replace(PRESETS["dual_mae_pretrain"], crop=cfg.image_size / cache.size)
-    kw = dict(preset=preset, batch_size=cfg.xray_batch, seed=cfg.pretrain_seed)
-    train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
-    return SimpleNamespace(labels=cache.labels, train=train, val=make_dataset(cache, "val", **kw))
+    return common.crop_pipelines(adult_cache(cfg, opts), "dual_mae_pretrain", cfg.image_size,
+                                 splits=("train", "val"), drop_remainder=True, batch_size=cfg.xray_batch,
+                                 seed=cfg.pretrain_seed)
 
 
 def _xray_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOptions):
     model = build_classifier(cfg, len(data.labels), drop_path=0.0)
-    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
-                            name="auc")
     steps = max(1, data.train.num_rows // cfg.xray_batch)
     fit_stage(model, data.train, data.val, run_dir, "xray", epochs=cfg.xray_epochs,
               optimizer=optimizer(cfg.xray_lr, steps, cfg.xray_epochs, 1, cfg),
-              loss=get_loss("bce"), metrics=[auc], monitor="val_loss", mode="min",
+              loss=get_loss("bce"), metrics=[common.auc_metric(len(data.labels))], monitor="val_loss", mode="min",
               seed=cfg.pretrain_seed, jit_compile=runtime.jit_compile, verbose=opts.verbose)
 
 
@@ -501,16 +460,12 @@ run = finetune  # one run of the paper: a fine-tune, from the pretraining it nee
 
 
 def _finetune_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
-    cache = Cache(pedicxr_cache(cfg, opts))
-    preset = dataclasses.replace(PRESETS["dual_mae_finetune"], crop=cfg.image_size / cache.size,
-                                 resized_crop=tuple(cfg.finetune_crop), randaugment=cfg.randaugment)
-    kw = dict(preset=preset, batch_size=cfg.finetune_batch, seed=cfg.seed)
-    train = make_dataset(cache, "train", training=True, drop_remainder=True, **kw)
-    val, test = make_dataset(cache, "val", **kw), make_dataset(cache, "test", **kw)
-    data = SimpleNamespace(labels=list(cache.labels), train=train, val=val, test=test)
-    if data.train.num_rows // cfg.finetune_batch == 0:
-        raise DataError(f"the PediCXR training split has {data.train.num_rows} images, fewer than "
-                        f"one batch of {cfg.finetune_batch} (label fraction {cfg.label_fraction})")
+    data = common.crop_pipelines(pedicxr_cache(cfg, opts), "dual_mae_finetune", cfg.image_size,
+                                 drop_remainder=True, batch_size=cfg.finetune_batch, seed=cfg.seed,
+                                 preset_options=dict(resized_crop=tuple(cfg.finetune_crop),
+                                                     randaugment=cfg.randaugment))
+    common.full_batches(data.train.num_rows, cfg.finetune_batch,
+                        f"the PediCXR training split (label fraction {cfg.label_fraction})")
     return data
 
 
@@ -521,16 +476,13 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
     start = initialise(model, cfg, source)
     multipliers = (vit_layer_multipliers(model, cfg.depth, cfg.layer_decay)
                    if cfg.backbone == "vit_s" else None)
-    auc = keras.metrics.AUC(multi_label=True, num_labels=len(data.labels), from_logits=True,
-                            name="auc")
     steps = data.train.num_rows // cfg.finetune_batch
     t0 = time.perf_counter()
     fit_stage(model, data.train, data.val, run_dir, "finetune", epochs=cfg.finetune_epochs,
               optimizer=optimizer(cfg.finetune_lr, steps, cfg.finetune_epochs,
                                   cfg.finetune_warmup, cfg, multipliers),
-              loss=get_loss("bce"), metrics=[auc], monitor="val_auc", mode="max",
-              seed=cfg.seed, jit_compile=runtime.jit_compile, verbose=opts.verbose,
-              tensorboard=opts.tensorboard)
+              loss=get_loss("bce"), metrics=[common.auc_metric(len(data.labels))], monitor="val_auc", mode="max",
+              **lifecycle.fit_options(runtime, opts, cfg.seed))
     return SimpleNamespace(start=start, seconds=time.perf_counter() - t0)
 
 
@@ -548,23 +500,18 @@ def evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions | No
     """Table 3-4 metrics of the tested model (:func:`tested_model`) on PediCXR's test set."""
     model = tested_model(cfg, run_dir)
     labels, val, test = data.labels, data.val, data.test
-    val_logits, val_y = predict_dataset(model, val, np.float64)
-    test_logits, test_y = predict_dataset(model, test, np.float64)
-    run_dir.save_predictions("val", y_true=val_y, logits=val_logits, labels=np.array(labels))
-    run_dir.save_predictions("test", y_true=test_y, logits=test_logits, labels=np.array(labels))
+    (val_logits, val_y), (test_logits, test_y) = common.predict_and_save(model, run_dir, labels, val=val,
+                                                                         test=test)
     val_p, test_p = expit(val_logits), expit(test_logits)
-    history = read_history(run_dir.file("logs", "history_finetune.csv"))
-    calibration, calibration_md = calibration_section(test_y, test_p, labels, run_dir)
+    history, calibration, calibration_md = common.curves_and_calibration(
+        run_dir, test_y, test_p, labels, stages=("finetune",), roc_title="ROC, PediCXR test",
+        curves_title="Fine-tuning loss and AUC")
     m = run_dir.update_metrics(
         backbone=cfg.backbone, init=cfg.init, mask_ratio=cfg.ratio if cfg.init in METHODS else None,
         label_fraction=cfg.label_fraction, seed=cfg.seed, start=state.start, tested=cfg.select,
         **M.multilabel_summary(val_y, val_p, test_y, test_p, labels), test_calibration=calibration,
         epochs_trained=len(history.get("loss", [])), train_seconds=state.seconds,
         train_images=data.train.num_rows)
-    plot_roc_curves(test_y, test_p, labels, run_dir.file("plots", "roc_test.png"),
-                    title="ROC, PediCXR test")
-    plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
-                         title="Fine-tuning loss and AUC")
     run_dir.write_text("report.md", report(cfg, m) + "\n".join(calibration_md))
     return m
 
@@ -609,9 +556,6 @@ def report(cfg: Config, m: dict) -> str:
 
 # ------------------------------------------------------------------------------------ grids
 
-
-# ------------------------------------------------------------------------------------ grids
-
 def run_many(cfg: Config, variants=({},), seeds=None, out="runs", data_root=None, *,
              opts: RunOptions | None = None, **options) -> list:
     """Fine-tune every variant (dict of Config changes) for every seed (default: ``cfg.seed``);
@@ -625,13 +569,6 @@ def baseline_variants(imagenet: bool = True):
     """Every method of Tables 3-4 (the ImageNet rows only when weights can be had)."""
     return [{"backbone": backbone, "init": init} for backbone, init in paper.METHODS.values()
             if imagenet or init != "imagenet"]
-
-
-def _mean_std(values):
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], np.float64)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def grid_report(runs, title="dual_mae: Tables 3-4") -> str:
@@ -651,10 +588,9 @@ def grid_report(runs, title="dual_mae: Tables 3-4") -> str:
         t3_ours[key] = {}
         for c in cols:
             vals = [mm["test_mean_auc"] if c == "Mean" else mm["test_auc"][c] for mm in ms]
-            mu, sd = _mean_std(vals)
-            t3_ours[key][c] = f"{mu:.3f} ({sd:.3f})"
+            t3_ours[key][c] = mean_std(vals)
         rows = [table4_row(mm) for mm in ms]
-        t4_ours[key] = {k: "{:.3f} ({:.3f})".format(*_mean_std([r_[k] for r_ in rows]))
+        t4_ours[key] = {k: mean_std([r_[k] for r_ in rows])
                         for k in ("auc", "sensitivity", "precision", "f1")}
         if frac == 1.0 and (ratio is None or abs(ratio - paper.MASK_RATIO.get(init, ratio)) < 1e-9):
             t3_ref[key] = {c: f"{paper.TABLE3[name][c]:.3f} ({paper.TABLE3_STD[name][c]:.3f})"
@@ -679,11 +615,6 @@ def _mean_auc_by(runs, key):
     return out
 
 
-def _cell(values) -> str:
-    mu, sd = _mean_std(values)
-    return f"{mu:.3f} ({sd:.3f}, n={len(values)})"
-
-
 def mask_ratio_report(runs) -> str:
     """Table 2: mean test AUC (std over seeds) against the pretraining mask ratio, MAE and
     dual-MAE, beside the paper's."""
@@ -692,7 +623,7 @@ def mask_ratio_report(runs) -> str:
     ours, ref = {}, {}
     for method in METHODS:
         name = paper.NAME_OF[("vit_s", method)]
-        ours[name] = {f"{r:g}": _cell(got[(name, r)]) for r in ratios if (name, r) in got}
+        ours[name] = {f"{r:g}": mean_std(got[(name, r)], with_n=True) for r in ratios if (name, r) in got}
         ref[name] = {f"{r:g}": paper.TABLE2[method][r] for r in ratios if r in paper.TABLE2[method]}
     ours = {k: v for k, v in ours.items() if v}
     return "\n".join(["# dual_mae: Table 2, pretraining mask ratio", "",
@@ -708,7 +639,7 @@ def label_fraction_report(runs) -> str:
     fracs = sorted({f for _, f in got})
     t6_ours, t6_ref = {}, {}
     for name in paper.METHODS:
-        row = {f"{f:.0%}": _cell(got[(name, f)]) for f in fracs if (name, f) in got}
+        row = {f"{f:.0%}": mean_std(got[(name, f)], with_n=True) for f in fracs if (name, f) in got}
         if row:
             t6_ours[name] = row
             t6_ref[name] = {f"{f:.0%}": v for f, v in paper.TABLE6[name].items()}
@@ -717,7 +648,7 @@ def label_fraction_report(runs) -> str:
         m = r.metrics()
         if (m["backbone"], m["init"]) == ("vit_s", "dual_mae"):
             t5_ours.setdefault(f"{m['label_fraction']:.0%}", []).append(table4_row(m))
-    t5 = {k: {c: "{:.3f} ({:.3f})".format(*_mean_std([row[c] for row in rows]))
+    t5 = {k: {c: mean_std([row[c] for row in rows])
               for c in ("auc", "sensitivity", "precision", "f1")} for k, rows in t5_ours.items()}
     t5_ref = {f"{f:.0%}": {c: v for c, v in row.items() if v is not None}
               for f, row in paper.TABLE5.items() if f"{f:.0%}" in t5}
@@ -740,13 +671,11 @@ def main(argv=None) -> int:
     seeds = seeds_of(args.seeds, cfg.seed)
     if args.stage == "baselines":  # Tables 3-4: every method of the paper
         if cfg.imagenet_weights is None:
-            print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
-                  "with --imagenet-weights or the default download)")
+            print(lifecycle.IMAGENET_SKIPPED)
         runs = run_many(cfg, baseline_variants(cfg.imagenet_weights is not None), seeds, opts=opts)
     else:
         runs = run_many(cfg, [{}], seeds, opts=opts)
-    if len(runs) > 1 and multihost.is_chief():
-        out = Path(opts.out) / f"dual_mae_{args.stage}_tables.md"
-        write_text(out, grid_report(runs))
-        print(f"wrote {out}")
+    if len(runs) > 1:
+        lifecycle.write_summary(Path(opts.out) / f"dual_mae_{args.stage}_tables.md",
+                                lambda: grid_report(runs))
     return 0
