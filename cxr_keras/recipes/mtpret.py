@@ -31,39 +31,27 @@ test folder, which Table I calls its validation split.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import keras
-import numpy as np
-import pandas as pd
-from scipy.special import expit
 
+from .. import tasks
 from .._argtypes import positive_int
-from ..data import load_table
-from ..data.cache import Cache, build_cache
-from ..data.detection_inputs import faster_rcnn_inputs, to_xyxy
+from ..data.cache import Cache
 from ..data.pipeline import make_dataset
-from ..evaluation import metrics as M
-from ..evaluation.calibration import calibration_section
-from ..evaluation.detection import detection_ap
-from ..evaluation.multiclass_plots import plot_mask_overlay
-from ..evaluation.plots import plot_roc_curves, plot_training_curves
-from ..evaluation.report import comparison_table, metrics_table, phantom_note
-from ..evaluation.segmentation import segmentation_metrics
-from ..inference.batches import predict_dataset
+from ..evaluation.plots import plot_training_curves
+from ..evaluation.report import comparison_table, loss_terms_table, metrics_table, phantom_note, pretraining_numbers
 from ..integrity import verify
-from ..io import DataError, atomic_path, write_json, write_text
-from ..losses.segmentation import DiceLoss
-from ..models import FasterRCNN, MoCo, SimCLR, multiscale_backbone, task_model
-from ..training import CoupledDecaySGD, RunFolder, config_hash, fit_stage, multihost, read_history
-from ..training.multitask import Task, continual_learning
+from ..io import DataError
+from ..models import MoCo, SimCLR, multiscale_backbone
+from ..training import CoupledDecaySGD, RunFolder, fit_stage, read_history
+from ..training.multitask import RoundCheckpoints, Task, continual_learning, last_losses, visits_table
 from . import lifecycle
 from . import mtpret_paper as paper
-from .common import cache_of, phantom_or_real_root
+from .common import cache_of, full_batches, phantom_or_real_root, pooled_cache
 from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, options_from_args
 
 STAGES = ("all", "pretrain", "multitask", "finetune", "baselines")
@@ -101,8 +89,7 @@ PRETRAIN_ONLY = {
     "indiana": ("indiana", (), None),
     "rsna_boneage": ("rsna_boneage", (), "train"),
 }
-METRIC_OF_KIND = {"binary": "auc", "multilabel": "mauc", "segmentation": "dice",
-                  "detection": "map"}
+METRIC_OF_KIND = tasks.MAIN_METRIC
 
 
 @dataclass
@@ -234,20 +221,12 @@ def parse_roots(text) -> dict:
 
 def resolve(cfg: Config) -> Config:
     """The configuration as it runs (JSON lists back to tuples), checked."""
-    if cfg.backbone not in BACKBONES:
-        raise DataError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
-    if cfg.init not in INITS:
-        raise DataError(f"--init must be one of {INITS}, got {cfg.init!r}")
-    if cfg.task is not None and cfg.task not in TASKS:
-        raise DataError(f"task must be one of {tuple(TASKS)}, got {cfg.task!r}")
+    lifecycle.check_choices(cfg, backbone=BACKBONES, init=INITS, task=(None, *TASKS),
+                            pretrain_nih=("all", "train"),
+                            pretrain_decay_mode=("decoupled", "coupled"))
     if cfg.init in ("imagenet", "md_moco++") and cfg.imagenet_weights is None:
         raise DataError(f"--init {cfg.init} needs ImageNet weights: the full-size network with "
                         "--imagenet-weights FILE or the default download (not --quick)")
-    if cfg.pretrain_nih not in ("all", "train"):
-        raise DataError(f"pretrain_nih must be 'all' or 'train', got {cfg.pretrain_nih!r}")
-    if cfg.pretrain_decay_mode not in ("decoupled", "coupled"):
-        raise DataError("pretrain_decay_mode must be 'decoupled' or 'coupled', got "
-                        f"{cfg.pretrain_decay_mode!r}")
     h, w = cfg.image_size
     if h % 32 or w % 32:
         raise DataError(f"image_size {cfg.image_size} must be a multiple of 32 (DeepLab-V3 and "
@@ -257,32 +236,25 @@ def resolve(cfg: Config) -> Config:
 
 
 def parse_tasks(text) -> list:
+    """``--tasks a,b``: fine-tuning tasks (default: every one)."""
     if text is None:
         return list(FINETUNE_TASKS)
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in names if t not in TASKS]
-    if unknown:
-        raise DataError(f"--tasks: unknown task(s) {unknown}; known: {', '.join(TASKS)}")
-    return names
+    return lifecycle.comma_list(text, "--tasks", known=TASKS, what="task")
 
 
 def setup(cfg: Config | None = None, out="runs", data_root=None, *,
           opts: RunOptions | None = None, **options) -> tuple[Config, RunOptions]:
     """(Config, RunOptions) of a call, checked; real data when a folder is given; with
     ``distributed``, the processes joined (once: pass the result on to every later call)."""
-    opts = opts or lifecycle.options(out, data_root, **options)
-    return lifecycle.bind_data(resolve(cfg or Config()), opts, REAL), lifecycle.join_processes(opts)
+    return lifecycle.setup(cfg or Config(), resolve, REAL, out, data_root, opts, options, join=True)
 
 
 # ---------------------------------------------------------------------------------------- data
 
 def reader_root(reader: str, cfg: Config, opts: RunOptions) -> Path:
     # seed 0: one phantom and one split for every seed
-    if reader not in cfg.phantom_n and (cfg.dataset == "phantom" or cfg.dataset.startswith("phantom-")):
-        raise DataError(f"phantom_n has no size for {reader!r} (it has {sorted(cfg.phantom_n)}); "
-                        f"add one, e.g. --set 'phantom_n={{..., \"{reader}\": 60}}'")
-    return phantom_or_real_root(reader, replace(cfg, seed=0), opts,
-                                phantom_n=cfg.phantom_n.get(reader, 0), phantom_size=cfg.phantom_size)
+    return phantom_or_real_root(reader, replace(cfg, seed=0), opts, phantom_n=cfg.phantom_n,
+                                phantom_size=cfg.phantom_size)
 
 
 def task_cache(name: str, cfg: Config, opts: RunOptions) -> Path:
@@ -308,55 +280,19 @@ def pretrain_sources(cfg: Config, data: str) -> dict:
 
 def pretrain_cache(cfg: Config, opts: RunOptions, data: str) -> Path:
     """The cache of the unlabelled pretraining images (:func:`pretrain_sources`)."""
-    parts, keys = [], {}
-    for name, (reader, options, split) in pretrain_sources(cfg, data).items():
-        root = reader_root(reader, cfg, opts)
-        options = dict(options)
-        keys[name] = [str(Path(root).resolve()), options, split]
-        parts.append((name, root, reader, options, split))
-    path = Path(opts.out) / "_data" / f"cache-pretrain-{data}-{cfg.cache_size}-{config_hash(keys)}"
-    try:
-        Cache(path)
-        return path
-    except DataError:
-        pass
-    frames = []
-    for name, root, reader, options, split in parts:
-        t = load_table(reader, root, **options)
-        if split is not None:
-            t = t[t["split"] == split]
-        frames.append(pd.DataFrame({"path": t["path"].to_numpy(), "split": "train",
-                                    "source": name}))
-    table = pd.concat(frames, ignore_index=True)
-    table.attrs = {"dataset": f"mtpret-{data}", "root": str(Path(opts.out).resolve())}
-    build_cache(table, path, size=cfg.cache_size, workers=opts.workers)
-    return path
+    sources = {name: (reader, reader_root(reader, cfg, opts), options, split)
+               for name, (reader, options, split) in pretrain_sources(cfg, data).items()}
+    return pooled_cache(sources, opts, name=f"pretrain-{data}", dataset=f"mtpret-{data}",
+                        cache_size=cfg.cache_size)
 
 
 def datasets_for(name: str, cfg: Config, cache, batch: int, model=None, splits=("train", "val",
                                                                                  "test")):
-    """tf.data pipelines of one task: {split: dataset}, Z-scored, resized to ``image_size``,
-    augmented with ``mtpret`` in training. Detection batches become the Faster R-CNN dict."""
-    kind = TASKS[name].kind
-    out = {}
-    for split in splits:
-        training = split == "train"
-        kw = dict(preset="mtpret", training=training, batch_size=batch, seed=cfg.seed,
-                  normalization="mtpret", output_size=tuple(cfg.image_size),
-                  drop_remainder=training)
-        if kind == "binary":
-            y = cache.targets(cache.rows(split)).astype("float32").reshape(-1, 1)
-            ds = make_dataset(cache, split, targets=y, **kw)
-        elif kind == "multilabel":
-            ds = make_dataset(cache, split, **kw)
-        elif kind == "segmentation":
-            ds = make_dataset(cache, split, target="mask", **kw)
-        else:
-            raw = make_dataset(cache, split, target="boxes", **kw)
-            ds = faster_rcnn_inputs(raw, model, seed=cfg.seed) if model is not None else raw
-            ds.epoch_state, ds.num_rows, ds.raw = raw.epoch_state, raw.num_rows, raw
-        out[split] = ds
-    return out
+    """tf.data pipelines of one task (:func:`cxr_keras.tasks.task_datasets`): Z-scored, resized to
+    ``image_size``, augmented with ``mtpret`` in training."""
+    return tasks.task_datasets(TASKS[name].kind, cache, batch, preset="mtpret",
+                               normalization="mtpret", image_size=cfg.image_size, seed=cfg.seed,
+                               model=model, splits=splits)
 
 
 # --------------------------------------------------------------------------------------- models
@@ -368,45 +304,14 @@ def build_backbone(cfg: Config, weights=None):
 
 def build_task_model(name: str, backbone, cfg: Config, num_outputs: int):
     """FC (classification), DeepLab-V3 (segmentation) or Faster R-CNN (detection) on
-    ``backbone``."""
-    kind = TASKS[name].kind
-    if kind in ("binary", "multilabel"):
-        return task_model(backbone, "classification", num_outputs, name)
-    if kind == "segmentation":
-        rates = None if cfg.aspp_rates is None else tuple(cfg.aspp_rates)
-        return task_model(backbone, "segmentation", 1, name, rates=rates,
-                          filters=cfg.aspp_filters, level=cfg.seg_level)
-    model = FasterRCNN(backbone, num_outputs, level=cfg.det_level, stride=4 * 2 ** cfg.det_level,
-                       anchor_sizes=cfg.anchor_sizes, anchor_ratios=cfg.anchor_ratios,
-                       rpn_channels=cfg.rpn_channels, proposals=cfg.proposals,
-                       head_units=cfg.head_units, name=name)
-    model(np.zeros((1, *cfg.image_size, 3), "float32"))  # build, so that weights can be loaded
-    return model
-
-
-def num_outputs(name: str, cache) -> int:
-    kind = TASKS[name].kind
-    return (len(cache.labels) if kind == "multilabel" else
-            len(cache.box_classes) if kind == "detection" else 1)
+    ``backbone`` (:func:`cxr_keras.tasks.head_model`)."""
+    return tasks.head_model(TASKS[name].kind, backbone, num_outputs, name,
+                            **{k: getattr(cfg, k) for k in tasks.HEAD_OPTIONS})
 
 
 def loss_and_metrics(name: str, cfg: Config, n_out: int):
-    """(loss, metrics, monitor, mode) of a task; detection computes its own loss."""
-    kind = TASKS[name].kind
-    if kind == "binary":
-        return (keras.losses.BinaryCrossentropy(from_logits=True),
-                [keras.metrics.AUC(from_logits=True, name="auc"),
-                 keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")], "val_auc", "max")
-    if kind == "multilabel":
-        return (keras.losses.BinaryCrossentropy(from_logits=True),
-                [keras.metrics.AUC(multi_label=True, num_labels=n_out, from_logits=True,
-                                   name="auc")], "val_auc", "max")
-    if kind == "segmentation":
-        # eq. 7: 1 / N_Seg * sum_i (1 - Dice_i), one Dice per image (not pooled over the batch)
-        return (DiceLoss(smooth=cfg.dice_smooth, per_image=True, from_logits=True),
-                [keras.metrics.BinaryIoU(target_class_ids=[0, 1], threshold=0.0, name="miou")],
-                "val_miou", "max")
-    return None, [], "val_loss", "min"
+    """(loss, metrics, monitor, mode) of a task; segmentation: eq. 7, one Dice per image."""
+    return tasks.loss_and_metrics(TASKS[name].kind, n_out, cfg.dice_smooth)
 
 
 def _shared_keys(cfg: Config) -> dict:
@@ -461,10 +366,7 @@ def _pretrain_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
     ds = make_dataset(cache, None, preset="mtpret", training=True, target="none", views=2,
                       batch_size=cfg.pretrain_batch, seed=0, normalization="mtpret",
                       output_size=tuple(cfg.image_size), drop_remainder=True)
-    steps = len(cache) // cfg.pretrain_batch
-    if steps == 0:
-        raise DataError(f"{len(cache)} pretraining images are fewer than one batch of "
-                        f"{cfg.pretrain_batch}")
+    steps = full_batches(len(cache), cfg.pretrain_batch, "the pretraining set")
     return SimpleNamespace(train=ds, images=len(cache), steps=steps)
 
 
@@ -496,9 +398,8 @@ def _pretrain_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
     t0 = time.perf_counter()
     resumed = any(p.suffix == ".h5" for p in run_dir.checkpoints.iterdir())
     history = fit_stage(model, data.train, None, run_dir, "pretrain", epochs=cfg.pretrain_epochs,
-                        optimizer=opt, loss=None, monitor="loss", mode="min", seed=0,
-                        jit_compile=runtime.jit_compile, verbose=opts.verbose,
-                        tensorboard=opts.tensorboard)
+                        optimizer=opt, loss=None, monitor="loss", mode="min",
+                        **lifecycle.fit_options(runtime, opts, 0))
     seconds = None if resumed else time.perf_counter() - t0
     backbone.save_weights(run_dir.file("backbone.weights.h5"))
     return SimpleNamespace(history=history, seconds=seconds)
@@ -510,13 +411,8 @@ def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOp
                                                state.seconds)
     plot_training_curves(history, run_dir.file("plots", "pretraining_curves.png"),
                          title=f"{PAPER_NAME[init]} pretraining")
-    epochs = len(history.get("loss", []))
-    m = run_dir.update_metrics(
-        init=init, images=n_images, epochs=epochs,
-        first={k: v[0] for k, v in history.items() if k != "epoch" and v},
-        final={k: v[-1] for k, v in history.items() if k != "epoch" and v},
-        train_seconds=seconds,
-        images_per_second=(steps * cfg.pretrain_batch * epochs / seconds) if seconds else None)
+    m = run_dir.update_metrics(init=init, images=n_images,
+                               **pretraining_numbers(history, steps * cfg.pretrain_batch, seconds))
     nih = "NIH" if cfg.pretrain_nih == "all" else "NIH's training split"
     source = (f"{nih} only" if init.startswith("sd") else
               f"Shenzhen, Montgomery, Indiana, RSNA Bone Age (training set), {nih} and the training "
@@ -525,10 +421,8 @@ def _pretrain_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOp
         source += ", phantom"
     lines = [f"# mtpret pretraining: {PAPER_NAME[init]}", "",
              f"{n_images} images ({source}), "
-             f"{epochs} epochs of batch {cfg.pretrain_batch}, {cfg.backbone} at "
-             f"{cfg.image_size[0]}x{cfg.image_size[1]}.", "",
-             "| term | first epoch | last epoch |", "|---|---:|---:|"]
-    lines += [f"| {k} | {m['first'][k]:.4f} | {m['final'][k]:.4f} |" for k in sorted(m["final"])]
+             f"{m['epochs']} epochs of batch {cfg.pretrain_batch}, {cfg.backbone} at "
+             f"{cfg.image_size[0]}x{cfg.image_size[1]}.", ""] + loss_terms_table(m)
     if m["images_per_second"]:
         lines += ["", f"Throughput: {m['images_per_second']:.1f} images/s (two views each), "
                   f"{seconds / 60:.1f} min."]
@@ -562,49 +456,31 @@ def _multitask_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOp
     """The rounds; each finished round checkpoints every task model (so the backbone)."""
     backbone = build_backbone(cfg)
     backbone.load_weights(data.source.file("backbone.weights.h5"))
-    tasks = []
+    task_list = []
     for name in MULTITASK_TASKS:
         cache = data.caches[name]
-        n_out = num_outputs(name, cache)
+        n_out = tasks.num_outputs(TASKS[name].kind, cache)
         model = build_task_model(name, backbone, cfg, n_out)
         loss, metrics, _, _ = loss_and_metrics(name, cfg, n_out)
         batch = cfg.detection_batch if TASKS[name].kind == "detection" else cfg.multitask_batch
         ds = datasets_for(name, cfg, cache, batch, model=model, splits=("train",))["train"]
-        tasks.append(Task(name, model, ds, loss, metrics=metrics))
-    state_path = run_dir.file("checkpoints", "rounds.json")
-    records = json.loads(state_path.read_text()) if state_path.exists() else []
-    done_rounds = max([r["round"] for r in records], default=0)
-    if done_rounds:  # resume: every task model (and so the backbone) at the end of that round
-        for t in tasks:
-            t.model.load_weights(run_dir.file("checkpoints", f"{t.name}.weights.h5"))
-        print(f"resuming after round {done_rounds} of {cfg.rounds}")
-
-    def on_visit(record):
-        records.append(record)
-        print(f"round {record['round']} task {record['task']}: "
-              + ", ".join(f"{k} {v[-1]:.4f}" for k, v in record["history"].items()))
-        if record["task"] == record["order"][-1]:  # the round is finished: checkpoint it
-            for t in tasks:
-                with atomic_path(run_dir.file("checkpoints", f"{t.name}.weights.h5"),
-                                 suffix=".weights.h5") as tmp:
-                    t.model.save_weights(tmp)
-            write_json(state_path, records)
-
+        task_list.append(Task(name, model, ds, loss, metrics=metrics))
+    rounds = RoundCheckpoints(run_dir.checkpoints, task_list)
+    if rounds.done:
+        print(f"resuming after round {rounds.done} of {cfg.rounds}")
     t0 = time.perf_counter()
-    continual_learning(backbone, tasks, rounds=cfg.rounds, epochs=cfg.visit_epochs,
+    continual_learning(backbone, task_list, rounds=cfg.rounds, epochs=cfg.visit_epochs,
                        max_lr=cfg.max_lr, min_lr=cfg.min_lr, variant=cfg.init,
                        l2sp=tuple(cfg.l2sp), seed=0, verbose=0 if opts.verbose == 0 else 2,
-                       on_visit=on_visit, start_round=done_rounds + 1)
+                       on_visit=rounds.on_visit, start_round=rounds.done + 1)
     seconds = time.perf_counter() - t0
     backbone.save_weights(run_dir.file("backbone.weights.h5"))
-    return SimpleNamespace(records=records, seconds=seconds)
+    return SimpleNamespace(records=rounds.records, seconds=seconds)
 
 
 def _multitask_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunOptions):
-
     variant, records = cfg.init, state.records
-    loss_by_task = {name: [r["history"]["loss"][-1] for r in records if r["task"] == name]
-                    for name in MULTITASK_TASKS}
+    loss_by_task = last_losses(records, MULTITASK_TASKS)
     plot_training_curves({f"{k} loss": v for k, v in loss_by_task.items()},
                          run_dir.file("plots", "multitask_losses.png"),
                          title=f"{PAPER_NAME[variant]}: last-epoch loss per visit")
@@ -615,14 +491,8 @@ def _multitask_evaluate(cfg: Config, run_dir: RunFolder, data, state, opts: RunO
              f"rounds of {cfg.visit_epochs} epoch(s) per task visit; "
              + ("order reshuffled every round, cyclic cosine lr (eq. 4) per visit, L2-SP "
                 f"alpha {cfg.l2sp[0]}, beta {cfg.l2sp[1]} toward the round's start."
-                if variant == "mtpret" else "fixed order, one cosine decay, no L2-SP."), "",
-             "| round | task | loss (last epoch) | lr first / last | L2-SP distance |",
-             "|---:|---|---:|---|---:|"]
-    for r in records:
-        dist = r.get("distance_to_anchor")
-        lines.append(f"| {r['round']} | {r['task']} | {r['history']['loss'][-1]:.4f} | "
-                     f"{r['lr_first_last'][0]:.2e} / {r['lr_first_last'][1]:.2e} | "
-                     f"{'-' if dist is None else f'{dist:.4f}'} |")
+                if variant == "mtpret" else "fixed order, one cosine decay, no L2-SP."), ""]
+    lines += visits_table(records)
     lines += ["", "Backbone weights: `backbone.weights.h5`; plot: `plots/multitask_losses.png`.",
               ""]
     run_dir.write_text("report.md", "\n".join(lines))
@@ -644,7 +514,7 @@ def finetune(cfg: Config | None = None, out="runs", data_root=None, *,
     def prepare(cfg, opts):
         cache = Cache(task_cache(cfg.task, cfg, opts))
         detection = TASKS[cfg.task].kind == "detection"
-        return SimpleNamespace(cache=cache, n_out=num_outputs(cfg.task, cache),
+        return SimpleNamespace(cache=cache, n_out=tasks.num_outputs(TASKS[cfg.task].kind, cache),
                                init=init_weights(cfg, source),
                                batch=cfg.detection_batch if detection else cfg.finetune_batch)
 
@@ -681,10 +551,7 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
         backbone.load_weights(load)
     model = build_task_model(name, backbone, cfg, data.n_out)
     ds = datasets_for(name, cfg, data.cache, batch, model=model, splits=("train", "val"))
-    steps = len(data.cache.rows("train")) // batch
-    if steps == 0:
-        raise DataError(f"task {name}: {len(data.cache.rows('train'))} training images are fewer "
-                        f"than one batch of {batch}")
+    steps = full_batches(len(data.cache.rows("train")), batch, f"task {name}: the training split")
     loss, metrics, monitor, mode = loss_and_metrics(name, cfg, data.n_out)
     epochs = cfg.detection_epochs if kind == "detection" and cfg.detection_epochs else \
         cfg.finetune_epochs
@@ -692,9 +559,9 @@ def _finetune_train(cfg: Config, run_dir: RunFolder, data, runtime, opts: RunOpt
     t0 = time.perf_counter()
     fit_stage(model, ds["train"], ds["val"], run_dir, "finetune",
               epochs=epochs, optimizer=keras.optimizers.Adam(schedule),
-              loss=loss, metrics=metrics, monitor=monitor, mode=mode, seed=cfg.seed,
-              jit_compile=runtime.jit_compile and kind != "detection", verbose=opts.verbose,
-              tensorboard=opts.tensorboard)
+              loss=loss, metrics=metrics, monitor=monitor, mode=mode,
+              **dict(lifecycle.fit_options(runtime, opts, cfg.seed),
+                     jit_compile=runtime.jit_compile and kind != "detection"))
     return time.perf_counter() - t0
 
 
@@ -708,55 +575,11 @@ def _finetune_evaluate(cfg: Config, run_dir: RunFolder, data, seconds, opts: Run
 
 def evaluate(model, name, cfg, run_dir, cache, data, start, seconds) -> dict:
     """Test metrics of one task (the paper's: AUC + accuracy, mAUC + per-class AUC, Dice + mIoU,
-    mAP + per-class AP at IoU 0.5), predictions, plots and the report."""
+    mAP + per-class AP at IoU 0.5; :func:`cxr_keras.tasks.evaluate_task`), predictions, plots and
+    the report."""
     kind = TASKS[name].kind
-    test = data["test"]
-    result, calibration_md = {}, []
-    if kind in ("binary", "multilabel"):
-        logits, y = predict_dataset(model, test, np.float64)
-        labels = ["abnormal"] if kind == "binary" else list(cache.labels)
-        run_dir.save_predictions("test", y_true=y, logits=logits, labels=np.array(labels))
-        p = expit(logits)
-        auc = M.per_class_auc(y, p, labels)
-        result.update(per_class_auc=auc, mauc=M.mean_of(auc))
-        if kind == "binary":
-            t = M.threshold_metrics(y, p, 0.5, labels)["mean"]
-            result.update(auc=auc[labels[0]], accuracy=t.get("accuracy"),
-                          sensitivity=t.get("sensitivity"), specificity=t.get("specificity"))
-        else:
-            result["auc"] = result["mauc"]
-        plot_roc_curves(y, p, labels, run_dir.file("plots", "roc_test.png"),
-                        title=f"ROC, {paper.TASK_NAMES[name]} test")
-        result["calibration"], calibration_md = calibration_section(y, p, labels, run_dir)
-    elif kind == "segmentation":
-
-        logits, y = predict_dataset(model, test, np.float32)
-        p = expit(logits)
-        run_dir.save_predictions("test", y_true=y.astype(np.uint8),
-                                 prob=(p * 255).round().astype(np.uint8))
-        seg = segmentation_metrics(y, p)
-        result.update(dice=seg["dice"]["mean"], miou=seg["mean_iou"]["mean"],
-                      iou=seg["iou"]["mean"], dice_std=seg["dice"]["std"])
-        x0 = next(iter(test))[0][0]
-        plot_mask_overlay(np.asarray(x0), y[0], p[0], run_dir.file("plots", "example_test.png"),
-                          title=f"lung segmentation, Dice {seg['per_image']['dice'][0]:.3f}")
-    else:
-        preds, gts = [], []
-        for images, boxes in test.raw:
-            preds += model.detect(np.asarray(images))
-            for b in np.asarray(boxes):
-                keep = b[:, 4] >= 0
-                gts.append({"boxes": to_xyxy(b[keep, :4]), "labels": b[keep, 4].astype(int)})
-        classes = list(cache.box_classes)
-        ap = detection_ap(preds, gts, classes)
-        flat = {f"pred_{k}": np.concatenate([p_[k] for p_ in preds]) for k in ("boxes", "scores",
-                                                                             "labels")}
-        flat["pred_image"] = np.concatenate([np.full(len(p_["scores"]), i)
-                                             for i, p_ in enumerate(preds)])
-        run_dir.save_predictions("test", **flat)
-        result.update(map=ap["mAP"], per_class_ap=ap["per_class"], n_gt=ap["n_gt"],
-                      ap_active=ap["per_class"][classes[0]],
-                      ap_latent=ap["per_class"][classes[1]] if len(classes) > 1 else None)
+    title = "lung segmentation" if kind == "segmentation" else f"ROC, {paper.TASK_NAMES[name]} test"
+    result, calibration_md = tasks.evaluate_task(kind, model, data["test"], cache, run_dir, title)
     history = read_history(run_dir.file("logs", "history_finetune.csv"))
     plot_training_curves(history, run_dir.file("plots", "training_curves.png"),
                          title=f"{paper.TASK_NAMES[name]} fine-tuning")
@@ -899,13 +722,10 @@ def main(argv=None) -> int:
         return 0
     inits = baseline_inits(cfg) if stage == "baselines" else [cfg.init]
     if stage == "baselines" and "imagenet" not in inits:
-        print("ImageNet rows skipped: --quick trains reduced networks (pass full-size runs "
-              "with --imagenet-weights or the default download)")
+        print(lifecycle.IMAGENET_SKIPPED)
     t0 = time.perf_counter()
     runs = run_grid(cfg, inits, tasks, opts=opts)
-    if multihost.is_chief():
-        path = Path(opts.out) / f"mtpret_{stage}_tables.md"
-        write_text(path, grid_report(runs, title=f"mtpret --stage {stage}") +
-                   f"\nWall time of this command: {(time.perf_counter() - t0) / 60:.1f} min.\n")
-        print(f"wrote {path}")
+    minutes = (time.perf_counter() - t0) / 60
+    lifecycle.write_summary(Path(opts.out) / f"mtpret_{stage}_tables.md", lambda: grid_report(
+        runs, title=f"mtpret --stage {stage}") + f"\nWall time of this command: {minutes:.1f} min.\n")
     return 0
