@@ -27,38 +27,33 @@ process makes the predictions the next stage is built from; process 0 alone the 
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import keras
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.metrics import confusion_matrix
 
 from .. import ensemble as E
 from .._argtypes import nonnegative_float
 from ..data.augment import get_preset
 from ..data.cache import Cache, build_cache
 from ..data.images import read_image
-from ..data.lung_crop import and_ensemble, write_lung_crops
+from ..data.lung_crop import and_ensemble, lung_crop_table
 from ..data.pipeline import make_dataset
-from ..data.tables import finish_table, split_off_validation
+from ..data.tables import sources_for_training
 from ..evaluation.calibration import compare_calibration, comparison_calibration_table
 from ..evaluation.multiclass import delong_ovr, mcnemar_test, multiclass_metrics
-from ..evaluation.multiclass_plots import plot_confusion_matrix, plot_mask_overlay, plot_polar, plot_roc_pr
+from ..evaluation.multiclass_plots import plot_confusion_roc_pr, plot_mask_overlay, plot_polar
+from ..evaluation.plots import plot_image_rows
 from ..evaluation.report import metrics_table, phantom_note
 from ..evaluation.segmentation import segmentation_metrics, wilcoxon_paired
-from ..explain.figures import overlay_grid
-from ..explain.gradcam import grad_cam
+from ..explain.figures import models_gradcam
 from ..export import load_keras_model as _load  # sub-models predict or lend weights
 from ..inference.batches import predict_dataset
-from ..io import DataError, atomic_path
-from ..locking import FolderLock
+from ..io import DataError
 from ..losses.calibrated import get_classification_loss
 from ..losses.segmentation import SEGMENTATION_LOSSES as SEGMENTATION_LOSS_FNS
 from ..models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
@@ -67,8 +62,8 @@ from ..models.efficientnet_unet import DEEPEST_CONV
 from ..training import RunFolder, fit_stage, multihost
 from . import lifecycle
 from . import multiloss_paper as paper
-from .common import cache_of, phantom_or_real_root
-from .lifecycle import RecipeConfig, RunOptions, config_from_args, execute, join_processes, options_from_args
+from .common import cache_of, complete_cache, phantom_or_real_root
+from .lifecycle import RecipeConfig, RunOptions, config_from_args, options_from_args
 
 SEGMENTATION_LOSSES = ("bce", "bce_dice", "focal", "tversky", "focal_tversky")
 CLASSIFICATION_LOSSES = ("cce", "focal", "kld", "hinge", "ls_cce", "ls_focal", "cal_cce",
@@ -185,9 +180,7 @@ def resolve(cfg: Config) -> Config:
         bad = [n for n in names if n not in known]
         if bad or not names:
             raise DataError(f"{what}: unknown name(s) {bad}; known: {', '.join(known)}")
-    for name in ("select_on", "seg_select_on"):
-        if getattr(cfg, name) not in ("val", "test"):
-            raise DataError(f"{name} must be 'val' or 'test', got {getattr(cfg, name)!r}")
+    lifecycle.check_choices(cfg, select_on=("val", "test"), seg_select_on=("val", "test"))
     return replace(cfg, seg_losses=tuple(cfg.seg_losses), cls_losses=tuple(cfg.cls_losses),
                    seg_top=min(cfg.seg_top, len(cfg.seg_losses)),
                    top_k=tuple(k for k in cfg.top_k if k <= len(cfg.cls_losses)))
@@ -207,49 +200,28 @@ def run(cfg: Config | None = None, out="runs", data_root=None, *, stage: str = "
     ``data_root`` is None; the lung-mask set and Montgomery from ``roots={"lungmasks": ...,
     "montgomery": ...}``); returns its run folder, a finished one as it is unless a single stage
     is asked (it is rerun on what is there). ``options``: see :class:`RunOptions`."""
-    opts = opts or lifecycle.options(out, data_root, **options)
-    cfg = resolve(cfg or Config())
+    cfg, opts = lifecycle.setup(cfg or Config(), resolve, ("real", "kermany"), out, data_root, opts,
+                                options)
     if stage not in STAGES + ("all",):
         raise DataError(f"stage must be one of {', '.join(STAGES)} or 'all', got {stage!r}")
     if opts.cache is not None:
         raise DataError("cache: multiloss builds its three caches under out/_data")
-    cfg = lifecycle.bind_data(cfg, opts, ("real", "kermany"))
     return _execute(cfg, opts, STAGES if stage == "all" else (stage,))
 
 
-def _stage(name):
-    def one_stage(cfg: Config | None = None, out="runs", data_root=None, **options) -> RunFolder:
-        return run(cfg, out, data_root, stage=name, **options)
-
-    one_stage.__name__ = one_stage.__qualname__ = name
-    one_stage.__doc__ = f"The {name} stage alone: :func:`run` with ``stage={name!r}``."
-    return one_stage
-
-
-segment, classify, ensemble = map(_stage, STAGES)
+segment, classify, ensemble = (lifecycle.stage_function(run, name) for name in STAGES)
 
 
 def _execute(cfg: Config, opts: RunOptions, stages: tuple) -> RunFolder:
-    """``lifecycle.execute`` over the stages asked, in one run folder: a single stage may be
-    rerun on a finished run (``DONE`` stands once the ensemble stage ran), and ``force`` redoes
-    the first stage asked and every later one (earlier stages and their metrics are kept)."""
-    opts = join_processes(opts)  # (first: process i > 0 has its own folder)
-    path = RunFolder.path_for(opts.out, "multiloss", asdict(cfg))
-    with FolderLock(path, "run folder", wait=opts.wait):  # (execute's own lock: the same one)
-        if opts.force:
-            for s in STAGES[STAGES.index(stages[0]):]:
-                folders = [path / "segment", path / "crops", *path.glob("crops_cache_*")] \
-                    if s == "segment" else [path / s]
-                for folder in folders:
-                    shutil.rmtree(folder, ignore_errors=True)
-        if opts.force or stages != STAGES:
-            (path / "DONE").unlink(missing_ok=True)
-        run_dir = execute("multiloss", cfg, replace(opts, distributed=False, force=False),
-                          prepare=lambda cfg, opts: prepare_data(cfg, opts) if "segment" in stages else None,
-                          train=partial(_train, stages=stages), evaluate=partial(_evaluate, stages=stages))
-        if "ensemble" not in stages:
-            run_dir.file("DONE").unlink(missing_ok=True)
-        return run_dir
+    """The stages asked, in one run folder (:func:`lifecycle.execute_stages`); ``force`` empties
+    the first stage asked and every later one."""
+    def folders(path, stage):
+        return [path / "segment", path / "crops", *path.glob("crops_cache_*")] \
+            if stage == "segment" else [path / stage]
+
+    return lifecycle.execute_stages(
+        "multiloss", cfg, opts, STAGES, stages, folders=folders, train=_train, evaluate=_evaluate,
+        prepare=lambda cfg, opts: prepare_data(cfg, opts) if "segment" in stages else None)
 
 
 def _train(cfg, run_dir, data, rt, opts, stages) -> dict:
@@ -285,11 +257,9 @@ def _evaluate(cfg, run_dir, data, state, opts, stages):
 
 def _crops_cache(cfg, run_dir) -> Path:
     path = run_dir.file(f"crops_cache_{cfg.cls_size}")
-    try:
-        Cache(path)
-    except DataError:
+    if not complete_cache(path):
         raise DataError(f"{run_dir.path}: no lung crops yet; run the segment stage first "
-                        "(--stage segment)") from None
+                        "(--stage segment)")
     return path
 
 
@@ -310,18 +280,8 @@ def prepare_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
                              ("montgomery", cfg.phantom_montgomery),
                              ("kermany", cfg.phantom_kermany))}
     sources = tuple(cfg.seg_train_sources)
-
-    def seg_table(table):
-        keep = table["source"].isin(sources).to_numpy()
-        if not keep.any():
-            raise DataError(f"{roots['lungmasks']}: no lung-mask image from {sources}")
-        table = table[keep].copy()
-        table["split"] = "train"
-        attrs = dict(table.attrs)
-        table = split_off_validation(table, cfg.seg_val_fraction, cfg.seed, by="patient")
-        table.attrs = attrs
-        return table.reset_index(drop=True)
-
+    seg_table = partial(sources_for_training, sources=sources, val_fraction=cfg.seg_val_fraction,
+                        seed=cfg.seed, by="patient", where=f"{roots['lungmasks']} (lung masks)")
     return SimpleNamespace(
         seg=cache_of("lungmasks", roots["lungmasks"], opts, cache_size=cfg.seg_size,
                      table_fn=seg_table,
@@ -336,10 +296,8 @@ def prepare_data(cfg: Config, opts: RunOptions) -> SimpleNamespace:
 def _sub(run_dir, *parts, **describe):
     """A sub-model's folder; ``describe`` goes to its ``config.json`` (what ``cxr-keras export``
     records as the model's preprocessing)."""
-    sub = RunFolder(run_dir.path.joinpath(*parts))
-    if describe and not sub.file("config.json").exists():
-        sub.write_json("config.json", dict(describe, paper="multiloss", normalization="none"))
-    return sub
+    return run_dir.sub(*parts, config=describe and dict(describe, paper="multiloss",
+                                                        normalization="none"))
 
 
 # ------------------------------------------------------------------------------------ segment
@@ -365,8 +323,7 @@ def train_segmenter(cfg, run_dir, data, loss_name, rt, opts):
     fit_stage(model, train, val, sub, "train", epochs=cfg.seg_epochs,
               optimizer=keras.optimizers.Adam(cfg.seg_lr), loss=SEGMENTATION_LOSS_FNS[loss_name](),
               metrics=[keras.metrics.BinaryIoU(target_class_ids=[1], name="iou")],
-              monitor="val_loss", mode="min", seed=cfg.seed, jit_compile=rt.jit_compile,
-              verbose=opts.verbose, tensorboard=opts.tensorboard,
+              monitor="val_loss", mode="min", **lifecycle.fit_options(rt, opts, cfg.seed),
               callbacks=[keras.callbacks.ReduceLROnPlateau(factor=factor, patience=patience,
                                                            min_lr=1e-6)])
     return sub
@@ -478,22 +435,14 @@ def crop_kermany(cfg, run_dir, data, top) -> Path:
     """Lung-crop every Kermany image with the AND of the top U-Nets' masks (Sec. 2.2.3)."""
     out = run_dir.file("crops")
     cache_dir = run_dir.file(f"crops_cache_{cfg.cls_size}")
-    try:
-        Cache(cache_dir)
+    if complete_cache(cache_dir):
         return cache_dir
-    except DataError:
-        pass
     rows = Cache(data.kermany).rows(None)
-    crops, empty = write_lung_crops(rows["path"].tolist(), _kermany_masks(cfg, run_dir, data, top), out,
-                                    size=cfg.crop_size, margin=cfg.crop_margin, low=cfg.stretch[0],
-                                    high=cfg.stretch[1])
-    records = pd.DataFrame(dict(path=crops, split=rows["split"].to_numpy(), label=rows["label"].astype(int).to_numpy(),
-                                patient_id=rows["patient_id"].to_numpy() if "patient_id" in rows else "",
-                                source=rows["path"].to_numpy()))
-    table = finish_table(records, dataset="kermany_lungcrop", root=out,
-                         classes=CLASSES)
+    table, empty = lung_crop_table(rows, _kermany_masks(cfg, run_dir, data, top), out,
+                                   dataset="kermany_lungcrop", classes=CLASSES, size=cfg.crop_size,
+                                   margin=cfg.crop_margin, low=cfg.stretch[0], high=cfg.stretch[1])
     build_cache(table, cache_dir, size=cfg.cls_size, workers=1, progress=False)
-    run_dir.update_metrics(crops={"images": len(records), "empty_masks": empty})
+    run_dir.update_metrics(crops={"images": len(rows), "empty_masks": empty})
     return cache_dir
 
 
@@ -501,19 +450,10 @@ def _crop_figure(cfg, run_dir, data, top, n=4):
     """Fig. 1: image, AND-ed mask, lung crop."""
     rows, out = Cache(data.kermany).rows(None), run_dir.file("crops")
     masks = _kermany_masks(cfg, run_dir, data, top)
-    fig = Figure(figsize=(7, 2.4 * n))
-    axes = fig.subplots(n, 3)
-    for i, ax in enumerate(axes):
-        path = rows.iloc[i]["path"]
-        crop = sorted(out.glob(f"{i:05d}_*.png"))[0]
-        for a, img, title in zip(ax, (read_image(path), masks[i], read_image(crop)),
-                                 ("image", "AND-ed mask", "lung crop")):
-            a.imshow(img, cmap="gray")
-            a.set_title(title, fontsize=8)
-            a.axis("off")
-    fig.tight_layout()
-    with atomic_path(run_dir.file("plots", "fig1_lung_crops.png")) as tmp:
-        fig.savefig(tmp, dpi=100)
+    panels = [(read_image(rows.iloc[i]["path"]), masks[i],
+               read_image(sorted(out.glob(f"{i:05d}_*.png"))[0])) for i in range(n)]
+    plot_image_rows(panels, ("image", "AND-ed mask", "lung crop"),
+                    run_dir.file("plots", "fig1_lung_crops.png"))
 
 
 # ----------------------------------------------------------------------------------- classify
@@ -549,8 +489,7 @@ def train_classifier(cfg, run_dir, crops, loss_name, encoder, rt, opts):
                                         output_regularizer=spec.output_regularizer)
         fit_stage(model, train, val, sub, "train", epochs=cfg.cls_epochs, optimizer=_sgd(cfg),
                   loss=spec.make_loss(), metrics=["accuracy"], monitor="val_loss", mode="min",
-                  seed=cfg.seed, jit_compile=rt.jit_compile, verbose=opts.verbose,
-                  tensorboard=opts.tensorboard)
+                  **lifecycle.fit_options(rt, opts, cfg.seed))
     return sub
 
 
@@ -626,14 +565,8 @@ def _classify_figures(cfg, run_dir, results, crops):
                title="Fig. 4: F-score and MCC of the classifiers (test)")
     best = max(results, key=lambda k: results[k][cfg.select_on]["mcc"])
     y, p = class_predictions(_sub(run_dir, "classify", best), crops, cfg)["test"]
-    _cm_roc_pr(run_dir, y, p, "fig5_best_single", f"{titles[best]} (best single model)")
-
-
-def _cm_roc_pr(run_dir, y, proba, stem, title):
-
-    cm = confusion_matrix(y, np.argmax(proba, axis=1), labels=range(len(CLASSES)))
-    plot_confusion_matrix(cm, CLASSES, run_dir.file("plots", f"{stem}_confusion.png"), title=title)
-    plot_roc_pr(y, proba, CLASSES, run_dir.file("plots", f"{stem}_roc_pr.png"), title=title)
+    plot_confusion_roc_pr(y, p, CLASSES, run_dir.file("plots", "fig5_best_single"),
+                          f"{titles[best]} (best single model)")
 
 
 def _loss_titles():
@@ -684,13 +617,9 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
         members = ranking[:k]
         pv = np.stack([preds[n]["val"][1] for n in members])
         pt = np.stack([preds[n]["test"][1] for n in members])
-        w, _ = E.slsqp_weights(pv, y_val, starts=cfg.slsqp_starts, seed=cfg.seed)
+        outputs, w = E.prediction_level(pv, y_val, pt, starts=cfg.slsqp_starts, seed=cfg.seed,
+                                        stacking_epochs=cfg.stacking_epochs)
         weights[f"top-{k}"] = dict(zip(members, map(float, w)))
-        stack = E.fit_stacking(pv, y_val, epochs=cfg.stacking_epochs, seed=cfg.seed)
-        outputs = {"majority voting": E.vote_proba(pt),
-                   "simple averaging": E.average(pt),
-                   "weighted averaging": E.weighted_average(pt, w),
-                   "stacking": E.stacking_predict(stack, pt)}
         for method, proba in outputs.items():
             # the vote's classes with its tie rule, in every thresholded entry
             pred = E.majority_vote(pt) if method == "majority voting" else None
@@ -699,8 +628,9 @@ def _ensemble_results(cfg, run_dir, crops, ranking) -> dict:
         sub = _sub(run_dir, "ensemble", f"model_level_top{k}")
         model_level[k] = {split: p[1] for split, p in class_predictions(sub, crops, cfg).items()}
         if k == max(cfg.top_k):
-            _cm_roc_pr(run_dir, y_test, outputs["weighted averaging"], f"fig7_weighted_top{k}",
-                       f"weighted averaging, top-{k}")
+            plot_confusion_roc_pr(y_test, outputs["weighted averaging"], CLASSES,
+                                  run_dir.file("plots", f"fig7_weighted_top{k}"),
+                                  f"weighted averaging, top-{k}")
     table4 = {f"model-level top-{k}": multiclass_metrics(y_test, v["test"], labels=CLASSES)
               for k, v in model_level.items()}
     ks = sorted(model_level)
@@ -735,8 +665,8 @@ def _ensemble_figures(cfg, run_dir, table3, y_test, final, crops, ranking, ks):
     plot_polar({k: {"F-score": v["f1"], "MCC": v["mcc"]} for k, v in table3.items()},
                ("F-score", "MCC"), run_dir.file("plots", "fig6_prediction_level_polar.png"),
                title="Fig. 6: prediction-level ensembles (test)")
-    _cm_roc_pr(run_dir, y_test, final, "fig8_final_ensemble",
-               "weighted average of the model-level ensembles")
+    plot_confusion_roc_pr(y_test, final, CLASSES, run_dir.file("plots", "fig8_final_ensemble"),
+                          "weighted average of the model-level ensembles")
     gradcam_figure(cfg, run_dir, crops, ranking[:min(3, len(ranking))], max(ks))
 
 
@@ -753,12 +683,7 @@ def gradcam_figure(cfg, run_dir, crops, members, k, n=None):
                    _load(run_dir.file("ensemble", f"model_level_top{k}", "checkpoints",
                                       "best.keras")),
                    "ensemble_conv"))
-    cams = [grad_cam(model, xs, ys, layer_name=layer) for _, model, layer in models]
-    grey = np.clip(xs[..., 0], 0, 255).astype(np.uint8)
-    panels = [(grey[r], cams[c][r], f"{name}\n{CLASSES[ys[r]]}")   # one row per image
-              for r in range(len(xs)) for c, (name, _, _) in enumerate(models)]
-    overlay_grid(*zip(*panels), run_dir.file("plots", "fig9_gradcam.png"), cols=len(models),
-                 cell=(2.6, 2.6), dpi=100)
+    models_gradcam(models, xs, ys, CLASSES, run_dir.file("plots", "fig9_gradcam.png"))
 
 
 # ------------------------------------------------------------------------------------- report
