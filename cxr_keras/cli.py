@@ -109,7 +109,7 @@ def cmd_predict(args):
     from .inference.predict import predict_folder
 
     out = predict_folder(args.model, args.images, args.out, tta=args.tta, batch_size=args.batch_size,
-                         size=args.size, on_error=args.on_error)
+                         size=args.size, on_error=args.on_error, progress=True)
     print(f"wrote predictions to {out}")
     return 0
 

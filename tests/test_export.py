@@ -321,3 +321,15 @@ def test_a_mixed_precision_model_is_served_in_float32(tmp_path):
         got = load_exported(out / name)(x)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, half, rtol=0, atol=3e-2, err_msg=name)
+
+
+def test_a_segmenter_exports_maps_and_predict_refuses_them(setup, tmp_path):
+    inp = keras.Input((SIZE, SIZE, 3))
+    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inp)
+    spec = dict(resize_to=[CACHE, CACHE], center_crop=[SIZE, SIZE], output_size=None, channels=3,
+                normalization="imagenet")
+    export = export_model(keras.Model(inp, out), tmp_path / "seg", spec)
+    assert json.loads((export / "export.json").read_text())["output_shape"] == [None, SIZE, SIZE, 1]
+    with pytest.raises(DataError, match="a map, not one probability per label"):
+        predict_folder(export, setup["images"], tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()

@@ -37,6 +37,7 @@ from scipy import special
 
 from ..data.images import DICOM_SUFFIXES, read_dicom, read_image
 from ..io import DataError, atomic_path
+from ..progress import Progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
 
@@ -205,19 +206,23 @@ def preprocess(img: np.ndarray, preprocessing: dict) -> np.ndarray:
     return np.asarray(normalize(x, preprocessing.get("normalization", "imagenet")), np.float32)
 
 
-def _read_all(files, on_error: str):
-    """(images, errors): the decoded images of ``files`` (None where one failed, when skipping)."""
-    images, errors = [], []
-    for path in files:
-        try:
-            images.append(_read(path))
-        except DataError as e:
-            if on_error == "stop":
-                raise
-            print(f"skipped {path}: {e}", file=sys.stderr, flush=True)
-            images.append(None)
-            errors.append((path, str(e)))
-    return images, errors
+def _chunks(files, size: int, on_error: str, errors: list):
+    """``(paths, images)`` of up to ``size`` readable files at a time (a folder larger than memory
+    streams through); an unreadable file raises (``"stop"``) or is named on stderr and appended
+    to ``errors`` (``"skip"``)."""
+    for start in range(0, len(files), size):
+        paths, images = [], []
+        for path in files[start:start + size]:
+            try:
+                images.append(_read(path))
+                paths.append(path)
+            except DataError as e:
+                if on_error == "stop":
+                    raise
+                print(f"\nskipped {path}: {e}", file=sys.stderr, flush=True)
+                errors.append((path, str(e)))
+        if images:
+            yield paths, images
 
 
 def _predict_raw(predictor, images, batch_size):
@@ -234,10 +239,12 @@ def _predict_raw(predictor, images, batch_size):
 
 
 def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_size: int = 16,
-                   size=None, labels=None, zoom: float = 0.1, on_error: str = "stop") -> Path:
+                   size=None, labels=None, zoom: float = 0.1, on_error: str = "stop",
+                   progress: bool = False) -> Path:
     """Write the probabilities of every image under ``images_dir`` to ``out_csv`` (module
     docstring); returns ``out_csv``.
 
+    Images are read ``batch_size`` at a time (``progress=True`` shows a bar on stderr).
     ``tta=True`` averages the probabilities over the test-time views of
     :class:`~cxr_keras.inference.tta.TTAPredictor` (original, hflip, zoom in/out by ``zoom``;
     a ``.keras`` model or an exported SavedModel). ``size`` overrides the input side of a
@@ -251,26 +258,28 @@ def predict_folder(model_path, images_dir, out_csv, tta: bool = False, batch_siz
         raise DataError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     files = list_images(images_dir)
     predictor = load_predictor(model_path, size)
-    images, errors = _read_all(files, on_error)
-    kept = [(f, img) for f, img in zip(files, images) if img is not None]
+    batch_size, errors, kept, parts = int(batch_size), [], [], []
+    tta_model = TTAPredictor(predictor, zoom=zoom, activation=predictor.activation) if tta else None
+    bar = Progress(len(files), "predict", enabled=progress)
+    for paths, images in _chunks(files, batch_size, on_error, errors):
+        if predictor.raw and not tta:
+            parts.append(_predict_raw(predictor, images, batch_size))
+        else:
+            x = np.stack([preprocess(img, predictor.preprocessing) for img in images])
+            if tta:
+                parts.append(tta_model.predict(x, batch_size=batch_size))
+            else:
+                out = np.asarray(predictor.predict_on_batch(x), np.float64)
+                parts.append(special.expit(out) if predictor.activation == "sigmoid" else out)
+        if np.ndim(parts[-1]) != 2:
+            raise DataError(f"{model_path} outputs {np.shape(parts[-1])[1:]} per image (a map, "
+                            "not one probability per label): predict writes per-image "
+                            "probabilities")
+        kept += paths
+        bar.update(len(kept) + len(errors) - bar.done)  # files read or skipped so far
     if not kept:
         raise DataError(f"none of the {len(files)} images under {images_dir} could be read")
-    files, images = [f for f, _ in kept], [img for _, img in kept]
-    if tta or not predictor.raw:
-        x = np.stack([preprocess(img, predictor.preprocessing) for img in images])
-        if tta:
-            probs = TTAPredictor(predictor, zoom=zoom, activation=predictor.activation).predict(
-                x, batch_size=int(batch_size))
-        else:
-            activate = special.expit if predictor.activation == "sigmoid" else np.asarray
-            probs = np.concatenate([activate(np.asarray(predictor.predict_on_batch(
-                x[i:i + int(batch_size)]), np.float64)) for i in range(0, len(x), int(batch_size))])
-    else:
-        probs = _predict_raw(predictor, images, int(batch_size))
-    probs = np.asarray(probs, np.float64)
-    if probs.ndim != 2:
-        raise DataError(f"{model_path} outputs {probs.shape[1:]} per image (a map, not one "
-                        "probability per label): predict writes per-image probabilities")
+    files, probs = kept, np.concatenate([np.asarray(p, np.float64) for p in parts])
     names = labels if labels is not None else predictor.labels
     if names is None:
         names = [f"class_{i}" for i in range(probs.shape[1])]
