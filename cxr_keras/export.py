@@ -213,6 +213,8 @@ def _write_savedmodel(serving, model, path: Path, meta: dict):
 
     pre, head = serving.get_layer("preprocessing"), serving.layers[2:]
 
+    # The model is traced once, here; every endpoint calls this function (one copy in the file)
+    @tf.function(input_signature=[tf.TensorSpec(_input_shape(model), tf.float32)])
     def probabilities(x):
         for layer in head:
             x = layer(x)
@@ -234,7 +236,8 @@ def _write_savedmodel(serving, model, path: Path, meta: dict):
     out_shape = pre.compute_output_shape((None, None, None))[1:]
     archive = keras.export.ExportArchive()
     archive.track(serving)
-    archive.add_endpoint("serve", serving, [tf.TensorSpec([None, None, None], tf.uint8)])
+    archive.add_endpoint("serve", lambda x: probabilities(pre(x)),
+                         [tf.TensorSpec([None, None, None], tf.uint8)])
     archive.add_endpoint("serve_uint16", lambda x: probabilities(pre(x)),
                          [tf.TensorSpec([None, None, None], tf.uint16)])
     archive.add_endpoint(
@@ -242,8 +245,7 @@ def _write_savedmodel(serving, model, path: Path, meta: dict):
         lambda b: probabilities(tf.map_fn(one_image, b, fn_output_signature=tf.TensorSpec(
             out_shape, tf.float32))),
         [tf.TensorSpec([None], tf.string)])
-    archive.add_endpoint("serve_model_input", probabilities,
-                         [tf.TensorSpec(_input_shape(model), tf.float32)])
+    archive.add_endpoint("serve_model_input", probabilities)
     archive.write_out(str(path), verbose=False)
     write_json(path / "assets.extra" / EXPORT_JSON, meta)
 
