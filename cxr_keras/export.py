@@ -55,7 +55,7 @@ from .io import DataError, MissingExtra, require_extra, write_json
 EXPORT_JSON = "export.json"
 DEFAULT_ATOL = 1e-4
 FORMATS = {"savedmodel": "savedmodel", "onnx": "model.onnx", "litert": "model.tflite"}
-EXTRAS = {"onnx": ("onnx", ("tf2onnx", "onnx", "onnxruntime"))}
+ONNX_MODULES = ("tf2onnx", "onnx", "onnxruntime")  # the `onnx` extra
 
 
 class ExportMismatch(RuntimeError):
@@ -292,7 +292,7 @@ def _register_erfc_for_tf2onnx():
 
 
 def _write_onnx(serving, model, path: Path, meta: dict):
-    require_extra("ONNX export", "onnx", EXTRAS["onnx"][1])
+    require_extra("ONNX export", "onnx", ONNX_MODULES)
     import onnx
 
     _register_erfc_for_tf2onnx()
@@ -387,7 +387,7 @@ def export_model(model, out, preprocessing: dict, *, labels=None, formats=("save
 
     formats = parse_formats(formats)
     if "onnx" in formats:
-        require_extra("ONNX export", "onnx", EXTRAS["onnx"][1])
+        require_extra("ONNX export", "onnx", ONNX_MODULES)
     trained_policy = sorted(set(_policy_names(keras.saving.serialize_keras_object(model))))
     model = serving_copy(model)
     serving = serving_model(model, preprocessing)

@@ -12,6 +12,14 @@ from cxr_keras.export import export_run, load_exported, load_keras_model, output
 from cxr_keras.inference.predict import preprocess
 
 
+def spec(resize_to, center_crop=None, output_size=None, normalization="imagenet", channels=3):
+    """A paper's evaluation preprocessing as export.json writes it (square sides given as ints)."""
+    def pair(v):
+        return None if v is None else [v, v] if isinstance(v, int) else list(v)
+    return dict(resize_to=pair(resize_to), center_crop=pair(center_crop),
+                output_size=pair(output_size), channels=channels, normalization=normalization)
+
+
 def assert_exports_answer_raw_pixels(run_dir, out, preprocessing, labels=None, atol=1e-4):
     """Export ``run_dir`` in every format to ``out``; its preprocessing must be ``preprocessing``
     (the paper's evaluation convention) and each format must give the Keras model's

@@ -247,11 +247,10 @@ def test_bad_arguments_are_named():
 
 def test_the_vit_exports_raw_pixels_in_every_format(runs, tmp_path):
     """The fine-tuned ViT: the 36 px cache, centre crop 32, ImageNet; the PediCXR labels."""
-    from _exports import assert_exports_answer_raw_pixels
+    from _exports import assert_exports_answer_raw_pixels, spec
 
     _, vit_run, _ = runs
     meta = assert_exports_answer_raw_pixels(
         vit_run.path, tmp_path / "export",
-        dict(resize_to=[SMOKE["cache_size"]] * 2, center_crop=[SMOKE["image_size"]] * 2,
-             output_size=None, channels=3, normalization="imagenet"))
+        spec(SMOKE["cache_size"], SMOKE["image_size"]))
     assert meta["labels"] and len(meta["labels"]) == meta["output_shape"][-1]

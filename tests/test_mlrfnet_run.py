@@ -359,11 +359,10 @@ def test_grid_variants_switch_the_ablation():
 
 def test_the_run_exports_raw_pixels_in_every_format(finished_run, tmp_path):
     """MLRFNet (Res2Net + ECA + CSRA): the cache, centre crop, ImageNet; sigmoid of its logits."""
-    from _exports import assert_exports_answer_raw_pixels
+    from _exports import assert_exports_answer_raw_pixels, spec
 
     run, _, cfg = finished_run
     meta = assert_exports_answer_raw_pixels(
         run.path, tmp_path / "export",
-        dict(resize_to=[cfg.cache_size] * 2, center_crop=[cfg.crop] * 2, output_size=None,
-             channels=3, normalization="imagenet"))
+        spec(cfg.cache_size, cfg.crop))
     assert meta["activation"] == "sigmoid" and len(meta["labels"]) == meta["output_shape"][-1]

@@ -289,7 +289,7 @@ def test_a_classification_task_exports_raw_pixels_in_every_format(tmp_path):
     square cache resized to image_size (bilinear), the paper's Z-score, sigmoid of the logit."""
     from dataclasses import asdict
 
-    from _exports import assert_exports_answer_raw_pixels
+    from _exports import assert_exports_answer_raw_pixels, spec
 
     from cxr_keras.training import RunFolder
 
@@ -301,6 +301,5 @@ def test_a_classification_task_exports_raw_pixels_in_every_format(tmp_path):
     model.save(run.checkpoints / "best.keras")
     meta = assert_exports_answer_raw_pixels(
         run.path, tmp_path / "export",
-        dict(resize_to=[cfg.cache_size] * 2, center_crop=None, output_size=list(cfg.image_size),
-             channels=3, normalization="mtpret"))
+        spec(cfg.cache_size, output_size=cfg.image_size, normalization="mtpret"))
     assert meta["output_shape"] == [None, 1] and meta["activation"] == "sigmoid"

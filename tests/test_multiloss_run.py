@@ -287,18 +287,16 @@ def test_bad_loss_name_is_named():
 def test_a_classifier_and_a_unet_export_raw_pixels_in_every_format(run, tmp_path):
     """The classifier on lung crops (cls_size, EfficientNet's own 0-255 input, softmax kept) and
     the U-Net on whole CXRs (seg_size; a probability map out)."""
-    from _exports import assert_exports_answer_raw_pixels
+    from _exports import assert_exports_answer_raw_pixels, spec
 
     folder, _ = run
     cfg = smoke()
     meta = assert_exports_answer_raw_pixels(
         folder / "classify" / CLS_LOSSES[0], tmp_path / "cls",
-        dict(resize_to=[cfg.cls_size] * 2, center_crop=None, output_size=None, channels=3,
-             normalization="none"), labels=["normal", "bacterial", "viral"])
+        spec(cfg.cls_size, normalization="none"), labels=["normal", "bacterial", "viral"])
     assert meta["activation"] == "softmax" and meta["outputs"] == "probabilities"
     meta = assert_exports_answer_raw_pixels(
         folder / "segment" / SEG_LOSSES[0], tmp_path / "unet",
-        dict(resize_to=[cfg.seg_size] * 2, center_crop=None, output_size=None, channels=3,
-             normalization="none"))
+        spec(cfg.seg_size, normalization="none"))
     assert meta["activation"] == "sigmoid" and meta["output_shape"] == [None, cfg.seg_size,
                                                                         cfg.seg_size, 1]

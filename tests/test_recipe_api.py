@@ -124,11 +124,10 @@ def test_shortcut_options_and_data_binding(tmp_path):
 
 def test_the_run_exports_raw_pixels_in_every_format(tiny_run, tmp_path):
     """fzlpr: the 168 px cache, centre crop 160, ImageNet; the run's 14 findings."""
-    from _exports import assert_exports_answer_raw_pixels
+    from _exports import assert_exports_answer_raw_pixels, spec
 
     _, cfg, run = tiny_run
     meta = assert_exports_answer_raw_pixels(
         run.path, tmp_path / "export",
-        dict(resize_to=[cfg.cache_size] * 2, center_crop=[cfg.crop] * 2, output_size=None,
-             channels=3, normalization="imagenet"))
+        spec(cfg.cache_size, cfg.crop))
     assert len(meta["labels"]) == 14 and meta["activation"] == "sigmoid"
