@@ -66,7 +66,7 @@ def list_images(images_dir) -> list[Path]:
 
 
 def _read(path: Path) -> np.ndarray:
-    img = read_dicom(path) if not path.suffix and _is_dicom_without_suffix(path) else read_image(path)
+    img = read_dicom(path) if not path.suffix else read_image(path)  # list_images: DICM only
     if img.size == 0:
         raise DataError(f"empty image: {path}")
     return img
