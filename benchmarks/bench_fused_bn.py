@@ -1,18 +1,15 @@
-"""What a fused batch normalisation would save: ours with Keras 3's BatchNormalization against the
-same network with a fused one (TensorFlow's ``FusedBatchNormV3``), training, alternating.
+"""What the fused batch norm buys: ours (``cxr_keras.layers.FusedBatchNormalization``) against the
+same network with Keras 3's ``BatchNormalization``, training and inference, alternating.
 
     python benchmarks/bench_fused_bn.py --only fzlpr,mlrfnet --steps 4 --warmup 1
 
 Keras 3's ``BatchNormalization`` on the TensorFlow backend is not fused: in training it computes
 the moments (``Mean``, ``SquaredDifference``) and the normalisation as separate element-wise ops,
 and its gradient as ``Tile`` / ``Sum`` / ``Mul`` (``profile_step.py``: about 30% of the op time of a
-DenseNet121 training step; PyTorch's and tf.keras 2's batch norm are one fused kernel each way).
-This script measures the lever before anything in ``cxr_keras`` changes: each model of ``--only``
-(the builders of :mod:`bench_precision`) is cloned with every ``BatchNormalization`` replaced by
-:class:`FusedBatchNormalization` (the same variables; in training on 4-D channels-last inputs the
-fused op, otherwise Keras' own code), and both are timed step by step, alternating. A prototype
-for measurement: its moving variance takes the fused op's batch variance (Bessel-corrected, as
-tf.keras 2's did), Keras 3's the biased one. Writes ``OUT/bench_fused_bn.json`` atomically.
+DenseNet121 training step). Our models' batch norm runs TensorFlow's fused kernel in training. Each
+model of ``--only`` (the builders of :mod:`bench_precision`) is cloned with every
+``FusedBatchNormalization`` replaced by Keras' layer (same configuration, same weights), and both
+are timed step by step, alternating. Writes ``OUT/bench_fused_bn.json`` atomically.
 """
 
 from __future__ import annotations
@@ -28,44 +25,20 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]  # the repository root and this fol
 import _timing  # noqa: E402
 
 
-def fused_bn_class():
-    import keras
-    import tensorflow as tf
-
-    class FusedBatchNormalization(keras.layers.BatchNormalization):
-        """BatchNormalization whose training pass is TensorFlow's fused kernel (NHWC, no mask)."""
-
-        def call(self, inputs, training=None, mask=None):
-            if (not training or mask is not None or len(inputs.shape) != 4
-                    or self.axis not in (-1, 3) or self.trainable is False):
-                return super().call(inputs, training=training, mask=mask)
-            c = inputs.shape[-1]
-            gamma = self.gamma if self.scale else tf.ones([c])
-            beta = self.beta if self.center else tf.zeros([c])
-            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                inputs, tf.cast(gamma, "float32"), tf.cast(beta, "float32"),
-                epsilon=self.epsilon, data_format="NHWC", is_training=True)
-            m = self.momentum
-            self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, "float32") * (1 - m))
-            self.moving_variance.assign(self.moving_variance * m
-                                        + tf.cast(var, "float32") * (1 - m))
-            return tf.cast(y, self.compute_dtype)
-
-    return FusedBatchNormalization
-
-
-def with_fused_bn(model):
-    """A clone of ``model`` (new weights) with every BatchNormalization fused in training."""
+def with_keras_bn(model):
+    """A clone of ``model`` (same weights) with Keras' own BatchNormalization everywhere."""
     import keras
 
-    fused = fused_bn_class()
+    from cxr_keras.layers import FusedBatchNormalization
 
     def clone(layer):
-        if type(layer) is keras.layers.BatchNormalization:
-            return fused.from_config(layer.get_config())
+        if isinstance(layer, FusedBatchNormalization):
+            return keras.layers.BatchNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    plain = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    plain.set_weights(model.get_weights())
+    return plain
 
 
 def main(argv=None) -> dict:
@@ -94,14 +67,14 @@ def main(argv=None) -> dict:
                               .astype(np.float32) for _ in range(args.pool)])
         ys = _timing.tensors([(rng.random((batch, bench_precision.NUM_CLASSES)) < 0.15)
                               .astype(np.float32) for _ in range(args.pool)])
-        keras_bn = bench_precision._ours(kind, args.size, args.policy, args.seed)
+        fused = bench_precision._ours(kind, args.size, args.policy, args.seed)
         keras.mixed_precision.set_global_policy(args.policy)
         try:
-            fused = with_fused_bn(keras_bn)
+            keras_bn = with_keras_bn(fused)
         finally:
             keras.mixed_precision.set_global_policy("float32")
-        fused.compile(optimizer=keras_bn.optimizer.__class__.from_config(
-            keras_bn.optimizer.get_config()), loss=keras_bn.loss, jit_compile=False)
+        keras_bn.compile(optimizer=fused.optimizer.__class__.from_config(
+            fused.optimizer.get_config()), loss=fused.loss, jit_compile=False)
         models = {"keras_bn": {"model": keras_bn, "targets": ys, "build_s": 0.0},
                   "fused_bn": {"model": fused, "targets": ys, "build_s": 0.0}}
         t = time.perf_counter()

@@ -12,12 +12,14 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..layers.batch_norm import FusedBatchNormalization
+
 GROWTH_RATE = 32
 BN_EPSILON = 1.001e-5  # keras.applications' DenseNet
 
 
 def _bn_relu(x, name):
-    x = layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(axis=-1, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -61,6 +63,6 @@ def densenet(blocks=(6, 12, 24, 16), input_shape=(224, 224, 3), name="densenet")
             x = _conv_block(x, f"conv{stage}_block{i + 1}")
         if stage < 5:
             x = _transition(x, f"pool{stage}")
-    x = layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name="bn")(x)
+    x = FusedBatchNormalization(axis=-1, epsilon=BN_EPSILON, name="bn")(x)
     x = layers.Activation("relu", name="relu")(x)
     return keras.Model(inp, x, name=name)

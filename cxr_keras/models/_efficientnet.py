@@ -15,6 +15,8 @@ import math
 import keras
 from keras import layers
 
+from ..layers.batch_norm import FusedBatchNormalization
+
 # EfficientNet-B0's stages: (kernel, repeats, filters in, filters out, expansion, stride);
 # squeeze-and-excitation ratio 0.25 everywhere.
 B0_STAGES = (
@@ -60,7 +62,7 @@ def _mbconv(x, name, kernel, filters_in, filters_out, expansion, stride, drop_ra
     if expansion != 1:
         x = layers.Conv2D(filters, 1, padding="same", use_bias=False, kernel_initializer=CONV_INIT,
                           name=f"{name}expand_conv")(x)
-        x = layers.BatchNormalization(axis=-1, name=f"{name}expand_bn")(x)
+        x = FusedBatchNormalization(axis=-1, name=f"{name}expand_bn")(x)
         x = layers.Activation("swish", name=f"{name}expand_activation")(x)
     padding = "same"
     if stride == 2:
@@ -68,7 +70,7 @@ def _mbconv(x, name, kernel, filters_in, filters_out, expansion, stride, drop_ra
         padding = "valid"
     x = layers.DepthwiseConv2D(kernel, strides=stride, padding=padding, use_bias=False,
                                depthwise_initializer=CONV_INIT, name=f"{name}dwconv")(x)
-    x = layers.BatchNormalization(axis=-1, name=f"{name}bn")(x)
+    x = FusedBatchNormalization(axis=-1, name=f"{name}bn")(x)
     x = layers.Activation("swish", name=f"{name}activation")(x)
     se = layers.GlobalAveragePooling2D(name=f"{name}se_squeeze")(x)
     se = layers.Reshape((1, 1, filters), name=f"{name}se_reshape")(se)
@@ -79,7 +81,7 @@ def _mbconv(x, name, kernel, filters_in, filters_out, expansion, stride, drop_ra
     x = layers.Multiply(name=f"{name}se_excite")([x, se])
     x = layers.Conv2D(filters_out, 1, padding="same", use_bias=False, kernel_initializer=CONV_INIT,
                       name=f"{name}project_conv")(x)
-    x = layers.BatchNormalization(axis=-1, name=f"{name}project_bn")(x)
+    x = FusedBatchNormalization(axis=-1, name=f"{name}project_bn")(x)
     if stride == 1 and filters_in == filters_out:
         if drop_rate > 0:
             x = layers.Dropout(drop_rate, noise_shape=(None, 1, 1, 1), name=f"{name}drop")(x)
@@ -105,7 +107,7 @@ def efficientnet(width_coefficient=1.0, depth_coefficient=1.0, input_shape=(224,
     x = layers.ZeroPadding2D(_pad_for_stride2(x, 3), name="stem_conv_pad")(x)
     x = layers.Conv2D(width(32), 3, strides=2, padding="valid", use_bias=False,
                       kernel_initializer=CONV_INIT, name="stem_conv")(x)
-    x = layers.BatchNormalization(axis=-1, name="stem_bn")(x)
+    x = FusedBatchNormalization(axis=-1, name="stem_bn")(x)
     x = layers.Activation("swish", name="stem_activation")(x)
     total = sum(round_repeats(stage[1], depth_coefficient) for stage in B0_STAGES)
     done = 0
@@ -118,6 +120,6 @@ def efficientnet(width_coefficient=1.0, depth_coefficient=1.0, input_shape=(224,
             done += 1
     x = layers.Conv2D(width(1280), 1, padding="same", use_bias=False, kernel_initializer=CONV_INIT,
                       name="top_conv")(x)
-    x = layers.BatchNormalization(axis=-1, name="top_bn")(x)
+    x = FusedBatchNormalization(axis=-1, name="top_bn")(x)
     x = layers.Activation("swish", name="top_activation")(x)
     return keras.Model(inp, x, name=name)

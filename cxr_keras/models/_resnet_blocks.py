@@ -15,6 +15,7 @@ from keras import layers
 from .. import weights as pretrained
 from ..integrity import verify
 from ..io import DataError
+from ..layers.batch_norm import FusedBatchNormalization
 from ..state_dict import CHECKPOINT_SUFFIXES, assign, read_state_dict
 
 BN_EPSILON = 1e-5  # PyTorch's BatchNorm2d default
@@ -33,7 +34,7 @@ def conv(x, filters, kernel, stride, pad, name):
 
 
 def bn(x, name):
-    return layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    return FusedBatchNormalization(axis=-1, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
 def finish(inp, x, include_top, pooling, classes, classifier_activation, name):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+from .batchnorm import with_fused_batch_norm
+
 NAMES = ("resnet18", "resnet34", "resnet50", "keras_resnet50")
 KERAS_RESNET50_STAGES = ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
                          "conv5_block3_out")
@@ -36,8 +38,8 @@ def multiscale_backbone(name: str = "resnet18", input_shape=(224, 224, 3), weigh
     if name not in NAMES:
         raise ValueError(f"backbone must be one of {NAMES}, got {name!r}")
     if name == "keras_resnet50":
-        base = keras.applications.ResNet50(include_top=False, weights=weights,
-                                           input_shape=tuple(input_shape), **kwargs)
+        base = with_fused_batch_norm(keras.applications.ResNet50(
+            include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs))
     else:
         base = {"resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50}[name](
             include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)

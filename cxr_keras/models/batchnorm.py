@@ -1,8 +1,30 @@
-"""Batch-normalisation momentum of a built model, for short runs."""
+"""Batch normalisation of our models: the fused layer everywhere, and the momentum of short runs."""
 
 from __future__ import annotations
 
 import keras
+
+from ..layers.batch_norm import FusedBatchNormalization
+
+
+def with_fused_batch_norm(model):
+    """A single-input functional ``model`` (e.g. ``keras.applications.DenseNet121``) with every
+    ``keras.layers.BatchNormalization`` replaced by :class:`FusedBatchNormalization`: same layer
+    names, configurations and weights (copied), other layers rebuilt from their configurations.
+    Our own builders use the fused layer directly; this brings keras.applications backbones (and
+    their ImageNet weights) to it."""
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    (source,) = [layer for layer in model.layers if isinstance(layer, keras.layers.InputLayer)]
+    (spec,) = model.inputs
+    inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=source.name)
+    fused = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    fused.set_weights(model.get_weights())
+    return fused
 
 
 def set_bn_momentum(model, momentum: float | None):

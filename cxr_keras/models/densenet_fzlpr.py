@@ -11,6 +11,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..layers.batch_norm import FusedBatchNormalization
+from .batchnorm import with_fused_batch_norm
+
 # The custom top, in order (SPEC section 1). Everything else in the model is the backbone.
 TOP_LAYER_NAMES = (
     "top_conv1", "top_bn1", "top_relu1",
@@ -42,24 +45,24 @@ def densenet121_fzlpr(num_classes=14, weights="imagenet", input_shape=(224, 224,
             Its layers become part of the returned model (shared, not copied).
     """
     if base is None:
-        base = keras.applications.DenseNet121(include_top=False, weights=weights,
-                                              input_shape=tuple(input_shape))
+        base = with_fused_batch_norm(keras.applications.DenseNet121(
+            include_top=False, weights=weights, input_shape=tuple(input_shape)))
     x = base.output
     x = layers.Conv2D(256, 3, strides=1, padding="valid", name="top_conv1")(x)
-    x = layers.BatchNormalization(name="top_bn1")(x)
+    x = FusedBatchNormalization(name="top_bn1")(x)
     x = layers.Activation("relu", name="top_relu1")(x)
     x = layers.Conv2D(128, 3, strides=1, padding="valid", name="top_conv2")(x)
-    x = layers.BatchNormalization(name="top_bn2")(x)
+    x = FusedBatchNormalization(name="top_bn2")(x)
     x = layers.Activation("relu", name="top_relu2")(x)
     x = layers.Dropout(0.1, name="top_dropout")(x)
     x = layers.Flatten(name="top_flatten")(x)
     x = layers.Dense(64, name="top_dense1")(x)
-    x = layers.BatchNormalization(name="top_bn3")(x)
+    x = FusedBatchNormalization(name="top_bn3")(x)
     x = layers.Activation("relu", name="top_relu3")(x)
     # float32 outputs under mixed precision (Keras' advice for output layers): AUCs and the
     # exported SavedModel then see full-precision scores
     x = layers.Dense(num_classes, name="logits", dtype="float32")(x)
-    x = layers.BatchNormalization(name="logits_bn", dtype="float32")(x)
+    x = FusedBatchNormalization(name="logits_bn", dtype="float32")(x)
     return keras.Model(base.input, x, name=name)
 
 

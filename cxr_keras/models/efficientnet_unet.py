@@ -28,7 +28,9 @@ import keras
 from keras import layers
 
 from ..integrity import verify
+from ..layers.batch_norm import FusedBatchNormalization
 from ._efficientnet import efficientnet
+from .batchnorm import with_fused_batch_norm
 
 # segmentation_models' default EfficientNet-B0 feature layers, deepest first (1/16, 1/8, 1/4, 1/2)
 SKIP_LAYERS = (
@@ -84,14 +86,14 @@ def efficientnet_encoder(input_shape=(256, 256, 3), weights="imagenet", width_co
                                name=f"efficientnet_w{width_coefficient:g}_d{depth_coefficient:g}")
     if is_path:
         encoder.load_weights(os.fspath(verify(weights)))
-    return encoder
+    return with_fused_batch_norm(encoder)
 
 
 def _conv_bn_relu(x, filters, name):
     """segmentation_models' ``Conv3x3BnReLU``: Conv 3x3 'same' (no bias) -> BN -> ReLU."""
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
                       kernel_initializer="he_uniform", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(axis=-1, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(axis=-1, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 

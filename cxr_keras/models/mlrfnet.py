@@ -27,6 +27,7 @@ from keras import layers
 
 from ..layers import CSRA, ECA
 from ._densenet import densenet
+from .batchnorm import with_fused_batch_norm
 from .res2net import res2net50, stage_outputs
 
 BACKBONES = ("res2net50", "resnet50", "densenet121")
@@ -36,8 +37,8 @@ LEVELS = ("u2", "u3", "u4")
 def _densenet(weights, input_shape, blocks=(6, 12, 24, 16)):
     blocks = tuple(blocks)
     if blocks == (6, 12, 24, 16):
-        base = keras.applications.DenseNet121(include_top=False, weights=weights,
-                                              input_shape=input_shape)
+        base = with_fused_batch_norm(keras.applications.DenseNet121(
+            include_top=False, weights=weights, input_shape=input_shape))
     else:  # reduced DenseNet for quick runs and tests (same design, fewer layers per block)
         if weights is not None:
             raise ValueError("a reduced DenseNet has no pretrained weights: use weights=None")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from ..layers.batch_norm import FusedBatchNormalization
+
 
 def fc_head(features, num_outputs: int, name: str = "fc"):
     """Logits ``(batch, num_outputs)`` from the last feature map."""
@@ -30,7 +32,7 @@ def fc_head(features, num_outputs: int, name: str = "fc"):
 def _conv_bn_relu(x, filters, kernel, rate, name):
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False,
                       name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
