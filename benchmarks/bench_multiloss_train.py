@@ -48,10 +48,11 @@ import _peer  # noqa: E402
 import _timing  # noqa: E402
 
 NUM_CLASSES = 3
-KINDS = ("unet", "classifier", "model_level", "keras_b0")
+KINDS = ("unet", "classifier", "model_level", "encoder_b0", "keras_b0")
 LABELS = {"unet": "efficientnet_unet (EfficientNet-B0 U-Net)",
           "classifier": "efficientnet_classifier (encoder to block5c_add + conv top)",
           "model_level": "model_level_ensemble (frozen members + 1x1 conv top)",
+          "encoder_b0": "our EfficientNet-B0 encoder (avg pool) + Dense(3, softmax)",
           "keras_b0": "keras EfficientNetB0 (avg pool) + Dense(3, softmax)"}
 
 
@@ -79,7 +80,7 @@ def _build(wanted, size: int, width: float, depth: float, members: int) -> tuple
     import keras
 
     from cxr_keras.losses import get_classification_loss, get_segmentation_loss
-    from cxr_keras.models import efficientnet_classifier, efficientnet_unet, model_level_ensemble
+    from cxr_keras.models import efficientnet_classifier, efficientnet_encoder, efficientnet_unet, model_level_ensemble
 
     def sgd():
         return keras.optimizers.SGD(1e-3, momentum=0.9)
@@ -117,6 +118,15 @@ def _build(wanted, size: int, width: float, depth: float, members: int) -> tuple
         del clfs
         built["model_level"] = (ens, keras.losses.CategoricalCrossentropy(), "CCE", sgd(),
                                 "SGD(1e-3, momentum 0.9)", unet_s + time.perf_counter() - t)
+    if "encoder_b0" in wanted:  # the U-Net's encoder as a whole classifier: what faces the peer
+        t = time.perf_counter()
+        enc = efficientnet_encoder((size, size, 3), weights=None, width_coefficient=width,
+                                   depth_coefficient=depth)
+        pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(enc.output)
+        out = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(pooled)
+        built["encoder_b0"] = (keras.Model(enc.input, out, name="encoder_b0"),
+                               keras.losses.CategoricalCrossentropy(), "CCE", sgd(),
+                               "SGD(1e-3, momentum 0.9)", time.perf_counter() - t)
     if "keras_b0" in wanted:
         t = time.perf_counter()
         built["keras_b0"] = (_keras_b0(size, width, depth), keras.losses.CategoricalCrossentropy(),
@@ -181,10 +191,11 @@ def main(argv=None) -> dict:
                         "build_s": build_s + time.perf_counter() - t,
                         "flops": _timing.count_train_flops(model)}
 
-    if "keras_b0" in wanted and (args.width, args.depth) == (1.0, 1.0):  # timm efficientnet_b0
-        _peer.add(models, {"efficientnet_b0": ["keras_b0"]}, onehots, s, NUM_CLASSES, "cce",
+    b0s = [k for k in ("encoder_b0", "keras_b0") if k in wanted]
+    if b0s and (args.width, args.depth) == (1.0, 1.0):  # timm efficientnet_b0
+        _peer.add(models, {"efficientnet_b0": b0s}, onehots, s, NUM_CLASSES, "cce",
                   ("sgd", 1e-3, 0.9), args, cores)
-    elif "keras_b0" in wanted and args.peer:
+    elif b0s and args.peer:
         print("peer: only for the full EfficientNet-B0 (--width 1 --depth 1)")
     load = _timing.time_models(models, xs, args.steps, args.warmup)
     models, peers = _peer.split(models)

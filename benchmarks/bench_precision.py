@@ -41,6 +41,10 @@ KINDS = {
     "mlrfnet": (8, "bench_mlrfnet_train", "mlrfnet", "res2net50_26w_4s", "bfl", ("adam", 1e-4)),
     "keras_resnet50": (8, "bench_mlrfnet_train", "keras_resnet50", "resnet50", "bfl",
                        ("adam", 1e-4)),
+    "resnet18": (8, "bench_mtpret_train", "resnet18_supervised", "resnet18", "bce",
+                 ("adam", 1e-4)),
+    "vit_s": (8, "bench_dual_mae_pretrain", "vit_s_supervised", "vit_small_patch16_224", "bce",
+              ("adamw", 1.5e-4, 0.05, (0.9, 0.95))),
 }
 NUM_CLASSES = 14
 
@@ -51,6 +55,8 @@ def _ours(kind: str, size: int, policy: str, seed: int):
 
     import keras
 
+    from cxr_keras.losses import get_loss
+
     _, module, sub, *_ = KINDS[kind]
     bench = importlib.import_module(module)
     keras.utils.set_random_seed(seed)
@@ -59,6 +65,15 @@ def _ours(kind: str, size: int, policy: str, seed: int):
         if module == "bench_fzlpr_train":
             model, loss, _ = bench._build(sub, size, bench.FULL)
             opt = keras.optimizers.AdamW(1e-5, weight_decay=4e-3)
+        elif module == "bench_mtpret_train":
+            model, loss = bench._supervised(sub, (size, size)), get_loss("bce")
+            opt = keras.optimizers.Adam(1e-4)
+        elif module == "bench_dual_mae_pretrain":
+            from cxr_keras.models import vit_small
+
+            model = vit_small(input_shape=(size, size, 3), num_classes=NUM_CLASSES)
+            loss = get_loss("bce")
+            opt = keras.optimizers.AdamW(1.5e-4, beta_1=0.9, beta_2=0.95, weight_decay=0.05)
         else:
             from cxr_keras.losses import BiasedFocalLoss
 

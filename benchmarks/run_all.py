@@ -197,8 +197,10 @@ def _rows(runs: dict) -> list:
                       f"depth {ml.get('depth_coefficient', 1.0):g}, {m['gmacs']:.3f} GMACs, "
                       f"{ml['cores']} cores",
             lambda m: ("keras EfficientNetB0 + Dense" if m["kind"] == "keras_b0"
+                       else "our EfficientNet-B0 encoder + Dense" if m["kind"] == "encoder_b0"
                        else f"{m['model']}, {m['loss']},"),
-            lambda m: "keras_b0" if m.get("kind") in ("unet", "classifier") else None,
+            lambda m: ("keras_b0" if m.get("kind") in ("unet", "classifier", "encoder_b0")
+                       else None),
             peers=ml.get("peers", []))
     mr = res["bench_mlrfnet_train"]
     if mr:

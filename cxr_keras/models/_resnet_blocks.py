@@ -27,10 +27,15 @@ _CONV_INIT = {"class_name": "VarianceScaling",
 
 
 def conv(x, filters, kernel, stride, pad, name):
-    if pad:
+    """PyTorch's ``Conv2d(kernel, stride, padding=pad, bias=False)``: symmetric zero padding.
+    At stride 1 with ``pad = kernel // 2`` (odd kernel) that is Keras' "same"; otherwise (stride 2:
+    "same" would pad only the bottom / right) an explicit ``ZeroPadding2D`` before a "valid" conv."""
+    same = stride == 1 and kernel % 2 == 1 and pad == kernel // 2
+    if pad and not same:
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
-    return layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False,
-                         kernel_initializer=keras.initializers.get(_CONV_INIT), name=name)(x)
+    return layers.Conv2D(filters, kernel, strides=stride, padding="same" if same else "valid",
+                         use_bias=False, kernel_initializer=keras.initializers.get(_CONV_INIT),
+                         name=name)(x)
 
 
 def bn(x, name):
