@@ -3,8 +3,11 @@
     python benchmarks/profile_step.py --model fzlpr --steps 2 --timed 4
     python benchmarks/profile_step.py --model mlrfnet --inter-op 1     # a threading lever
 
-For one paper model (``--model``: the builders and settings of :mod:`bench_precision`, i.e. of
-``bench_fzlpr_train.py`` / ``bench_mlrfnet_train.py``) and its timm peer, same batches:
+For one paper model (``--model``: the builders and settings of :mod:`bench_precision`:
+``fzlpr``, ``keras_densenet``, ``mlrfnet``, ``keras_resnet50`` as in ``bench_fzlpr_train.py`` /
+``bench_mlrfnet_train.py``; ``resnet18``, mtpret's supervised ResNet-18, and ``vit_s``, dual_mae's
+ViT-S/16, as in ``bench_mtpret_train.py`` / ``bench_dual_mae_pretrain.py``) and its timm peer, same
+batches:
 
 1. ``--timed`` training steps, ours and the peer alternating (after ``--warmup``), unprofiled:
    the ratio ours / peer of images/s, as the median of step-by-step ratios with its range;

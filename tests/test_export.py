@@ -272,6 +272,7 @@ def test_fresh_process_reload_and_cli(setup):
     np.save(root / "x.npy", x)
     script = textwrap.dedent(f"""
         import numpy as np, keras
+        import cxr_keras  # registers our serialisables (FusedBatchNormalization, FZLPR)
         m = keras.saving.load_model({str(run.checkpoints / "best.keras")!r}, safe_mode=True)
         np.save({str(root / "y.npy")!r}, m.predict_on_batch(np.load({str(root / "x.npy")!r})))
     """)
