@@ -120,3 +120,22 @@ def test_with_fused_batch_norm_keeps_names_weights_and_outputs():
     x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_array_equal(np.asarray(fused(x, training=False)),
                                   np.asarray(model(x, training=False)))
+
+
+def test_every_builder_uses_the_fused_layer():
+    """Our builders (reduced here) and the converted keras.applications backbone: no batch norm
+    is Keras' own layer."""
+    from cxr_keras.models import densenet, efficientnet_unet, res2net50, resnet18
+    from cxr_keras.models.backbones import multiscale_backbone
+
+    models = [densenet((1, 1, 1, 1), input_shape=(32, 32, 3)),
+              resnet18(input_shape=(32, 32, 3), widths=(4, 4, 8, 8)),
+              res2net50(input_shape=(32, 32, 3), blocks=(1, 1, 1, 1), planes=(16, 16, 16, 16),
+                        base_width=4, stem_width=4),
+              efficientnet_unet((32, 32, 3), weights=None, width_coefficient=0.25,
+                                depth_coefficient=0.25, decoder_filters=(8, 8, 8, 8, 8)),
+              multiscale_backbone("keras_resnet50", input_shape=(32, 32, 3))]
+    for model in models:
+        norms = [type(layer).__name__ for layer in model.layers
+                 if isinstance(layer, keras.layers.BatchNormalization)]
+        assert norms and set(norms) == {"FusedBatchNormalization"}, (model.name, set(norms))
