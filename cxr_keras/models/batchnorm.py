@@ -12,13 +12,15 @@ def with_fused_batch_norm(model):
     ``keras.layers.BatchNormalization`` replaced by :class:`FusedBatchNormalization`: same layer
     names, configurations and weights (copied), other layers rebuilt from their configurations.
     Our own builders use the fused layer directly; this brings keras.applications backbones (and
-    their ImageNet weights) to it."""
+    their ImageNet weights) to it. A model without Keras' layer is returned as it is."""
 
     def clone(layer):
         if type(layer) is keras.layers.BatchNormalization:
             return FusedBatchNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
+    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
+        return model  # nothing to replace (e.g. our own reduced encoders)
     (source,) = [layer for layer in model.layers if isinstance(layer, keras.layers.InputLayer)]
     (spec,) = model.inputs
     inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=source.name)
