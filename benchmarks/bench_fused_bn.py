@@ -29,16 +29,9 @@ def with_keras_bn(model):
     """A clone of ``model`` (same weights) with Keras' own BatchNormalization everywhere."""
     import keras
 
-    from cxr_keras.layers import FusedBatchNormalization
+    from cxr_keras.models.batchnorm import replace_batch_norm
 
-    def clone(layer):
-        if isinstance(layer, FusedBatchNormalization):
-            return keras.layers.BatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
-
-    plain = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    plain.set_weights(model.get_weights())
-    return plain
+    return replace_batch_norm(model, keras.layers.BatchNormalization)
 
 
 def main(argv=None) -> dict:

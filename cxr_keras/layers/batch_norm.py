@@ -45,7 +45,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, training, mask):
             return super().call(inputs, training=training, mask=mask)
-        from ._fused_batch_norm_tf import fused_batch_norm_training
+        from ..tf_fused_batch_norm import fused_batch_norm_training
 
         channels = inputs.shape[-1]
         gamma = self.gamma if self.scale else ops.ones((channels,))

@@ -7,26 +7,35 @@ import keras
 from ..layers.batch_norm import FusedBatchNormalization
 
 
-def with_fused_batch_norm(model):
-    """A single-input functional ``model`` (e.g. ``keras.applications.DenseNet121``) with every
-    ``keras.layers.BatchNormalization`` replaced by :class:`FusedBatchNormalization`: same layer
+def replace_batch_norm(model, layer_class):
+    """A single-input functional ``model`` with every batch-norm layer not of ``layer_class``
+    (a ``keras.layers.BatchNormalization`` or subclass) rebuilt as ``layer_class``: same layer
     names, configurations and weights (copied), other layers rebuilt from their configurations.
-    Our own builders use the fused layer directly; this brings keras.applications backbones (and
-    their ImageNet weights) to it. A model without Keras' layer is returned as it is."""
+    A model with nothing to replace is returned as it is."""
+
+    def replaced(layer):
+        return (isinstance(layer, keras.layers.BatchNormalization)
+                and type(layer) is not layer_class)
 
     def clone(layer):
-        if type(layer) is keras.layers.BatchNormalization:
-            return FusedBatchNormalization.from_config(layer.get_config())
-        return layer.__class__.from_config(layer.get_config())
+        cls = layer_class if replaced(layer) else layer.__class__
+        return cls.from_config(layer.get_config())
 
-    if not any(type(layer) is keras.layers.BatchNormalization for layer in model.layers):
-        return model  # nothing to replace (e.g. our own reduced encoders)
+    if not any(replaced(layer) for layer in model.layers):
+        return model
     (source,) = [layer for layer in model.layers if isinstance(layer, keras.layers.InputLayer)]
     (spec,) = model.inputs
     inputs = keras.Input(batch_shape=spec.shape, dtype=spec.dtype, name=source.name)
-    fused = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    fused.set_weights(model.get_weights())
-    return fused
+    new = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    new.set_weights(model.get_weights())
+    return new
+
+
+def with_fused_batch_norm(model):
+    """``model`` (e.g. ``keras.applications.DenseNet121``) with :class:`FusedBatchNormalization`
+    for every batch norm (:func:`replace_batch_norm`). Our own builders use the fused layer
+    directly; this brings keras.applications backbones (and their ImageNet weights) to it."""
+    return replace_batch_norm(model, FusedBatchNormalization)
 
 
 def set_bn_momentum(model, momentum: float | None):

@@ -4,11 +4,11 @@ as one functional Keras graph that reproduces the PyTorch reference layer by lay
 The design is that of the authors' Res2Net-PretrainedModels ``res2net.py`` and of timm's
 ``res2net50_26w_4s``: a ResNet-50 whose 3x3 convolution is replaced by ``scale`` groups of
 ``width`` channels with hierarchical residual connections (the Bottle2neck). PyTorch's symmetric
-padding is reproduced with explicit ``ZeroPadding2D`` + "valid" convolutions and pools where
-Keras' "same" differs (it pads asymmetrically at stride 2; stride-1 3x3 convolutions are "same")
-and BatchNormalization uses PyTorch's epsilon (1e-5) and
-momentum (0.1, i.e. Keras' 0.9), so converted PyTorch weights (:mod:`cxr_keras.convert`) give the
-same outputs; the checkpoint key map (:func:`res2net50_from_state_dict`) sits at the end.
+padding is reproduced with explicit ``ZeroPadding2D`` + "valid" convolutions and pools where Keras'
+"same" differs (it pads asymmetrically at stride 2; stride-1 3x3 convolutions are "same") and
+BatchNormalization uses PyTorch's epsilon (1e-5) and momentum (0.1, i.e. Keras' 0.9), so converted
+PyTorch weights (:mod:`cxr_keras.convert`) give the same outputs; the checkpoint key map
+(:func:`res2net50_from_state_dict`) sits at the end.
 
 Layer names mirror the PyTorch state-dict keys: ``conv1``/``bn1`` (stem), then for stage ``i``
 (1..4) and block ``j`` (0-based) ``layer{i}_{j}_conv1``, ``_bn1``, ``_convs_{k}``, ``_bns_{k}``,

@@ -2,12 +2,13 @@
 dual-MAE's CNN baseline (ResNet-34, "about 22 M parameters like ViT-S") and mtpret's ResNet-18
 backbone.
 
-The stem, the padding conventions (PyTorch's symmetric padding: explicit ``ZeroPadding2D``
-at stride 2, "same" at stride 1), BatchNormalization (epsilon 1e-5, momentum 0.9 = PyTorch's
-0.1), the weight handling and the layer naming are those of :mod:`cxr_keras.models.res2net`: ``conv1``/``bn1``, then
-``layer{i}_{j}_conv1``, ``_bn1``, ``_conv2``, ``_bn2``, ``_downsample_conv``, ``_downsample_bn``
-and the block output ``layer{i}_{j}_out``; ``fc`` is the classifier. Trainable parameters without
-the classifier: 11,176,512 (ResNet-18) and 21,284,672 (ResNet-34), torchvision's.
+The stem, the padding conventions (PyTorch's symmetric padding: explicit ``ZeroPadding2D`` at
+stride 2, "same" at stride 1), BatchNormalization (epsilon 1e-5, momentum 0.9 = PyTorch's 0.1), the
+weight handling and the layer naming are those of :mod:`cxr_keras.models.res2net`:
+``conv1``/``bn1``, then ``layer{i}_{j}_conv1``, ``_bn1``, ``_conv2``, ``_bn2``,
+``_downsample_conv``, ``_downsample_bn`` and the block output ``layer{i}_{j}_out``; ``fc`` is the
+classifier. Trainable parameters without the classifier: 11,176,512 (ResNet-18) and 21,284,672
+(ResNet-34), torchvision's.
 ``weights="imagenet"`` converts timm's ``resnet18.tv_in1k`` / ``resnet34.tv_in1k`` (torchvision's
 original ImageNet weights).
 """
